@@ -1,0 +1,1 @@
+"""Models, training, acquisition and embeddings for Latent Labeller. Knows nothing of Streamlit or SQL."""

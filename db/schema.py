@@ -1,0 +1,263 @@
+"""The relational schema (SQLAlchemy 2.x typed models).
+
+Vocabulary:
+- a *main class* is what annotators decide first ("nazi elements", "other"); it may have *sub-classes*
+  ("salute", "flag"). A *leaf* of the taxonomy is a sub-class, or a main class with no sub-classes.
+- an *annotation* is one human decision about one image. The history is append-only: an undo or a
+  correction inserts a new row and flags the previous one ``superseded``; nothing is deleted.
+- a *prediction* is one model version's output for one image; the acquisition scores live on it as
+  indexed columns so that "next image under strategy S" is one indexed query.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints make Alembic's batch mode (SQLite) able to alter them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # Relative to the project folder when the file lies inside it, absolute otherwise.
+    path: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # A stable pseudo-random key in [0, 1) from the content hash: the random strategy, the audit slice
+    # and the cold-start order read it through an index instead of ORDER BY random().
+    random_key: Mapped[float] = mapped_column(Float, index=True)
+    # Part of the unbiased audit slice: labelled to measure accuracy, never chosen by uncertainty.
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    annotations: Mapped[list[Annotation]] = relationship(back_populates="image")
+
+
+class MainClass(Base):
+    __tablename__ = "main_classes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    shortcut: Mapped[str | None] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    colour: Mapped[str | None] = mapped_column(String(16))
+
+    sub_classes: Mapped[list[SubClass]] = relationship(
+        back_populates="main_class", order_by="SubClass.position", cascade="all, delete-orphan"
+    )
+
+
+class SubClass(Base):
+    __tablename__ = "sub_classes"
+    __table_args__ = (UniqueConstraint("main_class_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    main_class_id: Mapped[int] = mapped_column(ForeignKey("main_classes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    shortcut: Mapped[str | None] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    colour: Mapped[str | None] = mapped_column(String(16))
+
+    main_class: Mapped[MainClass] = relationship(back_populates="sub_classes")
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AnnotationKind(enum.StrEnum):
+    LABEL = "label"  # a main class, optionally with sub-class tags
+    UNSURE = "unsure"  # the annotator could not decide; may carry a tentative main class
+    SKIP = "skip"  # not now; the image goes back to the pool
+    UNDO = "undo"  # withdraws the annotation it supersedes
+
+
+class Annotation(Base):
+    __tablename__ = "annotations"
+    __table_args__ = (
+        # "Is this image labelled?" and "what is its current label?" read only current rows.
+        Index("ix_annotations_image_current", "image_id", "superseded"),
+        Index("ix_annotations_annotator_created", "annotator_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[AnnotationKind] = mapped_column(Enum(AnnotationKind, native_enum=False, length=16))
+    main_class_id: Mapped[int | None] = mapped_column(ForeignKey("main_classes.id"))
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    # Provenance: which model version and strategy put this image in front of the annotator.
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    strategy: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(32), default="app")  # app, grid, import, cli, ...
+
+    image: Mapped[Image] = relationship(back_populates="annotations")
+    tags: Mapped[list[AnnotationTag]] = relationship(cascade="all, delete-orphan")
+
+
+class AnnotationTag(Base):
+    """A sub-class tag on an annotation; several tags make a partial label over those leaves."""
+
+    __tablename__ = "annotation_tags"
+
+    annotation_id: Mapped[int] = mapped_column(
+        ForeignKey("annotations.id", ondelete="CASCADE"), primary_key=True
+    )
+    sub_class_id: Mapped[int] = mapped_column(ForeignKey("sub_classes.id"), primary_key=True)
+
+
+class Claim(Base):
+    """An image handed to one annotator; nobody else gets it until the lease expires."""
+
+    __tablename__ = "claims"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    name: Mapped[str] = mapped_column(String(200))
+    model_kind: Mapped[str] = mapped_column(String(32))  # m1, m2, m1m2, supervised
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What it was trained on: label counts, the newest annotation id, the taxonomy.
+    data_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    label_count: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Prediction(Base):
+    """One model version's view of one image, with every acquisition score as an indexed column."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_entropy", "model_version_id", "entropy"),
+        Index("ix_predictions_leaf_entropy", "model_version_id", "leaf_entropy"),
+        Index("ix_predictions_margin", "model_version_id", "margin"),
+        Index("ix_predictions_least_confidence", "model_version_id", "least_confidence"),
+        Index("ix_predictions_bald", "model_version_id", "bald"),
+        Index("ix_predictions_disagreement", "model_version_id", "disagreement"),
+        Index("ix_predictions_novelty", "model_version_id", "novelty"),
+        Index("ix_predictions_main", "model_version_id", "main_class_id", "confidence"),
+    )
+
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    main_class_id: Mapped[int | None] = mapped_column(ForeignKey("main_classes.id", ondelete="SET NULL"))
+    sub_class_id: Mapped[int | None] = mapped_column(ForeignKey("sub_classes.id", ondelete="SET NULL"))
+    confidence: Mapped[float] = mapped_column(Float)  # probability of the predicted main class
+    # {"main": {name: p}, "leaf": {"main/sub": p}}, by name so that a renamed class still reads.
+    probabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Acquisition scores: larger means "label me sooner" for every one of them.
+    entropy: Mapped[float] = mapped_column(Float)
+    leaf_entropy: Mapped[float] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)  # stored as 1 - (p1 - p2)
+    least_confidence: Mapped[float] = mapped_column(Float)
+    bald: Mapped[float | None] = mapped_column(Float)
+    disagreement: Mapped[float | None] = mapped_column(Float)
+    novelty: Mapped[float | None] = mapped_column(Float)
+    reconstruction_error: Mapped[float | None] = mapped_column(Float)
+    latent_mean: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32, little-endian
+    umap_x: Mapped[float | None] = mapped_column(Float)
+    umap_y: Mapped[float | None] = mapped_column(Float)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # train, score, embed
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16), default=JobStatus.QUEUED
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+
+    events: Mapped[list[JobEvent]] = relationship(
+        back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"
+    )
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))  # progress, log, metric
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    job: Mapped[Job] = relationship(back_populates="events")
