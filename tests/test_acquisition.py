@@ -1,0 +1,174 @@
+"""Query strategies on hand-made scores: each ranks as its definition says, batches are spread out,
+cold start needs no model, the audit slice is random and disjoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.acquisition import (
+    STRATEGY_NAMES,
+    choose_audit_slice,
+    cold_start,
+    get_strategy,
+    k_center_greedy,
+    pixel_features,
+    query_with_audit,
+)
+from tests.scores_factory import scores_from_probabilities
+
+
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+# Four images over three main classes: confident, two-way tie, uniform, fairly confident.
+MAIN_PROBS = np.array(
+    [
+        [0.98, 0.01, 0.01],
+        [0.50, 0.49, 0.01],
+        [1 / 3, 1 / 3, 1 / 3],
+        [0.70, 0.20, 0.10],
+    ]
+)
+
+
+def test_every_strategy_name_resolves_and_unknown_fails() -> None:
+    for name in STRATEGY_NAMES:
+        assert get_strategy(name).name == name
+    with pytest.raises(ValueError, match="unknown strategy"):
+        get_strategy("most_fun")
+
+
+def test_entropy_picks_the_uniform_image_first() -> None:
+    scores = scores_from_probabilities(MAIN_PROBS)
+    order = get_strategy("entropy").query(scores, np.arange(4), 4, rng=rng())
+    # [0.7, 0.2, 0.1] spreads more mass than [0.5, 0.49, 0.01]: higher entropy.
+    assert order.tolist() == [2, 3, 1, 0]
+
+
+def test_margin_prefers_a_close_call_and_least_confidence_a_low_top_probability() -> None:
+    # Image 1: top two 0.45 vs 0.44 (smallest margin); image 2: top probability 0.40 (least confident).
+    probs = np.array([[0.98, 0.01, 0.01], [0.45, 0.44, 0.11], [0.40, 0.30, 0.30]])
+    scores = scores_from_probabilities(probs)
+    assert get_strategy("margin").query(scores, np.arange(3), 3, rng=rng()).tolist() == [1, 2, 0]
+    assert get_strategy("least_confidence").query(scores, np.arange(3), 3, rng=rng()).tolist() == [2, 1, 0]
+
+
+def test_leaf_entropy_reads_leaves_not_main_classes() -> None:
+    # Same main-class certainty (one main class with two leaves), different leaf uncertainty.
+    leaf_probs = np.array([[0.5, 0.5, 0.0], [0.99, 0.01, 0.0], [0.0, 0.0, 1.0]])
+    scores = scores_from_probabilities(leaf_probs @ np.array([[1, 0], [1, 0], [0, 1]]), leaf_probs=leaf_probs)
+    assert get_strategy("leaf_entropy").query(scores, np.arange(3), 1, rng=rng()).tolist() == [0]
+
+
+def test_bald_disagreement_and_novelty_read_their_own_columns() -> None:
+    scores = scores_from_probabilities(
+        MAIN_PROBS,
+        bald=np.array([0.0, 0.1, 0.0, 0.4]),
+        disagreement=np.array([0.3, 0.0, 0.1, 0.0]),
+        novelty=np.array([0.0, 0.0, 0.0, 9.0]),
+    )
+    assert get_strategy("bald").query(scores, np.arange(4), 2, rng=rng()).tolist() == [3, 1]
+    assert get_strategy("disagreement").query(scores, np.arange(4), 1, rng=rng()).tolist() == [0]
+    assert get_strategy("novelty").query(scores, np.arange(4), 1, rng=rng()).tolist() == [3]
+
+
+def test_a_missing_column_is_a_clear_error() -> None:
+    scores = scores_from_probabilities(MAIN_PROBS, bald=None)
+    with pytest.raises(ValueError, match="bald"):
+        get_strategy("bald").query(scores, np.arange(4), 1, rng=rng())
+
+
+def test_only_candidates_are_returned() -> None:
+    scores = scores_from_probabilities(MAIN_PROBS)
+    # The uniform image (2) is already labelled, so it is not a candidate.
+    picked = get_strategy("entropy").query(scores, np.array([0, 1, 3]), 2, rng=rng())
+    assert picked.tolist() == [3, 1]
+    assert get_strategy("entropy").query(scores, np.array([0, 3]), 5, rng=rng()).tolist() == [3, 0]
+
+
+def test_random_is_a_permutation_of_candidates_and_depends_on_the_seed() -> None:
+    candidates = np.arange(100, 200)
+    first = get_strategy("random").query(None, candidates, 30, rng=np.random.default_rng(1))
+    second = get_strategy("random").query(None, candidates, 30, rng=np.random.default_rng(2))
+    assert len(set(first.tolist())) == 30 and set(first.tolist()) <= set(candidates.tolist())
+    assert first.tolist() != second.tolist()
+
+
+def _two_blobs(count: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Latents: 90% in a tight cluster near the origin, 10% in a far cluster; uncertainty highest
+    in the tight cluster, so undiversified top-n is all near-duplicates."""
+    generator = np.random.default_rng(3)
+    near = generator.normal(0.0, 0.01, size=(count - count // 10, 4))
+    far = generator.normal(5.0, 0.01, size=(count // 10, 4))
+    latent = np.vstack([near, far])
+    uncertainty = np.concatenate([np.linspace(1.0, 0.9, len(near)), np.linspace(0.8, 0.7, len(far))])
+    return latent, uncertainty
+
+
+def test_diversified_batch_spreads_over_latent_space() -> None:
+    latent, uncertainty = _two_blobs()
+    probs = np.column_stack([0.5 + (1 - uncertainty) / 2, 0.5 - (1 - uncertainty) / 2])
+    scores = scores_from_probabilities(probs)
+    candidates = np.arange(len(latent))
+    plain = get_strategy("entropy", diversify=False).query(scores, candidates, 4, rng=rng())
+    spread = get_strategy("entropy", diversity_factor=50).query(scores, candidates, 4, rng=rng(), latent=latent)
+    assert (plain < 180).all()  # all from the tight cluster
+    assert spread[0] == plain[0]  # the most uncertain image still comes first
+    assert (spread >= 180).any() and (spread < 180).any()
+    assert len(set(spread.tolist())) == 4
+
+
+def test_k_center_greedy_covers_clusters_without_duplicates() -> None:
+    generator = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], dtype=float)
+    points = np.vstack([c + generator.normal(0, 0.1, size=(50, 2)) for c in centres])
+    picked = k_center_greedy(points, 4, rng=rng())
+    assert len(set(picked.tolist())) == 4
+    assert sorted({int(i) // 50 for i in picked}) == [0, 1, 2, 3]  # one per cluster
+    # Asking for more than there are returns each row once.
+    assert sorted(k_center_greedy(points[:5], 9, rng=rng()).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_k_center_greedy_starts_far_from_existing_centres() -> None:
+    points = np.array([[0.0], [1.0], [2.0], [10.0]])
+    picked = k_center_greedy(points, 1, rng=rng(), centres=np.array([[0.0], [1.5]]))
+    assert picked.tolist() == [3]
+
+
+def test_cold_start_without_a_model_is_diverse() -> None:
+    generator = np.random.default_rng(0)
+    # 8x8 grey images: 95 dark, 5 bright. A diverse start of 4 must include a bright one.
+    images = generator.integers(0, 20, size=(100, 1, 8, 8)).astype(np.uint8)
+    images[95:] = 250
+    features = pixel_features(images, size=4)
+    assert features.shape == (100, 16) and features.max() <= 1.0
+    for strategy in STRATEGY_NAMES:
+        if strategy == "random":
+            continue
+        picked = get_strategy(strategy).query(None, np.arange(100), 4, rng=rng(), latent=features)
+        assert len(set(picked.tolist())) == 4 and (picked >= 95).any(), strategy
+    # Without features it is a random sample of the candidates.
+    assert len(cold_start(np.arange(10), 3, rng=rng())) == 3
+
+
+def test_audit_slice_is_random_and_disjoint_from_the_strategy_batch() -> None:
+    candidates = np.arange(1000)
+    audit_a = choose_audit_slice(candidates, 0.05, rng=np.random.default_rng(1))
+    audit_b = choose_audit_slice(candidates, 0.05, rng=np.random.default_rng(2))
+    assert len(audit_a) == 50 and audit_a.tolist() != audit_b.tolist()
+    # Spread over the whole range, not a prefix.
+    assert audit_a.min() < 200 and audit_a.max() > 800
+    assert choose_audit_slice(candidates, 0.0, rng=rng()).size == 0
+    with pytest.raises(ValueError):
+        choose_audit_slice(candidates, 1.5, rng=rng())
+
+    probs = np.random.default_rng(4).dirichlet(np.ones(3), size=1000)
+    scores = scores_from_probabilities(probs)
+    chosen, audit = query_with_audit(
+        get_strategy("entropy"), scores, candidates, 20, rng=rng(), audit_candidates=audit_a, audit_every=5
+    )
+    assert len(audit) == 4 and len(chosen) == 16
+    assert set(audit.tolist()) <= set(audit_a.tolist())
+    assert not set(chosen.tolist()) & set(audit_a.tolist())
