@@ -1,0 +1,256 @@
+"""Model versions (register, promote, roll back, compare) and their predictions (bulk write, UMAP).
+
+Exactly one version is active at a time. Promotion stamps ``promoted_at``; a rollback re-activates the
+version promoted before the current one without re-stamping it, so repeated rollbacks walk back through
+the promotion history instead of toggling between two versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.schema import ModelVersion, Prediction, utcnow
+
+PREDICTION_BATCH_SIZE = 2_000
+PREDICTION_COLUMNS = frozenset(c.name for c in Prediction.__table__.columns)
+
+
+class ModelVersionError(Exception):
+    """A model-version request that cannot be done; the message says why."""
+
+
+def register_model_version(
+    session: Session,
+    *,
+    name: str,
+    model_kind: str,
+    checkpoint_path: str,
+    config: dict[str, Any],
+    data_snapshot: dict[str, Any],
+    metrics: dict[str, Any],
+    label_count: int,
+) -> ModelVersion:
+    """A new, inactive version; ``promote_model_version`` makes it the one the queue uses."""
+    version = ModelVersion(
+        name=name,
+        model_kind=model_kind,
+        checkpoint_path=checkpoint_path,
+        config=config,
+        data_snapshot=data_snapshot,
+        metrics=metrics,
+        label_count=label_count,
+        active=False,
+        created_at=utcnow(),
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def get_model_version(session: Session, version_id: int) -> ModelVersion:
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ModelVersionError(f"no model version {version_id}")
+    return version
+
+
+def active_model_version(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.active.is_(True)).limit(1))
+
+
+def list_model_versions(session: Session) -> list[ModelVersion]:
+    """Newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+
+
+def _lock_versions(session: Session) -> None:
+    # PostgreSQL: without row locks two concurrent promotions could each deactivate the versions they
+    # saw and leave two active. SQLite's BEGIN IMMEDIATE already serialises writers.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(ModelVersion.id).with_for_update()).all()
+
+
+def _activate(session: Session, version: ModelVersion) -> None:
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.active.is_(True), ModelVersion.id != version.id)
+        .values(active=False)
+        .execution_options(synchronize_session="fetch")
+    )
+    version.active = True
+    session.flush()
+
+
+def promote_model_version(session: Session, version_id: int) -> ModelVersion:
+    _lock_versions(session)
+    version = get_model_version(session, version_id)
+    version.promoted_at = utcnow()
+    _activate(session, version)
+    return version
+
+
+def rollback_model_version(session: Session) -> ModelVersion:
+    """Re-activate the version that was promoted before the active one."""
+    _lock_versions(session)
+    current = active_model_version(session)
+    if current is None or current.promoted_at is None:
+        raise ModelVersionError("no active model version to roll back from")
+    previous = session.scalar(
+        select(ModelVersion)
+        .where(
+            ModelVersion.id != current.id,
+            ModelVersion.promoted_at.is_not(None),
+            ModelVersion.promoted_at < current.promoted_at,
+        )
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
+    if previous is None:
+        raise ModelVersionError(f"model version {current.id} is the first one promoted; nothing to roll back to")
+    _activate(session, previous)
+    return previous
+
+
+def model_version_summary(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "name": version.name,
+        "model_kind": version.model_kind,
+        "created_at": version.created_at.isoformat(timespec="seconds"),
+        "active": version.active,
+        "label_count": version.label_count,
+        "metrics": dict(version.metrics or {}),
+        "config": dict(version.config or {}),
+        "data_snapshot": dict(version.data_snapshot or {}),
+        "checkpoint_path": version.checkpoint_path,
+    }
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def compare_model_versions(session: Session, first_id: int, second_id: int) -> dict[str, Any]:
+    """Side by side: every metric (with the difference where both are numbers), label counts, and the
+    config and data-snapshot entries that differ."""
+    first, second = get_model_version(session, first_id), get_model_version(session, second_id)
+    metrics_a, metrics_b = _flatten(first.metrics or {}), _flatten(second.metrics or {})
+    metrics: dict[str, dict[str, Any]] = {}
+    for key in sorted(metrics_a.keys() | metrics_b.keys()):
+        a, b = metrics_a.get(key), metrics_b.get(key)
+        numeric = isinstance(a, int | float) and isinstance(b, int | float)
+        metrics[key] = {"a": a, "b": b, "difference": (b - a) if numeric else None}
+
+    def differences(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        left, right = _flatten(left), _flatten(right)
+        return {
+            key: {"a": left.get(key), "b": right.get(key)}
+            for key in sorted(left.keys() | right.keys())
+            if left.get(key) != right.get(key)
+        }
+
+    return {
+        "a": model_version_summary(first),
+        "b": model_version_summary(second),
+        "metrics": metrics,
+        "label_count": {"a": first.label_count, "b": second.label_count},
+        "config_differences": differences(first.config or {}, second.config or {}),
+        "data_snapshot_differences": differences(first.data_snapshot or {}, second.data_snapshot or {}),
+    }
+
+
+def encode_latent(latent: np.ndarray) -> bytes:
+    """A latent mean as little-endian float32 bytes, the storage format of ``predictions.latent_mean``."""
+    return np.ascontiguousarray(latent, dtype="<f4").tobytes()
+
+
+def decode_latents(blobs: Sequence[bytes]) -> np.ndarray:
+    return np.stack([np.frombuffer(blob, dtype="<f4") for blob in blobs]) if blobs else np.zeros((0, 0), "<f4")
+
+
+def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def write_predictions(
+    session: Session,
+    model_version_id: int,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    batch_size: int = PREDICTION_BATCH_SIZE,
+) -> int:
+    """Replace the version's predictions with ``rows`` (dicts of ``predictions`` columns, ``image_id``
+    required); executemany in batches. Returns the number written."""
+    written = 0
+    for batch in _batches(({**row, "model_version_id": model_version_id} for row in rows), batch_size):
+        unknown = set().union(*batch) - PREDICTION_COLUMNS
+        if unknown:
+            raise ValueError(f"not prediction columns: {sorted(unknown)}")
+        if not written:
+            session.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+        session.execute(insert(Prediction.__table__), batch)
+        written += len(batch)
+    if not written:
+        session.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+    return written
+
+
+def prediction_count(session: Session, model_version_id: int) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.model_version_id == model_version_id)
+        )
+        or 0
+    )
+
+
+def latent_means(session: Session, model_version_id: int) -> tuple[list[int], np.ndarray]:
+    """Image ids and their latent means (N, D) under a version, in image-id order."""
+    rows = session.execute(
+        select(Prediction.image_id, Prediction.latent_mean)
+        .where(Prediction.model_version_id == model_version_id, Prediction.latent_mean.is_not(None))
+        .order_by(Prediction.image_id)
+    ).all()
+    return [row.image_id for row in rows], decode_latents([row.latent_mean for row in rows])
+
+
+def set_embedding_coords(
+    session: Session,
+    model_version_id: int,
+    image_ids: Sequence[int],
+    coords: np.ndarray,
+    *,
+    batch_size: int = PREDICTION_BATCH_SIZE,
+) -> int:
+    """Store UMAP coordinates (N, 2) for the version's predictions of ``image_ids``."""
+    if len(image_ids) != len(coords):
+        raise ValueError(f"{len(image_ids)} image ids but {len(coords)} coordinates")
+    table = Prediction.__table__
+    statement = (
+        update(table)
+        .where(table.c.model_version_id == bindparam("version"), table.c.image_id == bindparam("image"))
+        .values(umap_x=bindparam("x"), umap_y=bindparam("y"))
+    )
+    rows = (
+        {"version": model_version_id, "image": int(image_id), "x": float(x), "y": float(y)}
+        for image_id, (x, y) in zip(image_ids, coords, strict=True)
+    )
+    updated = 0
+    for batch in _batches(rows, batch_size):
+        session.execute(statement, batch)
+        updated += len(batch)
+    return updated
