@@ -5,3 +5,8 @@ from __future__ import annotations
 import click
 
 REGISTERED: list[click.Command] = []
+
+from labeller.commands.project import init_command  # noqa: E402
+from labeller.commands.taxonomy import taxonomy_command  # noqa: E402
+
+REGISTERED += [init_command, taxonomy_command]

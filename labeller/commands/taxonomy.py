@@ -1,0 +1,44 @@
+"""``labeller taxonomy``: show or edit the classes (rename and merge without losing a label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from db.engine import unit_of_work
+from db.queries.taxonomy import TaxonomyError, apply_taxonomy_spec, taxonomy_spec
+from labeller.commands.project import load_project
+from labeller.taxonomy_file import read_taxonomy_file, taxonomy_to_toml
+
+
+@click.command("taxonomy")
+@click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--file",
+    "taxonomy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with the complete taxonomy to apply (see labeller/taxonomy_file.py for the format).",
+)
+@click.option("--show", is_flag=True, help="Print the stored taxonomy as a taxonomy file.")
+def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> None:
+    """Show the taxonomy, or apply a taxonomy file (adds, reorders, renames and merges classes)."""
+    if taxonomy_file is None and not show:
+        raise click.UsageError("give --file taxonomy.toml to apply a taxonomy, or --show to print it")
+    opened = load_project(project)
+    if taxonomy_file is not None:
+        try:
+            spec = read_taxonomy_file(taxonomy_file)
+            with unit_of_work(opened.engine) as session:
+                changes = apply_taxonomy_spec(session, spec)
+        except TaxonomyError as error:
+            raise click.ClickException(f"{error}\nnothing was changed") from error
+        for line in changes.lines or ["no changes"]:
+            click.echo(line)
+    if show:
+        with unit_of_work(opened.engine) as session:
+            spec = taxonomy_spec(session)
+        if not spec.main_classes:
+            click.echo("# no taxonomy yet: write one and apply it with --file")
+        else:
+            click.echo(taxonomy_to_toml(spec), nl=False)
