@@ -54,6 +54,8 @@ class Base(DeclarativeBase):
 
 class Image(Base):
     __tablename__ = "images"
+    # Cold start and the audit slice read unlabelled images in random_key order within one audit value.
+    __table_args__ = (Index("ix_images_audit_random_key", "audit", "random_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: da1236bb69e8
+Revision ID: 16f7431ea938
 Revises:
-Create Date: 2026-11-25 10:49:52.266104
+Create Date: 2026-11-25 10:56:03.634247
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "da1236bb69e8"
+revision: str = "16f7431ea938"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("sha256", name=op.f("uq_images_sha256")),
     )
     with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.create_index("ix_images_audit_random_key", ["audit", "random_key"], unique=False)
         batch_op.create_index(batch_op.f("ix_images_random_key"), ["random_key"], unique=False)
 
     op.create_table(
@@ -99,9 +100,7 @@ def upgrade() -> None:
             ["main_class_id"], ["main_classes.id"], name=op.f("fk_annotations_main_class_id_main_classes")
         ),
         sa.ForeignKeyConstraint(
-            ["model_version_id"],
-            ["model_versions.id"],
-            name=op.f("fk_annotations_model_version_id_model_versions"),
+            ["model_version_id"], ["model_versions.id"], name=op.f("fk_annotations_model_version_id_model_versions")
         ),
         sa.ForeignKeyConstraint(
             ["supersedes_id"], ["annotations.id"], name=op.f("fk_annotations_supersedes_id_annotations")
@@ -109,9 +108,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_annotations")),
     )
     with op.batch_alter_table("annotations", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_annotations_annotator_created", ["annotator_id", "created_at"], unique=False
-        )
+        batch_op.create_index("ix_annotations_annotator_created", ["annotator_id", "created_at"], unique=False)
         batch_op.create_index("ix_annotations_image_current", ["image_id", "superseded"], unique=False)
 
     op.create_table(
@@ -119,9 +116,7 @@ def upgrade() -> None:
         sa.Column("image_id", sa.Integer(), nullable=False),
         sa.Column("annotator_id", sa.Integer(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["annotator_id"], ["annotators.id"], name=op.f("fk_claims_annotator_id_annotators")
-        ),
+        sa.ForeignKeyConstraint(["annotator_id"], ["annotators.id"], name=op.f("fk_claims_annotator_id_annotators")),
         sa.ForeignKeyConstraint(
             ["image_id"], ["images.id"], name=op.f("fk_claims_image_id_images"), ondelete="CASCADE"
         ),
@@ -137,14 +132,7 @@ def upgrade() -> None:
         sa.Column(
             "status",
             sa.Enum(
-                "QUEUED",
-                "RUNNING",
-                "SUCCEEDED",
-                "FAILED",
-                "CANCELLED",
-                name="jobstatus",
-                native_enum=False,
-                length=16,
+                "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", name="jobstatus", native_enum=False, length=16
             ),
             nullable=False,
         ),
@@ -208,9 +196,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_job_events_job_id_jobs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_events_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_events")),
     )
     with op.batch_alter_table("job_events", schema=None) as batch_op:
@@ -260,19 +246,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.create_index("ix_predictions_bald", ["model_version_id", "bald"], unique=False)
-        batch_op.create_index(
-            "ix_predictions_disagreement", ["model_version_id", "disagreement"], unique=False
-        )
+        batch_op.create_index("ix_predictions_disagreement", ["model_version_id", "disagreement"], unique=False)
         batch_op.create_index("ix_predictions_entropy", ["model_version_id", "entropy"], unique=False)
-        batch_op.create_index(
-            "ix_predictions_leaf_entropy", ["model_version_id", "leaf_entropy"], unique=False
-        )
-        batch_op.create_index(
-            "ix_predictions_least_confidence", ["model_version_id", "least_confidence"], unique=False
-        )
-        batch_op.create_index(
-            "ix_predictions_main", ["model_version_id", "main_class_id", "confidence"], unique=False
-        )
+        batch_op.create_index("ix_predictions_leaf_entropy", ["model_version_id", "leaf_entropy"], unique=False)
+        batch_op.create_index("ix_predictions_least_confidence", ["model_version_id", "least_confidence"], unique=False)
+        batch_op.create_index("ix_predictions_main", ["model_version_id", "main_class_id", "confidence"], unique=False)
         batch_op.create_index("ix_predictions_margin", ["model_version_id", "margin"], unique=False)
         batch_op.create_index("ix_predictions_novelty", ["model_version_id", "novelty"], unique=False)
 
@@ -318,6 +296,7 @@ def downgrade() -> None:
     op.drop_table("main_classes")
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_images_random_key"))
+        batch_op.drop_index("ix_images_audit_random_key")
 
     op.drop_table("images")
     op.drop_table("annotators")
