@@ -10,3 +10,6 @@ from labeller.commands.project import init_command  # noqa: E402
 from labeller.commands.taxonomy import taxonomy_command  # noqa: E402
 
 REGISTERED += [init_command, taxonomy_command]
+from labeller.commands.worker import jobs_command, worker_command  # noqa: E402
+
+REGISTERED += [worker_command, jobs_command]
