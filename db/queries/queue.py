@@ -1,0 +1,313 @@
+"""The labelling queue: which image an annotator sees next, and the leases (claims) that keep two
+annotators off the same image.
+
+How the next image is chosen, in order:
+1. *Audit slice*: when none of the annotator's last ``audit_every - 1`` decisions was on an audit image,
+   the next one comes from the audit slice (``images.audit``), in ``random_key`` order. Audit images are
+   handed to *every* annotator once (in the same order), so the audit slice is both the unbiased
+   accuracy sample and the doubly labelled sample for inter-annotator agreement.
+2. *Strategy*: with a model version, the highest-scoring prediction under the strategy (larger =
+   sooner), read from the (model_version_id, score) index; ``random`` and cold start (no model version)
+   read images in ``random_key`` order. Audit images are never chosen by a strategy.
+3. *Fallbacks*: images the model version has not scored (imported after it), then any audit image left.
+4. *Returning images*: an image the annotator skipped or was unsure about is not shown to them again
+   until everything else is done (then oldest first); other annotators still get it, since an unsure
+   image is exactly the one that wants a second opinion.
+
+An image is a candidate for annotator A when it has no current LABEL from anyone (audit images: from A),
+no current decision from A, and no unexpired claim by someone else. Asking again without deciding returns
+the same image (A's own lease does not hide it from A), so a page reload resumes where A was.
+
+Every step is one indexed query. Claiming is
+``INSERT .. ON CONFLICT (image_id) DO UPDATE .. WHERE the old lease expired``, atomic on both SQLite
+(transactions run as BEGIN IMMEDIATE) and PostgreSQL (a conflicting row waits for the other
+transaction and is then re-checked), so no image is leased to two annotators at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+
+from db.schema import Annotation, AnnotationKind, Claim, Image, Prediction, utcnow
+
+STRATEGIES: tuple[str, ...] = (
+    "random",
+    "entropy",
+    "leaf_entropy",
+    "margin",
+    "least_confidence",
+    "bald",
+    "disagreement",
+    "novelty",
+)
+DEFAULT_AUDIT_EVERY = 20
+DEFAULT_LEASE_SECONDS = 600
+# Extra candidates fetched per round so that a few lost claim races (PostgreSQL) do not cost a round.
+_SPARE_CANDIDATES = 4
+_CLAIM_ROUNDS = 5
+
+_SCORE_COLUMNS: dict[str, InstrumentedAttribute[float]] = {
+    "entropy": Prediction.entropy,
+    "leaf_entropy": Prediction.leaf_entropy,
+    "margin": Prediction.margin,
+    "least_confidence": Prediction.least_confidence,
+    "bald": Prediction.bald,
+    "disagreement": Prediction.disagreement,
+    "novelty": Prediction.novelty,
+}
+
+
+class QueueError(ValueError):
+    """A queue request that cannot be served as asked (unknown strategy, bad lease); the message says why."""
+
+
+def next_image(
+    session: Session,
+    *,
+    annotator_id: int,
+    strategy: str,
+    model_version_id: int | None,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    audit_every: int = DEFAULT_AUDIT_EVERY,
+    now: datetime | None = None,
+) -> int | None:
+    """Claim the next image for the annotator and return its id; None when nothing is left."""
+    batch = next_batch(
+        session,
+        annotator_id=annotator_id,
+        strategy=strategy,
+        model_version_id=model_version_id,
+        size=1,
+        lease_seconds=lease_seconds,
+        audit_every=audit_every,
+        now=now,
+    )
+    return batch[0] if batch else None
+
+
+def next_batch(
+    session: Session,
+    *,
+    annotator_id: int,
+    strategy: str,
+    model_version_id: int | None,
+    size: int,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    audit_every: int = DEFAULT_AUDIT_EVERY,
+    now: datetime | None = None,
+) -> list[int]:
+    """Claim up to ``size`` images for the annotator (the grid), best first; one in every
+    ``audit_every`` is an audit image (``audit_every <= 0``: none)."""
+    if strategy not in STRATEGIES:
+        raise QueueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if lease_seconds <= 0:
+        raise QueueError("a lease lasts at least one second")
+    if size <= 0:
+        return []
+    now = now or utcnow()
+    expires_at = now + timedelta(seconds=lease_seconds)
+    audit_share = _audit_share(session, annotator_id, size, audit_every)
+
+    sources: list[tuple[int, Callable[[int, Sequence[int]], Select]]] = []
+    if audit_share:
+        sources.append((audit_share, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=True)))
+    if model_version_id is not None and strategy != "random":
+        sources.append(
+            (size, lambda n, skip: _by_score(annotator_id, now, n, skip, model_version_id, _SCORE_COLUMNS[strategy]))
+        )
+    sources.append((size, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=False)))
+    sources.append((size, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=True)))
+    sources.append((size, lambda n, skip: _returning(annotator_id, now, n, skip)))
+
+    claimed: list[int] = []
+    for share, candidates in sources:
+        wanted = min(share, size - len(claimed))
+        if wanted > 0:
+            claimed += _claim_from(session, candidates, wanted, claimed, annotator_id, now, expires_at)
+    return claimed
+
+
+def release_claim(session: Session, image_id: int, annotator_id: int) -> bool:
+    """Give an image back to the pool (the annotator moved on without deciding); True if one was held."""
+    result = session.execute(delete(Claim).where(Claim.image_id == image_id, Claim.annotator_id == annotator_id))
+    return result.rowcount > 0
+
+
+def release_claims(session: Session, annotator_id: int) -> int:
+    """Give back every image the annotator holds (sign-out, strategy change); returns how many."""
+    return session.execute(delete(Claim).where(Claim.annotator_id == annotator_id)).rowcount
+
+
+def purge_expired_claims(session: Session, now: datetime | None = None) -> int:
+    """Delete expired leases (they are harmless, this only keeps the table small)."""
+    return session.execute(delete(Claim).where(Claim.expires_at <= (now or utcnow()))).rowcount
+
+
+def claimed_images(session: Session, annotator_id: int, now: datetime | None = None) -> list[int]:
+    """The images the annotator holds an unexpired lease on, soonest-expiring first."""
+    return list(
+        session.scalars(
+            select(Claim.image_id)
+            .where(Claim.annotator_id == annotator_id, Claim.expires_at > (now or utcnow()))
+            .order_by(Claim.expires_at)
+        )
+    )
+
+
+# --- candidates --------------------------------------------------------------------------------
+
+
+def _is_candidate(
+    image_id: ColumnElement[int], annotator_id: int, now: datetime, *, shared: bool = False
+) -> ColumnElement[bool]:
+    """Not decided (by anyone's LABEL or by any decision of this annotator) and not leased to someone
+    else. A ``shared`` image (the audit slice) only needs to be undecided by this annotator."""
+    decided_by_me = Annotation.annotator_id == annotator_id
+    decided = exists().where(
+        Annotation.image_id == image_id,
+        Annotation.superseded.is_(False),
+        decided_by_me if shared else or_(Annotation.kind == AnnotationKind.LABEL, decided_by_me),
+    )
+    claimed_by_other = exists().where(
+        Claim.image_id == image_id, Claim.expires_at > now, Claim.annotator_id != annotator_id
+    )
+    return and_(~decided, ~claimed_by_other)
+
+
+def _by_score(
+    annotator_id: int,
+    now: datetime,
+    limit: int,
+    skip: Sequence[int],
+    model_version_id: int,
+    score: InstrumentedAttribute[float],
+) -> Select:
+    # Walks the (model_version_id, score) index from the top; the EXISTS tests are primary-key or index
+    # probes per row, and the walk stops after ``limit`` candidates.
+    is_audit = exists().where(Image.id == Prediction.image_id, Image.audit.is_(True))
+    query = (
+        select(Prediction.image_id)
+        .where(
+            Prediction.model_version_id == model_version_id,
+            score.is_not(None),
+            ~is_audit,
+            _is_candidate(Prediction.image_id, annotator_id, now),
+        )
+        .order_by(score.desc())
+        .limit(limit)
+    )
+    return query.where(Prediction.image_id.not_in(skip)) if skip else query
+
+
+def _random_order(annotator_id: int, now: datetime, limit: int, skip: Sequence[int], *, audit: bool) -> Select:
+    # Reads the (audit, random_key) index in order; random_key is a stable pseudo-random number, so the
+    # order is random but the same for every annotator (which makes audit images doubly labelled).
+    query = (
+        select(Image.id)
+        .where(Image.audit.is_(audit), _is_candidate(Image.id, annotator_id, now, shared=audit))
+        .order_by(Image.random_key)
+        .limit(limit)
+    )
+    return query.where(Image.id.not_in(skip)) if skip else query
+
+
+def _returning(annotator_id: int, now: datetime, limit: int, skip: Sequence[int]) -> Select:
+    """The annotator's own skipped and unsure images that nobody has labelled since, oldest first."""
+    other = aliased(Annotation)
+    labelled = exists().where(
+        other.image_id == Annotation.image_id,
+        other.superseded.is_(False),
+        other.kind == AnnotationKind.LABEL,
+    )
+    claimed_by_other = exists().where(
+        Claim.image_id == Annotation.image_id, Claim.expires_at > now, Claim.annotator_id != annotator_id
+    )
+    query = (
+        select(Annotation.image_id)
+        .where(
+            Annotation.annotator_id == annotator_id,
+            Annotation.superseded.is_(False),
+            Annotation.kind.in_((AnnotationKind.SKIP, AnnotationKind.UNSURE)),
+            ~labelled,
+            ~claimed_by_other,
+        )
+        .order_by(Annotation.created_at, Annotation.id)
+        .limit(limit)
+    )
+    return query.where(Annotation.image_id.not_in(skip)) if skip else query
+
+
+def _audit_share(session: Session, annotator_id: int, size: int, audit_every: int) -> int:
+    """How many of the next ``size`` images come from the audit slice."""
+    if audit_every <= 0:
+        return 0
+    if size > 1:
+        return size // audit_every
+    # One image: audit when none of the annotator's last audit_every - 1 decisions was an audit image.
+    window = audit_every - 1
+    if window == 0:
+        return 1
+    recent = (
+        select(Annotation.image_id)
+        .where(Annotation.annotator_id == annotator_id, Annotation.kind != AnnotationKind.UNDO)
+        .order_by(Annotation.created_at.desc(), Annotation.id.desc())
+        .limit(window)
+        .subquery()
+    )
+    seen, audited = session.execute(
+        select(func.count(), func.count(Image.id))
+        .select_from(recent)
+        .outerjoin(Image, and_(Image.id == recent.c.image_id, Image.audit.is_(True)))
+    ).one()
+    return 1 if seen >= window and audited == 0 else 0
+
+
+# --- claiming ----------------------------------------------------------------------------------
+
+
+def _claim_from(
+    session: Session,
+    candidates: Callable[[int, Sequence[int]], Select],
+    wanted: int,
+    already: list[int],
+    annotator_id: int,
+    now: datetime,
+    expires_at: datetime,
+) -> list[int]:
+    """Claim up to ``wanted`` images from one candidate query, in its order, retrying lost races."""
+    claimed: list[int] = []
+    tried = list(already)
+    for _ in range(_CLAIM_ROUNDS):
+        missing = wanted - len(claimed)
+        ids = list(session.scalars(candidates(missing + _SPARE_CANDIDATES, tried)))
+        if not ids:
+            break
+        tried += ids
+        won = _claim(session, ids[:missing], annotator_id, now, expires_at)
+        claimed += [image_id for image_id in ids[:missing] if image_id in won]
+        if len(claimed) >= wanted:
+            break
+    return claimed
+
+
+def _claim(
+    session: Session, image_ids: Sequence[int], annotator_id: int, now: datetime, expires_at: datetime
+) -> set[int]:
+    """Lease the images to the annotator unless someone else holds an unexpired lease; the ids won."""
+    if not image_ids:
+        return set()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(Claim).values(
+        [{"image_id": image_id, "annotator_id": annotator_id, "expires_at": expires_at} for image_id in image_ids]
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[Claim.image_id],
+        set_={"annotator_id": statement.excluded.annotator_id, "expires_at": statement.excluded.expires_at},
+        where=or_(Claim.expires_at <= now, Claim.annotator_id == annotator_id),
+    ).returning(Claim.image_id)
+    return set(session.scalars(statement))
