@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlalchemy import func, select
 
 from db.engine import unit_of_work
 from db.queries.annotations import (
     AnnotationError,
+    agreement,
     annotation_history,
+    cohen_kappa,
     current_labels,
+    disagreements,
+    label_counts,
+    paired_labels,
+    recent_annotations,
     record_annotation,
     undo_annotation,
     undo_last_annotation,
@@ -194,3 +202,112 @@ def test_recording_a_decision_releases_the_annotators_claim(engine, taxonomy, im
         record_annotation(session, image_id=image_ids[0], annotator_id=ada, kind=LABEL, main_class_id=taxonomy.loops)
     with unit_of_work(engine) as session:
         assert session.scalar(select(func.count()).select_from(Claim)) == 0
+
+
+def test_label_counts_follow_the_consensus_and_list_every_class(engine, taxonomy, image_ids) -> None:
+    ada, grace = _annotator(engine, "ada"), _annotator(engine, "grace")
+    with unit_of_work(engine) as session:
+        record_annotation(
+            session,
+            image_id=image_ids[0],
+            annotator_id=ada,
+            kind=LABEL,
+            main_class_id=taxonomy.loops,
+            sub_class_ids=[taxonomy.zero, taxonomy.eight],
+        )
+        record_annotation(session, image_id=image_ids[1], annotator_id=ada, kind=LABEL, main_class_id=taxonomy.loops)
+        record_annotation(
+            session,
+            image_id=image_ids[2],
+            annotator_id=ada,
+            kind=LABEL,
+            main_class_id=taxonomy.loops,
+            sub_class_ids=[taxonomy.zero],
+        )
+        # grace's newer label of image 2 is the consensus: it counts as "lines/1", not "loops/0".
+        record_annotation(
+            session,
+            image_id=image_ids[2],
+            annotator_id=grace,
+            kind=LABEL,
+            main_class_id=taxonomy.lines,
+            sub_class_ids=[taxonomy.one],
+        )
+        record_annotation(
+            session, image_id=image_ids[3], annotator_id=ada, kind=AnnotationKind.UNSURE, main_class_id=taxonomy.lines
+        )
+    with unit_of_work(engine) as session:
+        counts = label_counts(session)
+    assert counts.labelled_images == 3
+    assert counts.by_main_class == {"loops": 2, "lines": 1}
+    assert counts.by_sub_class == {"loops": {"0": 1, "8": 1}, "lines": {"1": 1, "7": 0}}
+    assert counts.main_class_only == {"loops": 1, "lines": 0}
+
+
+def test_disagreements_and_recent_annotations(engine, taxonomy, image_ids) -> None:
+    ada, grace = _annotator(engine, "ada"), _annotator(engine, "grace")
+    with unit_of_work(engine) as session:
+        for image_id, ada_main, grace_main, grace_tags in [
+            (image_ids[0], taxonomy.loops, taxonomy.loops, ()),  # agree
+            (image_ids[1], taxonomy.loops, taxonomy.lines, ()),  # main classes differ
+            (image_ids[2], taxonomy.loops, taxonomy.loops, (taxonomy.eight,)),  # tags differ
+        ]:
+            record_annotation(session, image_id=image_id, annotator_id=ada, kind=LABEL, main_class_id=ada_main)
+            record_annotation(
+                session,
+                image_id=image_id,
+                annotator_id=grace,
+                kind=LABEL,
+                main_class_id=grace_main,
+                sub_class_ids=grace_tags,
+            )
+    with unit_of_work(engine) as session:
+        found = disagreements(session)
+        assert [(d.image_id, d.main_classes_differ) for d in found] == [(image_ids[1], True), (image_ids[2], False)]
+        assert found[0].labels == (("ada", "loops", ()), ("grace", "lines", ()))
+        assert [d.image_id for d in disagreements(session, include_tags=False)] == [image_ids[1]]
+        recent = recent_annotations(session, grace, limit=2)
+        assert [view.image_id for view in recent] == [image_ids[2], image_ids[1]]
+        assert recent[0].tags == ("8",) and recent[0].current
+
+
+def test_cohen_kappa_on_a_textbook_example() -> None:
+    # Two raters, 50 items: 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no (the Wikipedia example):
+    # p_o = 0.7, p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa = 0.4.
+    pairs = [("yes", "yes")] * 20 + [("yes", "no")] * 5 + [("no", "yes")] * 10 + [("no", "no")] * 15
+    result = cohen_kappa(pairs)
+    assert result.images == 50
+    assert result.observed_agreement == pytest.approx(0.7)
+    assert result.expected_agreement == pytest.approx(0.5)
+    assert result.kappa == pytest.approx(0.4)
+    assert cohen_kappa([("a", "a"), ("b", "b")]).kappa == pytest.approx(1.0)
+    assert math.isnan(cohen_kappa([]).kappa)
+    assert math.isnan(cohen_kappa([("a", "a")] * 3).kappa)
+
+
+def test_agreement_between_two_annotators_on_doubly_labelled_images(engine, taxonomy, image_ids) -> None:
+    ada, grace, lin = _annotator(engine, "ada"), _annotator(engine, "grace"), _annotator(engine, "lin")
+    plan = [  # (ada, grace) main classes; image 4 is labelled by ada only, image 5 by lin
+        (taxonomy.loops, taxonomy.loops),
+        (taxonomy.loops, taxonomy.loops),
+        (taxonomy.lines, taxonomy.lines),
+        (taxonomy.loops, taxonomy.lines),
+    ]
+    with unit_of_work(engine) as session:
+        for image_id, (ada_main, grace_main) in zip(image_ids, plan, strict=False):
+            record_annotation(session, image_id=image_id, annotator_id=ada, kind=LABEL, main_class_id=ada_main)
+            record_annotation(session, image_id=image_id, annotator_id=grace, kind=LABEL, main_class_id=grace_main)
+        record_annotation(session, image_id=image_ids[4], annotator_id=ada, kind=LABEL, main_class_id=taxonomy.loops)
+        record_annotation(session, image_id=image_ids[5], annotator_id=lin, kind=LABEL, main_class_id=taxonomy.loops)
+    with unit_of_work(engine) as session:
+        pairs = paired_labels(session, ada, grace)
+        result = agreement(session, ada, grace)
+    assert [(p.label_a, p.label_b) for p in pairs] == [
+        ("loops", "loops"),
+        ("loops", "loops"),
+        ("lines", "lines"),
+        ("loops", "lines"),
+    ]
+    # p_o = 3/4; ada: loops 3/4, lines 1/4; grace: loops 2/4, lines 2/4; p_e = 3/8 + 1/8 = 1/2; kappa = 1/2.
+    assert result.images == 4
+    assert result.kappa == pytest.approx(0.5)
