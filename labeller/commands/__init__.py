@@ -13,3 +13,7 @@ REGISTERED += [init_command, taxonomy_command]
 from labeller.commands.worker import jobs_command, worker_command  # noqa: E402
 
 REGISTERED += [worker_command, jobs_command]
+
+from labeller.commands.importing import import_command  # noqa: E402
+
+REGISTERED += [import_command]

@@ -1,0 +1,102 @@
+"""Image rows: adding imported files, looking them up by content hash, streaming them out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.schema import Annotation, Image
+
+_ID_CHUNK = 500  # bound parameters per IN (...) list: well under SQLite's and PostgreSQL's limits
+_KEY_HEX_DIGITS = 13  # 52 bits: every key is exactly representable in a float64
+
+
+def random_key_from_sha(sha256: str) -> float:
+    """A stable pseudo-random number in [0, 1) from a content hash (the same file always gets the same key)."""
+    return int(sha256[:_KEY_HEX_DIGITS], 16) / 16**_KEY_HEX_DIGITS
+
+
+@dataclass(frozen=True)
+class NewImage:
+    sha256: str
+    path: str
+    width: int
+    height: int
+    format: str
+    file_size: int
+
+
+def image_ids_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, int]:
+    """``{sha256: image id}`` for the hashes already stored."""
+    wanted = sorted(set(hashes))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), _ID_CHUNK):
+        chunk = wanted[start : start + _ID_CHUNK]
+        found.update(
+            (sha, image_id)
+            for sha, image_id in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk)))
+        )
+    return found
+
+
+def add_images(session: Session, new_images: Sequence[NewImage], *, audit_fraction: float) -> list[Image]:
+    """Insert image rows; ``random_key`` comes from the hash and the audit slice is ``random_key < audit_fraction``."""
+    rows = []
+    for new in new_images:
+        key = random_key_from_sha(new.sha256)
+        rows.append(
+            Image(
+                sha256=new.sha256,
+                path=new.path,
+                width=new.width,
+                height=new.height,
+                format=new.format,
+                file_size=new.file_size,
+                random_key=key,
+                audit=key < audit_fraction,
+            )
+        )
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def image_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Image)) or 0
+
+
+def audit_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Image).where(Image.audit)) or 0
+
+
+def images_with_current_annotation(session: Session, image_ids: Iterable[int]) -> set[int]:
+    """Those of ``image_ids`` on which some annotator has a current decision (label, unsure or skip)."""
+    wanted = sorted(set(image_ids))
+    found: set[int] = set()
+    for start in range(0, len(wanted), _ID_CHUNK):
+        chunk = wanted[start : start + _ID_CHUNK]
+        statement = (
+            select(Annotation.image_id)
+            .where(Annotation.image_id.in_(chunk), Annotation.superseded.is_(False))
+            .distinct()
+        )
+        found.update(session.scalars(statement))
+    return found
+
+
+def images_by_id(session: Session, image_ids: Iterable[int]) -> dict[int, Image]:
+    wanted = sorted(set(image_ids))
+    found: dict[int, Image] = {}
+    for start in range(0, len(wanted), _ID_CHUNK):
+        chunk = wanted[start : start + _ID_CHUNK]
+        found.update((image.id, image) for image in session.scalars(select(Image).where(Image.id.in_(chunk))))
+    return found
+
+
+def iter_images(session: Session, *, batch_size: int = 2_000) -> Iterator[Image]:
+    """Every image by id, streamed in batches (server-side cursor on PostgreSQL), constant memory."""
+    result = session.scalars(select(Image).order_by(Image.id).execution_options(yield_per=batch_size))
+    yield from result

@@ -1,0 +1,75 @@
+"""``labeller import``: add image files to a project, optionally with pre-labels."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import click
+
+from labeller.commands.project import load_project
+from labeller.ingest import ImportOptions, ImportReport, IngestError, import_images
+
+SKIPPED_LINES_SHOWN = 20  # per reason; the rest are counted
+
+
+@click.command("import")
+@click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--labels-from-folders",
+    is_flag=True,
+    help="Pre-label from an ImageFolder layout: PATH/main/sub/file (main + sub-class) or PATH/main/file.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with a header: path,class,tags (class: main or main/sub; tags separated by ';').",
+)
+@click.option("--create-classes", is_flag=True, help="Add unknown class names from folders or the manifest.")
+@click.option("--annotator", default="import", show_default=True, help="Whose name the pre-labels carry.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def import_command(
+    project: Path,
+    paths: tuple[Path, ...],
+    labels_from_folders: bool,
+    manifest: Path | None,
+    create_classes: bool,
+    annotator: str,
+    no_progress: bool,
+) -> None:
+    """Import images (jpg, png, webp, bmp, tiff, gif) from files and folders (recursively) into PROJECT.
+
+    Files already in the project (same content) are counted as duplicates, so re-running adds nothing twice.
+    Unusable files are skipped and listed with the reason.
+    """
+    if not paths and manifest is None:
+        raise click.UsageError("give at least one PATH or --manifest FILE.csv")
+    opened = load_project(project)
+    options = ImportOptions(
+        labels_from_folders=labels_from_folders,
+        create_classes=create_classes,
+        annotator=annotator,
+        progress=not no_progress,
+    )
+    try:
+        report = import_images(opened, paths, manifest=manifest, options=options)
+    except IngestError as error:
+        raise click.ClickException(f"{error}\nnothing was imported") from error
+    print_report(report)
+
+
+def print_report(report: ImportReport) -> None:
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for skipped in report.skipped:
+        by_reason[skipped.reason].append(skipped.path)
+    for reason, paths in sorted(by_reason.items(), key=lambda pair: -len(pair[1])):
+        click.echo(f"skipped {len(paths)}: {reason}", err=True)
+        for path in paths[:SKIPPED_LINES_SHOWN]:
+            click.echo(f"  {path}", err=True)
+        if len(paths) > SKIPPED_LINES_SHOWN:
+            click.echo(f"  ... and {len(paths) - SKIPPED_LINES_SHOWN} more", err=True)
+    click.echo(
+        f"added {report.added}, duplicates {report.duplicates}, skipped {len(report.skipped)}, "
+        f"pre-labelled {report.labelled} ({report.seconds:.1f} s, {report.images_per_second:.0f} images/s)"
+    )

@@ -1,0 +1,421 @@
+"""Importing images into a project: folders, ImageFolder pre-labels, CSV manifests.
+
+Every file is read once: hashed (SHA-256 of its bytes, the de-duplication key), decoded in full (so
+truncated and corrupt files are caught here, not later in training), and thumbnailed. Files that cannot
+be used are skipped with a reason, never crashing the import. Rows are written in batches, each batch one
+transaction, so an interrupted import leaves whole rows only; re-running it adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+from sqlalchemy.exc import IntegrityError
+from tqdm import tqdm
+
+from db.engine import unit_of_work
+from db.queries.annotations import record_annotation
+from db.queries.annotators import get_or_create_annotator
+from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
+from db.queries.taxonomy import ensure_class, list_main_classes
+from db.schema import AnnotationKind
+from labeller.project import Project
+from labeller.thumbnails import thumbnail_file, write_thumbnail
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IMPORT_ANNOTATOR = "import"
+MANIFEST_TAG_SEPARATOR = ";"
+
+
+class IngestError(Exception):
+    """Input that stops the whole import before anything is written (e.g. a manifest without a path column)."""
+
+
+@dataclass(frozen=True)
+class PreLabel:
+    main: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    path: Path
+    label: PreLabel | None = None
+    origin: str = ""  # where the item came from, for messages: "manifest.csv line 7"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    duplicates: int = 0
+    labelled: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.added + self.duplicates) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    labels_from_folders: bool = False
+    create_classes: bool = False  # add class names met in folders or the manifest to the taxonomy
+    annotator: str = IMPORT_ANNOTATOR
+    batch_size: int = 64
+    progress: bool = True
+
+
+# --- finding files -----------------------------------------------------------------------------------
+
+
+def walk_images(root: Path) -> Iterator[Path | Skipped]:
+    """Image files under ``root`` in a stable order; other files come back as :class:`Skipped`."""
+    if not root.is_dir():
+        yield root if root.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(root), _suffix_reason(root))
+        return
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue  # .DS_Store, editor swap files: never images, not worth a line in the report
+            path = Path(directory) / name
+            yield path if path.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(path), _suffix_reason(path))
+
+
+def _suffix_reason(path: Path) -> str:
+    return f"not an image file type ({path.suffix or 'no extension'})"
+
+
+def folder_label(root: Path, path: Path) -> PreLabel | None:
+    """ImageFolder layout: ``root/main/sub/file`` -> main + sub tag, ``root/main/file`` -> main only."""
+    parts = path.relative_to(root).parent.parts if root.is_dir() else ()
+    if not parts:
+        return None
+    return PreLabel(parts[0], tuple(parts[1:2]))
+
+
+def items_from_paths(paths: Sequence[Path], *, labels_from_folders: bool) -> tuple[list[ImportItem], list[Skipped]]:
+    items: list[ImportItem] = []
+    skipped: list[Skipped] = []
+    for root in paths:
+        if not root.exists() and not root.is_symlink():
+            skipped.append(Skipped(str(root), "no such file or folder"))
+            continue
+        for found in walk_images(root):
+            if isinstance(found, Skipped):
+                skipped.append(found)
+            else:
+                label = folder_label(root, found) if labels_from_folders else None
+                items.append(ImportItem(found, label, origin=str(found)))
+    return items, skipped
+
+
+def items_from_manifest(manifest: Path) -> tuple[list[ImportItem], list[Skipped]]:
+    """CSV with a header: ``path`` (relative to the manifest's folder or absolute), optional ``class``
+    (a main class, or ``main/sub``) and ``tags`` (sub-class names separated by ``;``)."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise IngestError(f"cannot read the manifest {manifest}: {error}") from error
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "path" not in [name.strip() for name in reader.fieldnames]:
+        raise IngestError(f"{manifest}: the first line must be a header with a 'path' column (path,class,tags)")
+    items: list[ImportItem] = []
+    skipped: list[Skipped] = []
+    for row in reader:
+        where = f"{manifest.name} line {reader.line_num}"
+        row = {(key or "").strip(): (value or "").strip() for key, value in row.items() if isinstance(value, str)}
+        if not row.get("path"):
+            skipped.append(Skipped(where, "manifest row without a path"))
+            continue
+        path = Path(row["path"]).expanduser()
+        path = path if path.is_absolute() else manifest.parent / path
+        main, _, sub = row.get("class", "").partition("/")
+        tags = tuple(t.strip() for t in row.get("tags", "").split(MANIFEST_TAG_SEPARATOR) if t.strip())
+        if sub:
+            tags = (sub, *(t for t in tags if t != sub))
+        if tags and not main:
+            skipped.append(Skipped(f"{where}: {path}", "tags given without a class"))
+            continue
+        items.append(ImportItem(path, PreLabel(main, tags) if main else None, origin=f"{where}: {path}"))
+    return items, skipped
+
+
+# --- resolving pre-labels against the taxonomy --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedLabel:
+    main_class_id: int
+    sub_class_ids: tuple[int, ...]
+
+
+def resolve_labels(
+    project: Project, items: Sequence[ImportItem], *, create_classes: bool
+) -> tuple[list[tuple[ImportItem, ResolvedLabel | None]], list[Skipped]]:
+    """Class ids for each item's pre-label; an item whose label names an unknown class is skipped."""
+    wanted = {item.label for item in items if item.label is not None}
+    resolved: dict[PreLabel, ResolvedLabel | str] = {}
+    with unit_of_work(project.engine) as session:
+        if create_classes:
+            for label in sorted(wanted, key=lambda label: (label.main, label.tags)):
+                for tag in label.tags or (None,):
+                    ensure_class(session, label.main, tag)
+            session.flush()
+        mains = {main.name: main for main in list_main_classes(session)}
+        for label in wanted:
+            resolved[label] = _resolve_label(label, mains)
+    kept: list[tuple[ImportItem, ResolvedLabel | None]] = []
+    skipped: list[Skipped] = []
+    for item in items:
+        outcome = resolved.get(item.label) if item.label is not None else None
+        if isinstance(outcome, str):
+            skipped.append(Skipped(item.origin, outcome))
+        else:
+            kept.append((item, outcome))
+    return kept, skipped
+
+
+def _resolve_label(label: PreLabel, mains: dict) -> ResolvedLabel | str:
+    main = mains.get(label.main)
+    if main is None:
+        return f"unknown class {label.main!r} (define it with `labeller taxonomy` or pass --create-classes)"
+    subs = {sub.name: sub.id for sub in main.sub_classes}
+    unknown = [tag for tag in label.tags if tag not in subs]
+    if unknown:
+        return (
+            f"unknown sub-class {label.main}/{unknown[0]} (define it with `labeller taxonomy` or pass --create-classes)"
+        )
+    return ResolvedLabel(main.id, tuple(subs[tag] for tag in label.tags))
+
+
+# --- reading one file --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadFile:
+    item: ImportItem
+    label: ResolvedLabel | None
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    read: ReadFile
+    width: int
+    height: int
+    format: str
+
+
+def read_file(item: ImportItem, label: ResolvedLabel | None) -> ReadFile | Skipped:
+    try:
+        data = item.path.read_bytes()
+    except FileNotFoundError:
+        reason = "broken link" if item.path.is_symlink() else "file vanished or does not exist"
+        return Skipped(item.origin, f"unreadable: {reason}")
+    except PermissionError:
+        return Skipped(item.origin, "unreadable: permission denied")
+    except OSError as error:
+        return Skipped(item.origin, f"unreadable: {error.strerror or error}")
+    if not data:
+        return Skipped(item.origin, "empty file (0 bytes)")
+    return ReadFile(item, label, hashlib.sha256(data).hexdigest(), data)
+
+
+def decode(read: ReadFile) -> tuple[DecodedFile, PILImage.Image] | Skipped:
+    """Decode every pixel (the first frame of an animation): catches truncation, corruption and bombs."""
+    try:
+        with warnings.catch_warnings():
+            # Above PIL's MAX_IMAGE_PIXELS it only warns; above twice that it raises. Both mean "skip".
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(read.data))
+            image.load()
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as error:
+        return Skipped(read.item.origin, f"too large to decode safely (decompression bomb): {error}")
+    except UnidentifiedImageError:
+        return Skipped(read.item.origin, "not an image (no decoder recognises its content)")
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        # PIL reports truncated and corrupt data as OSError, broken headers as SyntaxError/ValueError.
+        return Skipped(read.item.origin, f"corrupt or truncated image: {error}")
+    width, height = _upright_size(image)
+    return DecodedFile(read, width, height, image.format or "unknown"), image
+
+
+def _upright_size(image: PILImage.Image) -> tuple[int, int]:
+    """Width and height as displayed: EXIF orientations 5-8 swap them."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block does not make the pixels unusable
+        orientation = 1
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else (image.width, image.height)
+
+
+# --- the import --------------------------------------------------------------------------------------
+
+
+def import_images(
+    project: Project,
+    paths: Sequence[Path] = (),
+    *,
+    manifest: Path | None = None,
+    options: ImportOptions = ImportOptions(),
+) -> ImportReport:
+    """Import files and folders (and a manifest's rows) into ``project``; see the module docstring."""
+    started = time.perf_counter()
+    items, skipped = items_from_paths([Path(p) for p in paths], labels_from_folders=options.labels_from_folders)
+    if manifest is not None:
+        manifest_items, manifest_skipped = items_from_manifest(Path(manifest))
+        items += manifest_items
+        skipped += manifest_skipped
+    labelled_items, label_skips = resolve_labels(project, items, create_classes=options.create_classes)
+    report = ImportReport(skipped=skipped + label_skips)
+    annotator_id = _annotator_id(project, options.annotator) if any(label for _, label in labelled_items) else None
+
+    seen: set[str] = set()
+    with tqdm(total=len(labelled_items), unit="img", desc="import", disable=not options.progress) as bar:
+        for batch in _batches(labelled_items, options.batch_size):
+            _import_batch(project, batch, seen, report, annotator_id)
+            bar.update(len(batch))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _annotator_id(project: Project, name: str) -> int:
+    with unit_of_work(project.engine) as session:
+        return get_or_create_annotator(session, name).id
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _import_batch(
+    project: Project,
+    batch: Sequence[tuple[ImportItem, ResolvedLabel | None]],
+    seen: set[str],
+    report: ImportReport,
+    annotator_id: int | None,
+) -> None:
+    reads: list[ReadFile] = []
+    for item, label in batch:
+        outcome = read_file(item, label)
+        if isinstance(outcome, Skipped):
+            report.skipped.append(outcome)
+        else:
+            reads.append(outcome)
+    with unit_of_work(project.engine) as session:
+        stored = image_ids_by_sha(session, (read.sha256 for read in reads))
+
+    fresh: list[DecodedFile] = []
+    labels_for_stored: list[tuple[int, ResolvedLabel]] = []
+    for read in reads:
+        if read.sha256 in stored or read.sha256 in seen:
+            report.duplicates += 1
+            if read.label is not None and read.sha256 in stored:
+                labels_for_stored.append((stored[read.sha256], read.label))
+            continue
+        outcome = decode(read)
+        if isinstance(outcome, Skipped):
+            report.skipped.append(outcome)
+            continue
+        decoded, image = outcome
+        with image:
+            failure = _ensure_thumbnail(project, read, image)
+        if failure is not None:
+            report.skipped.append(failure)
+            continue
+        seen.add(read.sha256)
+        fresh.append(decoded)
+
+    new_ids = _insert(project, fresh, report)
+    labels = labels_for_stored + [
+        (new_ids[d.read.sha256], d.read.label) for d in fresh if d.read.label and d.read.sha256 in new_ids
+    ]
+    if labels and annotator_id is not None:
+        report.labelled += _pre_label(project, labels, annotator_id)
+
+
+def _ensure_thumbnail(project: Project, read: ReadFile, image: PILImage.Image) -> Skipped | None:
+    thumb = thumbnail_file(project.thumbs_dir, read.sha256)
+    if thumb.exists():
+        return None
+    try:
+        write_thumbnail(image, thumb)
+    except (OSError, ValueError) as error:  # an exotic pixel mode PIL cannot convert to RGB
+        return Skipped(read.item.origin, f"cannot convert to RGB for a thumbnail: {error}")
+    return None
+
+
+def _insert(project: Project, fresh: Sequence[DecodedFile], report: ImportReport) -> dict[str, int]:
+    """Insert the batch in one transaction; if another importer stored one of its files meanwhile, insert
+    row by row so only that file counts as a duplicate."""
+    audit_fraction = project.settings.labelling.audit_fraction
+    rows = [_new_image(project, decoded) for decoded in fresh]
+    try:
+        with unit_of_work(project.engine) as session:
+            added = {image.sha256: image.id for image in add_images(session, rows, audit_fraction=audit_fraction)}
+        report.added += len(added)
+        return added
+    except IntegrityError:
+        pass
+    added = {}
+    for row in rows:
+        try:
+            with unit_of_work(project.engine) as session:
+                added[row.sha256] = add_images(session, [row], audit_fraction=audit_fraction)[0].id
+            report.added += 1
+        except IntegrityError:
+            report.duplicates += 1
+    return added
+
+
+def _new_image(project: Project, decoded: DecodedFile) -> NewImage:
+    return NewImage(
+        sha256=decoded.read.sha256,
+        path=project.stored_image_path(decoded.read.item.path.absolute()),
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        file_size=len(decoded.read.data),
+    )
+
+
+def _pre_label(project: Project, labels: Sequence[tuple[int, ResolvedLabel]], annotator_id: int) -> int:
+    """Record pre-labels on images nobody has decided on yet, so re-imports and human labels both win."""
+    written = 0
+    with unit_of_work(project.engine) as session:
+        decided = images_with_current_annotation(session, (image_id for image_id, _ in labels))
+        for image_id, label in labels:
+            if image_id in decided:
+                continue
+            record_annotation(
+                session,
+                image_id=image_id,
+                annotator_id=annotator_id,
+                kind=AnnotationKind.LABEL,
+                main_class_id=label.main_class_id,
+                sub_class_ids=label.sub_class_ids,
+                source="import",
+            )
+            decided.add(image_id)
+            written += 1
+    return written

@@ -1,0 +1,71 @@
+"""Thumbnails: made once per image (orientation from EXIF applied), cached under ``project/thumbs``.
+
+The cache is keyed by content hash, ``thumbs/<sha[:2]>/<sha>.webp``, so a moved or re-imported file
+reuses its thumbnail and a folder never holds more than a few thousand files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from labeller.project import Project
+
+THUMBNAIL_SIZE = 256  # longest side, pixels: sharp in a 4-column grid, small on disk
+THUMBNAIL_SUFFIX = ".webp"
+THUMBNAIL_QUALITY = 85
+
+
+class StoredImage(Protocol):
+    """What a thumbnail needs from an image row (``db.schema.Image`` fits)."""
+
+    sha256: str
+    path: str
+
+
+def thumbnail_file(thumbs_dir: Path, sha256: str) -> Path:
+    return thumbs_dir / sha256[:2] / f"{sha256}{THUMBNAIL_SUFFIX}"
+
+
+def to_rgb(image: PILImage.Image) -> PILImage.Image:
+    """Upright RGB pixels: EXIF orientation applied, palette/alpha/grey/CMYK converted, alpha on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grey: scale to 8 bits instead of clipping at 255.
+        image = image.point(lambda value: value / 256).convert("L")
+    return image.convert("RGB")
+
+
+def write_thumbnail(image: PILImage.Image, target: Path, *, size: int = THUMBNAIL_SIZE) -> Path:
+    """Save a thumbnail of a decoded image atomically (temporary file, then rename)."""
+    thumb = to_rgb(image)
+    thumb.thumbnail((size, size), PILImage.Resampling.LANCZOS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            thumb.save(tmp, format="WEBP", quality=THUMBNAIL_QUALITY, method=4)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def thumbnail_path(project: Project, image: StoredImage) -> Path:
+    """The cached thumbnail of ``image``, made from the original file on first use."""
+    target = thumbnail_file(project.thumbs_dir, image.sha256)
+    if not target.exists():
+        with PILImage.open(project.resolve_image_path(image.path)) as source:
+            write_thumbnail(source, target)
+    return target
