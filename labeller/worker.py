@@ -29,8 +29,8 @@ from labeller.project import Project
 
 log = logging.getLogger("labeller.worker")
 
-# Checkpoints are written as "<stem>.partial" and renamed; a job's files carry "job<id>-a<attempt>".
-PARTIAL_SUFFIX = ".partial"
+# core.training.save_checkpoint writes ".<name>.<random>.tmp", then renames; a job's files carry "job<id>-a<n>".
+PARTIAL_SUFFIX = ".tmp"
 
 
 def default_worker_id() -> str:
@@ -225,3 +225,9 @@ class Worker:
 
 def run_worker(project: Project, config: WorkerConfig | None = None) -> int:
     return Worker(project, config).run()
+
+
+if __name__ == "__main__":  # ``python -m labeller.worker PROJECT``: how ``labeller serve`` starts one
+    from labeller.commands.worker import worker_command
+
+    worker_command()

@@ -17,3 +17,9 @@ REGISTERED += [worker_command, jobs_command]
 from labeller.commands.importing import import_command  # noqa: E402
 
 REGISTERED += [import_command]
+
+from labeller.commands.models import models_command  # noqa: E402
+from labeller.commands.serve import serve_command  # noqa: E402
+from labeller.commands.train import train_command  # noqa: E402
+
+REGISTERED += [train_command, models_command, serve_command]

@@ -1,0 +1,115 @@
+"""``labeller models``: list, compare, promote and roll back model versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from db.engine import unit_of_work
+from db.queries import jobs as job_queries
+from db.queries import models as model_queries
+from db.queries.models import ModelVersionError
+from labeller.commands.project import load_project
+
+HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "val_main_accuracy", "val_ece")
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@click.group("models", invoke_without_command=True)
+@click.argument("project", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def models_command(context: click.Context, project: Path) -> None:
+    """Model versions: list (default), compare A B, promote ID, rollback."""
+    context.obj = load_project(project)
+    if context.invoked_subcommand is None:
+        context.invoke(list_command)
+
+
+@models_command.command("list")
+@click.pass_obj
+def list_command(project) -> None:
+    """Newest first; * marks the active version."""
+    with unit_of_work(project.engine) as session:
+        versions = model_queries.list_model_versions(session)
+        if not versions:
+            click.echo("no model versions yet: labeller train PROJECT")
+            return
+        click.echo(f"  {'id':>4}  {'kind':<10} {'labels':>6}  " + "  ".join(f"{m:>19}" for m in HEADLINE_METRICS))
+        for version in versions:
+            metrics = version.metrics or {}
+            click.echo(
+                f"{'*' if version.active else ' '} {version.id:>4}  {version.model_kind:<10} {version.label_count:>6}  "
+                + "  ".join(f"{_number(metrics.get(m)):>19}" for m in HEADLINE_METRICS)
+                + f"  {version.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@models_command.command("compare")
+@click.argument("first", type=int)
+@click.argument("second", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole comparison as JSON.")
+@click.pass_obj
+def compare_command(project, first: int, second: int, as_json: bool) -> None:
+    """Metrics side by side (B - A), label counts, and the config and data entries that differ."""
+    try:
+        with unit_of_work(project.engine) as session:
+            comparison = model_queries.compare_model_versions(session, first, second)
+    except ModelVersionError as error:
+        raise click.ClickException(str(error)) from error
+    if as_json:
+        click.echo(json.dumps(comparison, indent=2, default=str))
+        return
+    click.echo(f"{'':<32} {'A = ' + str(first):>12} {'B = ' + str(second):>12} {'B - A':>10}")
+    click.echo(f"{'labels':<32} {comparison['label_count']['a']:>12} {comparison['label_count']['b']:>12}")
+    for key, row in comparison["metrics"].items():
+        if isinstance(row["a"], dict | list) or isinstance(row["b"], dict | list):
+            continue
+        click.echo(f"{key:<32} {_number(row['a']):>12} {_number(row['b']):>12} {_number(row['difference']):>10}")
+    for title in ("config_differences", "data_snapshot_differences"):
+        if comparison[title]:
+            click.echo(f"\n{title.replace('_', ' ')}:")
+            for key, row in comparison[title].items():
+                click.echo(f"  {key}: {row['a']!r} -> {row['b']!r}")
+
+
+def _ensure_scored(session, version_id: int) -> str:
+    """The queue reads a version's predictions: queue a score job when it has none."""
+    if model_queries.prediction_count(session, version_id):
+        return ""
+    job = job_queries.enqueue_job(session, "score", {"model_version_id": version_id, "then_embed": True})
+    return f"; it has no predictions yet, so score job {job.id} is queued"
+
+
+@models_command.command("promote")
+@click.argument("version_id", type=int)
+@click.pass_obj
+def promote_command(project, version_id: int) -> None:
+    """Make a version the active one (the one the labelling queue ranks by)."""
+    try:
+        with unit_of_work(project.engine) as session:
+            model_queries.promote_model_version(session, version_id)
+            note = _ensure_scored(session, version_id)
+    except ModelVersionError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"model version {version_id} is active{note}")
+
+
+@models_command.command("rollback")
+@click.pass_obj
+def rollback_command(project) -> None:
+    """Re-activate the version that was promoted before the active one."""
+    try:
+        with unit_of_work(project.engine) as session:
+            version = model_queries.rollback_model_version(session)
+            note = _ensure_scored(session, version.id)
+    except ModelVersionError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"rolled back: model version {version.id} is active{note}")

@@ -1,0 +1,102 @@
+"""``labeller serve``: the Streamlit app and one local worker, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from labeller.project import Project
+
+APP_ENTRY = Path(__file__).parent / "app" / "main.py"
+STOP_GRACE_SECONDS = 15.0
+WORKER_RESTARTS = 5  # a worker that keeps dying is left dead after this many restarts
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def streamlit_command(project: Project, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",  # the watcher crashes walking torch.classes (streamlit#10992)
+        "--browser.gatherUsageStats", "false",
+        "--server.port", str(port),
+        "--", "--project", str(project.root),
+    ]  # fmt: skip
+
+
+def worker_command(project: Project, extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "labeller.worker", str(project.root), *(extra or [])]
+
+
+@dataclass
+class Served:
+    app: subprocess.Popen
+    worker: subprocess.Popen | None
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+
+def start(project: Project, *, port: int | None = None, with_worker: bool = True) -> Served:
+    """Start the app (and a worker) as child processes; the caller stops them with ``stop``."""
+    if not APP_ENTRY.is_file():
+        raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
+    port = port or free_port()
+    env = {**os.environ, "LABELLER_PROJECT": str(project.root)}
+    app = subprocess.Popen(streamlit_command(project, port), env=env)
+    worker = subprocess.Popen(worker_command(project), env=env) if with_worker else None
+    return Served(app=app, worker=worker, port=port)
+
+
+def _terminate(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def stop(served: Served) -> None:
+    # The worker first: it hands a running job back to the queue before the app goes away.
+    _terminate(served.worker)
+    _terminate(served.app)
+
+
+def serve(project: Project, *, port: int | None = None, with_worker: bool = True) -> int:
+    """Run until Ctrl-C (or the app exits); restart a worker that dies. Returns the app's exit code."""
+    served = start(project, port=port, with_worker=with_worker)
+    print(f"Latent Labeller: {served.url}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
+    restarts = 0
+    try:
+        while served.app.poll() is None:
+            if served.worker is not None and served.worker.poll() is not None:
+                code = served.worker.returncode
+                if restarts >= WORKER_RESTARTS:
+                    print(f"the worker exited with code {code} {restarts} times; not restarting it", file=sys.stderr)
+                    served.worker = None
+                else:
+                    restarts += 1
+                    print(f"the worker exited with code {code}; restarting it", file=sys.stderr)
+                    served.worker = subprocess.Popen(worker_command(project))
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(served)
+    return served.app.returncode or 0
