@@ -1,0 +1,139 @@
+"""Images as the models see them: a uint8 pool with one admissible-leaf mask per image, image loading,
+augmentation that fits the kind of image, and the stratified validation split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+AugmentKind = Literal["none", "shift", "crop_flip"]
+
+
+@dataclass
+class LabelledPool:
+    """Every image the model may learn from.
+
+    images: uint8 (N, C, H, W); admissible: bool (N, K), the leaves each image's label admits (all True
+    for an unlabelled image); labelled: bool (N,), which images carry a human label (exact or partial).
+    """
+
+    images: np.ndarray
+    admissible: np.ndarray
+    labelled: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+        n = len(self.images)
+        if self.admissible.ndim != 2 or self.admissible.shape[0] != n or self.admissible.dtype != bool:
+            raise ValueError(f"admissible must be bool (N={n}, K), got {self.admissible.dtype} {self.admissible.shape}")
+        if self.labelled.shape != (n,) or self.labelled.dtype != bool:
+            raise ValueError(f"labelled must be bool (N={n},), got {self.labelled.dtype} {self.labelled.shape}")
+        empty = np.flatnonzero(~self.admissible.any(axis=1))
+        if len(empty):
+            raise ValueError(f"{len(empty)} image(s) admit no leaf at all (first index {empty[0]})")
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_leaves(self) -> int:
+        return self.admissible.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @classmethod
+    def from_leaf_labels(cls, images: np.ndarray, leaves: np.ndarray, num_leaves: int) -> LabelledPool:
+        """Exact labels: ``leaves[i]`` is a leaf index, or -1 for an unlabelled image."""
+        leaves = np.asarray(leaves)
+        labelled = leaves >= 0
+        admissible = np.ones((len(leaves), num_leaves), dtype=bool)
+        admissible[labelled] = False
+        admissible[np.flatnonzero(labelled), leaves[labelled]] = True
+        return cls(images=images, admissible=admissible, labelled=labelled)
+
+
+def load_image(path: Path | str, size: int, channels: int = 3) -> np.ndarray:
+    """One image as uint8 (C, size, size): EXIF orientation applied, centre square crop, resized."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        image = image.convert("RGB" if channels == 3 else "L")
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_images(paths: Sequence[Path | str], size: int, channels: int = 3) -> np.ndarray:
+    """Images as uint8 (N, C, size, size); a file that cannot be read raises with its path."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            out[i] = load_image(path, size, channels)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+    return out
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1]."""
+    return batch.float().div_(255.0)
+
+
+def default_augmentation(image_shape: tuple[int, int, int]) -> AugmentKind:
+    """Small shifts for tiny images (digits: a flip changes the class), crops and flips for photos."""
+    _, height, _ = image_shape
+    return "shift" if height <= 16 else "crop_flip"
+
+
+def augment(batch: torch.Tensor, kind: AugmentKind, generator: torch.Generator) -> torch.Tensor:
+    """Random per-image translation (and for photos a horizontal flip) of a float (B, C, H, W) batch.
+
+    ``shift`` moves by up to 1 pixel with zero fill; ``crop_flip`` takes a random crop of the image padded
+    by 1/8 of its size with reflection, then flips half the images. Randomness comes from ``generator``
+    (on the cpu) so a seeded run repeats exactly.
+    """
+    if kind == "none":
+        return batch
+    b, _, h, w = batch.shape
+    pad = 1 if kind == "shift" else max(1, h // 8)
+    mode = "constant" if kind == "shift" else "reflect"
+    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad), mode=mode)
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(batch.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=batch.device)  # (B, H)
+    cols = offsets[1, :, None] + torch.arange(w, device=batch.device)  # (B, W)
+    index = torch.arange(b, device=batch.device)[:, None, None, None]
+    channels = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
+    out = padded[index, channels, rows[:, None, :, None], cols[:, None, None, :]]
+    if kind == "crop_flip":
+        flip = (torch.rand(b, generator=generator) < 0.5).to(batch.device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def stratified_split(strata: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, validation) into ``strata``: about ``fraction`` of each stratum goes to
+    validation, always leaving at least one item of each stratum for training."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    validation: list[np.ndarray] = []
+    for value in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == value))
+        take = min(round(fraction * len(members)), len(members) - 1)
+        validation.append(members[:take])
+    val = np.sort(np.concatenate(validation)) if validation else np.empty(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(strata)), val)
+    return train, val

@@ -1,0 +1,237 @@
+"""Network building blocks, declared as a small table of architectures plus one builder (after
+torchvision's vgg.py): a convolutional encoder (4 stride-2 convolutions, then 2 dense layers) for resized
+images, its mirror as decoder, an MLP variant for tiny images and for latent vectors, and classifiers.
+
+Conditioning on a leaf y: concatenating a one-hot y to the input of a linear layer equals adding a
+learned per-leaf row to that layer's output, so ``LeafConditioned`` adds ``embedding[y]``. That lets the
+K-leaf enumeration reuse the per-image work and only repeat the small per-(image, leaf) part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """conv_channels: widths of the 4 stride-2 convolutions (empty for an MLP); dense: the 2 dense widths."""
+
+    conv_channels: tuple[int, ...]
+    dense: tuple[int, int]
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "conv": ArchSpec(conv_channels=(32, 64, 128, 256), dense=(512, 256)),
+    "conv_small": ArchSpec(conv_channels=(16, 32, 64, 128), dense=(256, 128)),
+    "mlp": ArchSpec(conv_channels=(), dense=(512, 256)),
+    "mlp_small": ArchSpec(conv_channels=(), dense=(256, 128)),
+}
+
+
+def arch_for(name: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}") from None
+
+
+def default_arch(input_shape: tuple[int, ...]) -> str:
+    """Convolutions pay off for images of 32 pixels and more; 8x8 digits and latent vectors get an MLP."""
+    return "conv" if len(input_shape) == 3 and input_shape[1] >= 32 else "mlp"
+
+
+def _activation() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+def small_init_(layer: nn.Linear, std: float = 1e-3) -> nn.Linear:
+    """Output heads start near zero (Kingma et al.): unit-variance posteriors and even class odds."""
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Encoder(nn.Module):
+    """x -> features: 4 convolutions (or a flatten for vectors) then the first dense layer."""
+
+    def __init__(self, arch: ArchSpec, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if arch.conv_channels:
+            if len(input_shape) != 3:
+                raise ValueError(f"a convolutional encoder needs (C, H, W) input, got {input_shape}")
+            channels, height, width = input_shape
+            if height % 16 or width % 16:
+                raise ValueError(f"convolutional nets need sides divisible by 16, got {height}x{width}")
+            for out_channels in arch.conv_channels:
+                layers += [nn.Conv2d(channels, out_channels, 4, stride=2, padding=1), _activation()]
+                channels = out_channels
+            flat = channels * (height // 16) * (width // 16)
+        else:
+            flat = math.prod(input_shape)
+        layers += [nn.Flatten(), nn.Linear(flat, arch.dense[0]), _activation()]
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = arch.dense[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class LeafConditioned(nn.Module):
+    """Linear layer on (input ⊕ one-hot leaf), computed as Linear(input) + embedding[leaf]."""
+
+    def __init__(self, in_features: int, out_features: int, num_leaves: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.leaf_rows = nn.Embedding(num_leaves, out_features) if num_leaves else None
+        if self.leaf_rows is not None:
+            nn.init.normal_(self.leaf_rows.weight, std=1.0 / math.sqrt(max(in_features, 1)))
+
+    def forward(self, x: torch.Tensor, leaf: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.linear(x)
+        if self.leaf_rows is not None:
+            if leaf is None:
+                raise ValueError("this layer is conditioned on a leaf; pass one")
+            out = out + self.leaf_rows(leaf)
+        return out
+
+
+class GaussianHead(nn.Module):
+    """features (and a leaf) -> (mean, log-variance) of a diagonal Gaussian over z; the second dense
+    layer of the encoder. No softplus on the log-variance: it would force variances >= 1."""
+
+    def __init__(self, feature_dim: int, hidden: int, latent_dim: int, num_leaves: int = 0) -> None:
+        super().__init__()
+        self.hidden = LeafConditioned(feature_dim, hidden, num_leaves)
+        self.activation = _activation()
+        self.mean = small_init_(nn.Linear(hidden, latent_dim))
+        self.log_var = small_init_(nn.Linear(hidden, latent_dim))
+
+    def forward(self, features: torch.Tensor, leaf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.activation(self.hidden(features, leaf))
+        # A wide clamp only guards against overflow of exp(); it is inactive in normal training.
+        return self.mean(h), self.log_var(h).clamp(-15.0, 10.0)
+
+
+class Decoder(nn.Module):
+    """z (and a leaf) -> likelihood parameters shaped like x: 2 dense layers, then for images the mirror
+    of the encoder's convolutions as transposed convolutions."""
+
+    def __init__(self, arch: ArchSpec, latent_dim: int, output_shape: tuple[int, ...], num_leaves: int = 0):
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        self.first = LeafConditioned(latent_dim, arch.dense[1], num_leaves)
+        layers: list[nn.Module] = [_activation()]
+        if arch.conv_channels:
+            channels, height, width = output_shape
+            widths = arch.conv_channels[::-1]
+            self.start_shape = (widths[0], height // 16, width // 16)
+            layers += [nn.Linear(arch.dense[1], math.prod(self.start_shape)), _activation()]
+            layers.append(nn.Unflatten(1, self.start_shape))
+            for i, in_channels in enumerate(widths):
+                last = i == len(widths) - 1
+                out_channels = channels if last else widths[i + 1]
+                layers.append(nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1))
+                if not last:
+                    layers.append(_activation())
+        else:
+            layers += [nn.Linear(arch.dense[1], arch.dense[0]), _activation()]
+            layers += [nn.Linear(arch.dense[0], math.prod(output_shape)), nn.Unflatten(1, output_shape)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, leaf: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layers(self.first(z, leaf))
+
+
+class SmallClassifier(nn.Module):
+    """q(y|x) as logits over K leaves: the encoder's trunk with dropout (MC dropout gives BALD)."""
+
+    def __init__(self, arch: ArchSpec, input_shape: tuple[int, ...], num_leaves: int, dropout: float):
+        super().__init__()
+        self.trunk = Encoder(arch, input_shape)
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(self.trunk.feature_dim, arch.dense[1]),
+            _activation(),
+            nn.Dropout(dropout),
+            small_init_(nn.Linear(arch.dense[1], num_leaves), std=1e-2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+class ImageNetNormalise(nn.Module):
+    """VGG16 checkpoints expect ImageNet-normalised RGB; the models hand it pixels in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+
+def vgg16_classifier(num_leaves: int, weights: Path | str | None = None, dropout: float = 0.5) -> nn.Module:
+    """torchvision's VGG16 with its last layer replaced by ``num_leaves`` outputs.
+
+    ``weights``: a local file holding a VGG16 state_dict (e.g. a fine-tuned ImageNet model, or a full
+    checkpoint dict with a ``state_dict``/``model`` entry). Its last layer is kept only when it already has
+    ``num_leaves`` outputs. Nothing is downloaded.
+    """
+    vgg = torchvision.models.vgg16(weights=None, dropout=dropout)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"VGG16 weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        last = state.get("classifier.6.weight")
+        if last is not None and last.shape[0] != num_leaves:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+        vgg.classifier[6] = nn.Linear(4096, num_leaves)
+        missing, unexpected = vgg.load_state_dict(state, strict=False)
+        allowed_missing = {"classifier.6.weight", "classifier.6.bias"}
+        if unexpected or set(missing) - allowed_missing:
+            raise ValueError(
+                f"{path} is not a VGG16 state_dict: missing {sorted(set(missing) - allowed_missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+    else:
+        vgg.classifier[6] = nn.Linear(4096, num_leaves)
+    return nn.Sequential(ImageNetNormalise(), vgg)
+
+
+def build_classifier(
+    kind: str,
+    input_shape: tuple[int, ...],
+    num_leaves: int,
+    *,
+    dropout: float = 0.3,
+    vgg16_weights: Path | str | None = None,
+) -> nn.Module:
+    """q(y|x): ``cnn`` / ``mlp`` (the small nets of the table) or ``vgg16``."""
+    if kind == "vgg16":
+        if len(input_shape) != 3 or input_shape[1] < 32:
+            raise ValueError(f"vgg16 needs images of at least 32x32, got {input_shape}")
+        return vgg16_classifier(num_leaves, vgg16_weights)
+    if kind == "cnn":
+        if len(input_shape) != 3 or input_shape[1] < 32:
+            kind = "mlp"  # tiny images and latent vectors: an MLP is the CNN's honest equivalent
+        else:
+            return SmallClassifier(arch_for("conv"), input_shape, num_leaves, dropout)
+    if kind == "mlp":
+        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout)
+    raise ValueError(f"unknown classifier {kind!r}; choose cnn, mlp or vgg16")

@@ -1,0 +1,127 @@
+"""The model maths: shapes, the K-leaf enumeration, partial labels, main = sum of leaves, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.calibration import expected_calibration_error, fit_temperature
+from core.models import M2, VAE, classification_loss, set_loss
+from core.nets import LeafConditioned, arch_for, build_classifier
+from core.taxonomy import Taxonomy
+from core.training import TrainConfig, build_model
+
+
+def make_m2(input_shape: tuple[int, ...], num_leaves: int, arch: str, likelihood: str = "gaussian") -> M2:
+    torch.manual_seed(0)
+    classifier = build_classifier("mlp" if arch.startswith("mlp") else "cnn", input_shape, num_leaves)
+    return M2(arch_for(arch), input_shape, num_leaves, 8, likelihood, classifier, alpha=10.0).eval()
+
+
+@pytest.mark.parametrize("model_name", ["m1", "m2", "m1m2", "supervised"])
+@pytest.mark.parametrize("image_shape", [(1, 8, 8), (3, 32, 32)])
+def test_every_model_gives_finite_loss_and_shaped_outputs(model_name, image_shape):
+    torch.manual_seed(0)
+    taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
+    model = build_model(TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6), taxonomy, image_shape)
+    x = torch.rand(5, *image_shape)
+    admissible = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    terms = model(x[:3], x, admissible)
+    assert torch.isfinite(terms.loss) and terms.loss.ndim == 0
+    terms.loss.backward()
+    assert model.classify(x).shape == (5, 3)
+    assert model.latent(x).ndim == 2 and len(model.latent(x)) == 5
+    if hasattr(model, "reconstruct"):
+        assert model.reconstruct(x).shape == x.shape
+    if model_name in ("m1", "m1m2"):
+        vae_terms = model.vae(x)
+        assert torch.isfinite(vae_terms.loss)
+
+
+@pytest.mark.parametrize(("input_shape", "arch"), [((3, 32, 32), "conv_small"), ((1, 8, 8), "mlp_small")])
+def test_leaf_enumeration_equals_a_naive_per_leaf_loop(input_shape, arch):
+    num_leaves = 4
+    model = make_m2(input_shape, num_leaves, arch)
+    x = torch.rand(3, *input_shape)
+    everything = torch.ones(3, num_leaves, dtype=torch.bool)
+    with torch.no_grad():
+        batched = model.leaf_losses(x, everything, sample=False)
+        naive = torch.empty(3, num_leaves)
+        for leaf in range(num_leaves):
+            y = torch.full((3,), leaf)
+            features = model.encoder_z_trunk(x)  # the trunk again for every leaf: what the batch avoids
+            mean, log_var = model.encoder_z(features, y)
+            log_px = model.likelihood.log_prob(model.decoder(mean, y), x)
+            kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
+            naive[:, leaf] = -log_px + kl + np.log(num_leaves)
+    torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-4)
+
+
+def test_leaf_conditioning_equals_concatenating_a_one_hot():
+    torch.manual_seed(0)
+    layer = LeafConditioned(5, 7, num_leaves=3)
+    x, leaf = torch.randn(4, 5), torch.tensor([0, 2, 1, 2])
+    concat = torch.nn.Linear(8, 7)
+    with torch.no_grad():
+        concat.weight.copy_(torch.cat([layer.linear.weight, layer.leaf_rows.weight.T], dim=1))
+        concat.bias.copy_(layer.linear.bias)
+        expected = concat(torch.cat([x, torch.nn.functional.one_hot(leaf, 3).float()], dim=1))
+        torch.testing.assert_close(layer(x, leaf), expected)
+
+
+def test_partial_label_of_one_leaf_equals_the_exact_label_loss():
+    model = make_m2((1, 8, 8), 5, "mlp_small", likelihood="bernoulli")
+    x = torch.rand(4, 1, 8, 8)
+    leaf = torch.tensor([0, 3, 4, 1])
+    exact = torch.nn.functional.one_hot(leaf, 5).bool()
+    with torch.no_grad():
+        losses = model.leaf_losses(x, exact, sample=False)
+        logits = model.classify(x)
+        bound, classification = set_loss(logits, losses, exact)
+        # Exact label: U_S = L(x, y) and the classification term is the cross-entropy.
+        torch.testing.assert_close(bound, losses[torch.arange(4), leaf])
+        torch.testing.assert_close(classification, torch.nn.functional.cross_entropy(logits, leaf, reduction="none"))
+        torch.testing.assert_close(classification_loss(logits, exact), classification)
+
+
+def test_set_bound_matches_its_definition_for_partial_and_unlabelled_sets():
+    torch.manual_seed(1)
+    logits, losses = torch.randn(3, 4), torch.rand(3, 4) * 50
+    admissible = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]], dtype=torch.bool)
+    bound, classification = set_loss(logits, losses, admissible)
+    for i in range(3):
+        s = admissible[i]
+        q_s = logits[i][s].softmax(0)
+        expected = (q_s * losses[i][s]).sum() + (q_s * q_s.log()).sum()  # sum q L - H(q_S)
+        torch.testing.assert_close(bound[i], expected)
+        torch.testing.assert_close(classification[i], -logits[i].softmax(0)[s].sum().log())
+    # Gradients stay finite although the masked entries are -inf inside.
+    logits.requires_grad_(True)
+    set_loss(logits, losses, admissible)[0].sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_vae_loss_is_positive_and_finite():
+    torch.manual_seed(0)
+    vae = VAE(arch_for("conv_small"), (3, 32, 32), 6, "gaussian")
+    terms = vae(torch.rand(4, 3, 32, 32))
+    assert torch.isfinite(terms.loss) and terms.terms["kl"] >= 0
+
+
+def test_temperature_recovers_a_known_temperature():
+    rng = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=rng) * 2
+    targets = torch.multinomial(true_logits.softmax(-1), 1, generator=rng).squeeze(1)
+    admissible = torch.nn.functional.one_hot(targets, 5).bool()
+    temperature = fit_temperature(true_logits * 3.0, admissible)  # over-confident by a factor 3
+    assert temperature == pytest.approx(3.0, rel=0.1)
+
+
+def test_expected_calibration_error():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=20000)
+    calibrated_targets = np.array([rng.choice(3, p=p) for p in probs])
+    assert expected_calibration_error(probs, calibrated_targets) < 0.02
+    sharpened = probs**4 / (probs**4).sum(1, keepdims=True)
+    assert expected_calibration_error(sharpened, calibrated_targets) > 0.05
