@@ -23,3 +23,8 @@ from labeller.commands.serve import serve_command  # noqa: E402
 from labeller.commands.train import train_command  # noqa: E402
 
 REGISTERED += [train_command, models_command, serve_command]
+
+from labeller.commands.export import export_command  # noqa: E402
+from labeller.commands.status import status_command  # noqa: E402
+
+REGISTERED += [status_command, export_command]

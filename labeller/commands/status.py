@@ -1,0 +1,56 @@
+"""``labeller status``: what is in a project, at a glance or as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from db.engine import unit_of_work
+from db.queries.status import project_status
+from labeller.commands.project import load_project
+
+
+@click.command("status")
+@click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status_command(project: Path, as_json: bool) -> None:
+    """Images, labels per class and sub-class, annotators, model versions and jobs of PROJECT."""
+    opened = load_project(project)
+    with unit_of_work(opened.engine) as session:
+        status = project_status(session)
+    if as_json:
+        click.echo(json.dumps({"project": opened.settings.name, **status}, indent=2))
+    else:
+        click.echo(format_status(opened.settings.name, status))
+
+
+def format_status(name: str, status: dict[str, Any]) -> str:
+    lines = [
+        f"project {name}",
+        f"images: {status['images']} ({status['labelled']} labelled, {status['unlabelled']} unlabelled, "
+        f"{status['audit_images']} in the audit slice)",
+    ]
+    if status["classes"]:
+        lines.append("labels per class:")
+        for entry in status["classes"]:
+            lines.append(f"  {entry['main_class']}: {entry['labelled']} (main class only: {entry['main_class_only']})")
+            lines += [f"    {sub}: {count}" for sub, count in entry["sub_classes"].items()]
+    else:
+        lines.append("no taxonomy yet: labeller taxonomy PROJECT --file taxonomy.toml")
+    lines.append(f"annotators: {len(status['annotators'])}")
+    lines += [
+        f"  {a['name']}: {a['current_labels']} current labels, {a['history_rows']} history rows, "
+        f"last {a['last_activity'] or 'never'}"
+        for a in status["annotators"]
+    ]
+    lines.append(f"model versions: {len(status['model_versions'])}")
+    lines += [
+        f"  #{v['id']} {v['name']} ({v['model_kind']}, {v['label_count']} labels){' ACTIVE' if v['active'] else ''}"
+        for v in status["model_versions"]
+    ]
+    jobs = ", ".join(f"{status_name} {count}" for status_name, count in sorted(status["jobs"].items()))
+    lines.append(f"jobs: {jobs or 'none'}")
+    return "\n".join(lines)
