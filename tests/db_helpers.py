@@ -92,3 +92,68 @@ def add_model_version(engine: Engine, scores: dict[int, float], *, name: str = "
         ]
         session.execute(insert(Prediction), rows)
         return version.id
+
+
+# --- workers for the multi-process tests (module level, so that spawned processes can import them) ---
+
+
+def record_many(url: str, annotator_name: str, image_ids: list[int], main_class_ids: list[int], rounds: int) -> int:
+    """One OS process recording ``rounds`` decisions (one transaction each) on the shared images, cycling
+    through classes so that most are corrections; returns how many it recorded."""
+    from db.engine import make_engine
+    from db.queries.annotations import record_annotation
+    from db.queries.annotators import get_or_create_annotator
+    from db.schema import AnnotationKind
+
+    engine = make_engine(url)
+    try:
+        with unit_of_work(engine) as session:
+            annotator_id = get_or_create_annotator(session, annotator_name).id
+        for number in range(rounds):
+            with unit_of_work(engine) as session:
+                record_annotation(
+                    session,
+                    image_id=image_ids[number % len(image_ids)],
+                    annotator_id=annotator_id,
+                    kind=AnnotationKind.LABEL,
+                    main_class_id=main_class_ids[number % len(main_class_ids)],
+                    source="test",
+                )
+        return rounds
+    finally:
+        engine.dispose()
+
+
+def claim_and_label(url: str, annotator_name: str, main_class_id: int, rounds: int) -> list[int]:
+    """One OS process taking the next image and labelling it, ``rounds`` times, as an annotator in the
+    app does; returns the images it was handed, in order."""
+    from db.engine import make_engine
+    from db.queries.annotations import record_annotation
+    from db.queries.annotators import get_or_create_annotator
+    from db.queries.queue import next_image
+    from db.schema import AnnotationKind
+
+    engine = make_engine(url)
+    served: list[int] = []
+    try:
+        with unit_of_work(engine) as session:
+            annotator_id = get_or_create_annotator(session, annotator_name).id
+        for _ in range(rounds):
+            with unit_of_work(engine) as session:
+                image_id = next_image(
+                    session, annotator_id=annotator_id, strategy="entropy", model_version_id=1, audit_every=0
+                )
+            if image_id is None:
+                break
+            served.append(image_id)
+            with unit_of_work(engine) as session:
+                record_annotation(
+                    session,
+                    image_id=image_id,
+                    annotator_id=annotator_id,
+                    kind=AnnotationKind.LABEL,
+                    main_class_id=main_class_id,
+                )
+        return served
+    finally:
+        engine.dispose()

@@ -310,4 +310,29 @@ def _claim(
         set_={"annotator_id": statement.excluded.annotator_id, "expires_at": statement.excluded.expires_at},
         where=or_(Claim.expires_at <= now, Claim.annotator_id == annotator_id),
     ).returning(Claim.image_id)
-    return set(session.scalars(statement))
+    won = set(session.scalars(statement))
+    if won and session.get_bind().dialect.name == "postgresql":
+        won -= _labelled_meanwhile(session, won, annotator_id)
+    return won
+
+
+def _labelled_meanwhile(session: Session, image_ids: set[int], annotator_id: int) -> set[int]:
+    """PostgreSQL only: the candidate query read a snapshot taken before the claim, so another annotator
+    may have labelled an image (releasing their own claim) in between. A fresh statement sees that
+    commit; such images are given back. (SQLite's BEGIN IMMEDIATE makes query and claim one step.)"""
+    labelled = set(
+        session.scalars(
+            select(Annotation.image_id)
+            .join(Image, Image.id == Annotation.image_id)
+            .where(
+                Annotation.image_id.in_(image_ids),
+                Annotation.superseded.is_(False),
+                Annotation.kind == AnnotationKind.LABEL,
+                Annotation.annotator_id != annotator_id,
+                Image.audit.is_(False),  # audit images go to every annotator anyway
+            )
+        )
+    )
+    if labelled:
+        session.execute(delete(Claim).where(Claim.image_id.in_(labelled), Claim.annotator_id == annotator_id))
+    return labelled

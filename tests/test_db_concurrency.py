@@ -1,0 +1,64 @@
+"""Several real OS processes writing to one database at once: nothing lost, no image handed out twice."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+from sqlalchemy import func, select
+
+from db.engine import unit_of_work
+from db.schema import Annotation, Claim
+from tests.db_helpers import add_images, add_model_version, add_taxonomy, claim_and_label, record_many
+
+PROCESSES = 3
+
+
+def _pool() -> ProcessPoolExecutor:
+    # spawn: a fresh interpreter per worker, as the real app and worker processes are.
+    return ProcessPoolExecutor(max_workers=PROCESSES, mp_context=multiprocessing.get_context("spawn"))
+
+
+def test_concurrent_writers_on_one_sqlite_file_lose_nothing(sqlite_engine) -> None:
+    image_ids = add_images(sqlite_engine, 50)
+    taxonomy = add_taxonomy(sqlite_engine)
+    url = sqlite_engine.url.render_as_string(hide_password=False)
+    rounds = 300
+    with _pool() as pool:
+        futures = [
+            pool.submit(record_many, url, f"writer-{n}", image_ids, [taxonomy.loops, taxonomy.lines], rounds)
+            for n in range(PROCESSES)
+        ]
+        recorded = sum(future.result(timeout=300) for future in futures)
+    assert recorded == PROCESSES * rounds
+    with unit_of_work(sqlite_engine) as session:
+        assert session.scalar(select(func.count()).select_from(Annotation)) == PROCESSES * rounds
+        # Exactly one current decision per (image, annotator), however the writers interleaved.
+        current = session.execute(
+            select(Annotation.image_id, Annotation.annotator_id, func.count())
+            .where(Annotation.superseded.is_(False))
+            .group_by(Annotation.image_id, Annotation.annotator_id)
+        ).all()
+        assert len(current) == PROCESSES * len(image_ids)
+        assert {count for _, _, count in current} == {1}
+
+
+def test_processes_claiming_next_images_never_get_the_same_image(engine) -> None:
+    image_ids = add_images(engine, 400)
+    taxonomy = add_taxonomy(engine)
+    # Every image scored the same: all processes race for the same top of the index.
+    version = add_model_version(engine, dict.fromkeys(image_ids, 0.5))
+    assert version == 1
+    url = engine.url.render_as_string(hide_password=False)
+    rounds = 100
+    with _pool() as pool:
+        futures = [
+            pool.submit(claim_and_label, url, f"annotator-{n}", taxonomy.loops, rounds) for n in range(PROCESSES)
+        ]
+        served = [future.result(timeout=300) for future in futures]
+    everything = [image_id for batch in served for image_id in batch]
+    assert [len(batch) for batch in served] == [rounds] * PROCESSES
+    assert len(set(everything)) == len(everything), "an image was handed to two annotators"
+    with unit_of_work(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Annotation)) == PROCESSES * rounds
+        assert session.scalar(select(func.count()).select_from(Claim)) == 0  # every claim fulfilled
