@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from db.queries import jobs as job_queries
 from labeller.jobs import JobContext
 
 STEP_SECONDS = 0.05
@@ -17,5 +18,5 @@ def run(context: JobContext) -> None:
     while time.monotonic() < deadline:
         context.raise_if_stopped()
         time.sleep(STEP_SECONDS)
-    with context.completing():
-        pass
+    with context.completing() as session:
+        job_queries.add_job_event(session, context.job.id, "log", {"message": f"pong from {context.job.worker_id}"})
