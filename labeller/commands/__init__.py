@@ -28,3 +28,7 @@ from labeller.commands.export import export_command  # noqa: E402
 from labeller.commands.status import status_command  # noqa: E402
 
 REGISTERED += [status_command, export_command]
+
+from labeller.commands.demo import demo_command  # noqa: E402
+
+REGISTERED += [demo_command]
