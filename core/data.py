@@ -137,3 +137,15 @@ def stratified_split(strata: np.ndarray, fraction: float, rng: np.random.Generat
     val = np.sort(np.concatenate(validation)) if validation else np.empty(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(len(strata)), val)
     return train, val
+
+
+def save_pool(pool: LabelledPool, path: Path | str) -> Path:
+    """The pool as one .npz file, for training in another process (torchrun)."""
+    path = Path(path)
+    np.savez(path, images=pool.images, admissible=pool.admissible, labelled=pool.labelled)
+    return path
+
+
+def load_pool(path: Path | str) -> LabelledPool:
+    with np.load(path) as data:
+        return LabelledPool(images=data["images"], admissible=data["admissible"], labelled=data["labelled"])

@@ -33,7 +33,7 @@ def test_vgg16_classifier_loads_a_local_checkpoint_and_replaces_the_last_layer(v
 
 
 def test_vgg16_checkpoint_wrapped_in_a_dict_with_module_prefixes_loads(vgg16_file, tmp_path):
-    path, reference = vgg16_file
+    _, reference = vgg16_file
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.items()}, "epoch": 3}, wrapped)
     vgg = vgg16_classifier(2, wrapped)[1]
