@@ -118,12 +118,12 @@ def test_folder_import_adds_good_files_and_reports_every_bad_one(project: Projec
 def test_reimport_adds_nothing_twice(project: Project, tmp_path: Path) -> None:
     messy_folder(tmp_path / "in")
     first = import_images(project, [tmp_path / "in"], options=QUIET)
-    thumbs_before = {path: path.stat().st_mtime_ns for path in project.thumbs_dir.rglob("*.webp")}
+    thumbs_before = {path: path.stat().st_mtime_ns for path in project.thumbs_dir.rglob("*.jpg")}
     second = import_images(project, [tmp_path / "in", tmp_path / "in" / "good.png"], options=QUIET)
     assert (second.added, second.duplicates) == (0, first.added + first.duplicates + 1)
     assert len(stored_images(project)) == first.added
     # Thumbnails are made once.
-    assert {path: path.stat().st_mtime_ns for path in project.thumbs_dir.rglob("*.webp")} == thumbs_before
+    assert {path: path.stat().st_mtime_ns for path in project.thumbs_dir.rglob("*.jpg")} == thumbs_before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod 000 files; the broken link covers unreadable files")
