@@ -1,0 +1,246 @@
+"""Read queries the Streamlit app needs beyond the annotation, queue, job and model modules.
+
+Every function takes a Session and never commits. "Current label" here means an annotator's newest,
+non-superseded annotation of kind LABEL (an undo leaves an UNDO row current, so it drops out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Select, and_, delete, exists, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from db.schema import (
+    Annotation,
+    AnnotationKind,
+    Annotator,
+    Claim,
+    Image,
+    MainClass,
+    Prediction,
+    utcnow,
+)
+
+
+def taxonomy_rows(session: Session) -> list[MainClass]:
+    """Main classes in display order with their sub-classes loaded (also in display order)."""
+    query = select(MainClass).options(selectinload(MainClass.sub_classes)).order_by(MainClass.position, MainClass.id)
+    return list(session.scalars(query))
+
+
+def image_by_id(session: Session, image_id: int) -> Image | None:
+    return session.get(Image, image_id)
+
+
+def images_by_ids(session: Session, image_ids: Sequence[int]) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.id.in_(list(image_ids)))))
+
+
+def prediction_for(session: Session, model_version_id: int | None, image_id: int) -> Prediction | None:
+    if model_version_id is None:
+        return None
+    return session.get(Prediction, (model_version_id, image_id))
+
+
+def claim_image(session: Session, *, image_id: int, annotator_id: int, lease_seconds: int) -> bool:
+    """Claim one given image (e.g. the one an undo brings back); False when someone else holds it."""
+    now = utcnow()
+    claim = session.get(Claim, image_id)
+    if claim is not None and claim.annotator_id != annotator_id and claim.expires_at > now:
+        return False
+    if claim is None:
+        session.add(
+            Claim(image_id=image_id, annotator_id=annotator_id, expires_at=now + timedelta(seconds=lease_seconds))
+        )
+    else:
+        claim.annotator_id = annotator_id
+        claim.expires_at = now + timedelta(seconds=lease_seconds)
+    session.flush()
+    return True
+
+
+def drop_claims(session: Session, image_ids: Sequence[int], annotator_id: int) -> None:
+    session.execute(delete(Claim).where(Claim.image_id.in_(image_ids), Claim.annotator_id == annotator_id))
+
+
+def _current_label_exists(image_column) -> Select:  # type: ignore[no-untyped-def]
+    return exists().where(
+        Annotation.image_id == image_column,
+        Annotation.superseded.is_(False),
+        Annotation.kind == AnnotationKind.LABEL,
+    )
+
+
+@dataclass(frozen=True)
+class GridRow:
+    image_id: int
+    path: str
+    predicted_main_id: int | None
+    predicted_sub_id: int | None
+    confidence: float | None
+    score: float | None
+    labelled: bool
+
+
+GRID_MODES = ("uncertain", "predicted", "unlabelled", "labelled", "search", "ids")
+
+
+def grid_images(
+    session: Session,
+    *,
+    mode: str,
+    model_version_id: int | None,
+    strategy: str = "entropy",
+    main_class_id: int | None = None,
+    search: str = "",
+    image_ids: Sequence[int] = (),
+    offset: int = 0,
+    limit: int = 24,
+) -> tuple[list[GridRow], int]:
+    """One page of images for the Grid page, and the total count under the same filter.
+
+    ``uncertain``: unlabelled images, highest ``strategy`` score first (random order without a model);
+    ``predicted``: the model's predicted main class is ``main_class_id``, most confident first;
+    ``unlabelled`` / ``labelled``: by random key; ``search``: the file path contains ``search``;
+    ``ids``: exactly ``image_ids`` (an Explore selection), in that order.
+    """
+    if mode not in GRID_MODES:
+        raise ValueError(f"unknown grid mode {mode!r}; expected one of {GRID_MODES}")
+    labelled = _current_label_exists(Image.id)
+    join_condition = and_(Prediction.image_id == Image.id, Prediction.model_version_id == model_version_id)
+    score_column = getattr(Prediction, strategy, Prediction.entropy) if strategy != "random" else None
+    columns = [
+        Image.id,
+        Image.path,
+        Prediction.main_class_id,
+        Prediction.sub_class_id,
+        Prediction.confidence,
+        score_column if score_column is not None else Prediction.entropy,
+        labelled.label("labelled"),
+    ]
+    query = select(*columns).select_from(Image).outerjoin(Prediction, join_condition)
+    if mode == "uncertain":
+        query = query.where(~labelled)
+        if model_version_id is not None and score_column is not None:
+            query = query.order_by(score_column.desc().nulls_last(), Image.random_key)
+        else:
+            query = query.order_by(Image.random_key)
+    elif mode == "predicted":
+        query = query.where(Prediction.main_class_id == main_class_id).order_by(Prediction.confidence.desc())
+    elif mode == "unlabelled":
+        query = query.where(~labelled).order_by(Image.random_key)
+    elif mode == "labelled":
+        query = query.where(labelled).order_by(Image.random_key)
+    elif mode == "search":
+        query = query.where(Image.path.contains(search, autoescape=True)).order_by(Image.path)
+    else:
+        query = query.where(Image.id.in_(list(image_ids)))
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    rows = session.execute(query.offset(offset).limit(limit)).all()
+    result = [GridRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+    if mode == "ids":
+        order = {image_id: i for i, image_id in enumerate(image_ids)}
+        result.sort(key=lambda row: order.get(row.image_id, len(order)))
+    return result, total
+
+
+@dataclass(frozen=True)
+class ModelDisagreement:
+    image_id: int
+    path: str
+    human_main_id: int
+    annotator: str
+    predicted_main_id: int
+    confidence: float
+
+
+def confident_disagreements(
+    session: Session, model_version_id: int, *, min_confidence: float = 0.9, limit: int = 48
+) -> list[ModelDisagreement]:
+    """Human labels the model contradicts with at least ``min_confidence``: likely labelling mistakes."""
+    query = (
+        select(
+            Image.id,
+            Image.path,
+            Annotation.main_class_id,
+            Annotator.name,
+            Prediction.main_class_id,
+            Prediction.confidence,
+        )
+        .join(Annotation, Annotation.image_id == Image.id)
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_version_id == model_version_id))
+        .where(
+            Annotation.superseded.is_(False),
+            Annotation.kind == AnnotationKind.LABEL,
+            Prediction.confidence >= min_confidence,
+            Prediction.main_class_id != Annotation.main_class_id,
+        )
+        .order_by(Prediction.confidence.desc())
+        .limit(limit)
+    )
+    return [ModelDisagreement(*row) for row in session.execute(query)]
+
+
+def annotation_counts_by_annotator(session: Session) -> list[tuple[str, str, int]]:
+    """(annotator, kind, count) over current annotations."""
+    query = (
+        select(Annotator.name, Annotation.kind, func.count())
+        .join(Annotation, Annotation.annotator_id == Annotator.id)
+        .where(Annotation.superseded.is_(False))
+        .group_by(Annotator.name, Annotation.kind)
+        .order_by(Annotator.name)
+    )
+    return [(name, str(kind), count) for name, kind, count in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class EmbeddingPoints:
+    image_ids: list[int]
+    x: list[float]
+    y: list[float]
+    predicted_main_id: list[int | None]
+    predicted_sub_id: list[int | None]
+    confidence: list[float]
+    entropy: list[float]
+    novelty: list[float | None]
+    disagreement: list[float | None]
+
+
+def embedding_points(session: Session, model_version_id: int) -> EmbeddingPoints:
+    """The model version's UMAP coordinates and scores, for images that have them."""
+    query = (
+        select(
+            Prediction.image_id,
+            Prediction.umap_x,
+            Prediction.umap_y,
+            Prediction.main_class_id,
+            Prediction.sub_class_id,
+            Prediction.confidence,
+            Prediction.entropy,
+            Prediction.novelty,
+            Prediction.disagreement,
+        )
+        .where(
+            Prediction.model_version_id == model_version_id,
+            Prediction.umap_x.is_not(None),
+            Prediction.umap_y.is_not(None),
+        )
+        .order_by(Prediction.image_id)
+    )
+    rows = session.execute(query).all()
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(9)]
+    return EmbeddingPoints(*(list(column) for column in columns))
+
+
+def human_main_labels(session: Session) -> dict[int, int]:
+    """image id -> main class id of its newest current LABEL (across annotators)."""
+    query = (
+        select(Annotation.image_id, Annotation.main_class_id)
+        .where(Annotation.superseded.is_(False), Annotation.kind == AnnotationKind.LABEL)
+        .order_by(Annotation.created_at)
+    )
+    return {image_id: main_id for image_id, main_id in session.execute(query) if main_id is not None}

@@ -1,0 +1,109 @@
+"""Widgets shared by several pages: the annotator picker, the wellbeing panel, image tiles."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import streamlit as st
+
+from db.engine import unit_of_work
+from db.queries.annotators import AnnotatorError, get_or_create_annotator, list_annotators
+from labeller.app import state
+from labeller.project import Project
+
+NEW_NAME = "New annotator..."
+
+
+def _oidc_configured() -> bool:
+    # st.user carries "is_logged_in" only when an [auth] section is in secrets.toml.
+    return "is_logged_in" in st.user.to_dict()
+
+
+def _sign_in(name: str) -> None:
+    name = name.strip()
+    if not name:
+        st.session_state["identity_error"] = "A name cannot be empty."
+        return
+    try:
+        with unit_of_work(state.engine()) as session:
+            annotator = get_or_create_annotator(session, name)
+            state.set_identity(state.Identity(annotator.id, annotator.name))
+        st.session_state.pop("identity_error", None)
+        # Kept in the URL so that a reload or a bookmarked page keeps the same name.
+        st.query_params["annotator"] = annotator.name
+    except AnnotatorError as error:
+        st.session_state["identity_error"] = str(error)
+
+
+def _sign_out() -> None:
+    state.set_identity(None)
+    st.query_params.pop("annotator", None)
+
+
+def identity_picker(project: Project) -> None:
+    """Who is labelling: the OIDC user when login is configured, else a name picked from a list."""
+    if _oidc_configured():
+        if not st.user.is_logged_in:
+            st.button("Log in", on_click=st.login, icon=":material/login:")
+            return
+        name = str(st.user.get("email") or st.user.get("name"))
+        who = state.identity()
+        if who is None or who.name != name:
+            _sign_in(name)
+        st.caption(f"Signed in as **{name}**")
+        st.button("Log out", on_click=st.logout)
+        return
+
+    who = state.identity()
+    if who is not None:
+        cols = st.columns([3, 2], vertical_alignment="center")
+        cols[0].markdown(f":material/person: **{who.name}**")
+        cols[1].button("Switch", key="switch_annotator", on_click=_sign_out)
+        return
+    with unit_of_work(state.engine()) as session:
+        names = [a.name for a in list_annotators(session)]
+    remembered = st.query_params.get("annotator")
+    if remembered in names:
+        _sign_in(remembered)
+        st.rerun()
+    choice = st.selectbox("Who is labelling?", [*names, NEW_NAME], index=None, placeholder="Pick your name")
+    if choice == NEW_NAME or (choice is None and not names):
+        with st.form("new_annotator", border=False):
+            typed = st.text_input("Your name", max_chars=200)
+            if st.form_submit_button("Start labelling", type="primary"):
+                _sign_in(typed)
+                st.rerun()
+    elif choice is not None:
+        _sign_in(choice)
+        st.rerun()
+    if error := st.session_state.get("identity_error"):
+        st.error(error)
+
+
+def wellbeing_panel(project: Project) -> None:
+    """Image hiding for this session, and the exposure counter with its optional break reminder."""
+    settings = project.settings.labelling
+    st.session_state.setdefault("blur", settings.blur_images)
+    st.session_state.setdefault("greyscale", settings.greyscale_images)
+    with st.expander("Image safety", icon=":material/visibility_off:"):
+        st.toggle("Blur images until revealed", key="blur", help="Press V on the Label page to reveal one image.")
+        st.toggle("Greyscale images", key="greyscale")
+    shown, minutes = state.exposure()
+    st.caption(f"Images seen since your last break: **{shown}** ({minutes:.0f} min)")
+    reminder = settings.break_reminder_minutes
+    if reminder and minutes >= reminder:
+        st.warning(f"You have been labelling for {minutes:.0f} minutes. Time for a short break.")
+        st.button("I took a break", on_click=state.take_break, key="took_break")
+
+
+def image_tile(file: Path, *, key: str, hidden_class: str, caption: str | None = None) -> None:
+    """One image in a keyed container whose CSS class hides it (see main.STYLE)."""
+    with st.container(key=f"hide-{hidden_class}-{key}"):
+        st.image(str(file), caption=caption, width="stretch")
+
+
+def probability_bars(probabilities: Mapping[str, float], *, limit: int = 5) -> None:
+    """The top classes and their probabilities, largest first."""
+    for name, value in sorted(probabilities.items(), key=lambda item: -item[1])[:limit]:
+        st.progress(min(max(float(value), 0.0), 1.0), text=f"{name}: {value:.0%}")

@@ -1,0 +1,70 @@
+"""Latent Labeller's Streamlit entry point.
+
+    streamlit run labeller/app/main.py -- --project PATH     (or LABELLER_PROJECT=PATH)
+
+The page files live in ``labeller/app/views`` (a folder named ``pages/`` would switch Streamlit to its
+legacy multipage mode). This script sets the page up, draws the sidebar (who is labelling, image
+safety, exposure) and runs the selected page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+from streamlit.navigation.page import StreamlitPage
+
+from labeller.app import state
+from labeller.app.components import identity_picker, wellbeing_panel
+
+VIEWS = Path(__file__).parent / "views"
+
+# Hidden images: a CSS filter on the container, so the cached file is served as is (no re-encoding)
+# and revealing it costs nothing.
+STYLE = """
+<style>
+[class*="st-key-hide-blurred"] img { filter: blur(22px); }
+[class*="st-key-hide-grey"] img { filter: grayscale(1) contrast(0.9); }
+[class*="st-key-tile-"] img { border-radius: 6px; }
+[class*="label-image"] img { max-height: 62vh; object-fit: contain; }
+.block-container { padding-top: 2.2rem; }
+</style>
+"""
+
+
+def build_navigation() -> StreamlitPage:
+    pages = {
+        "Annotate": [
+            st.Page(VIEWS / "label.py", title="Label", icon=":material/label:", url_path="label", default=True),
+            st.Page(VIEWS / "grid.py", title="Grid", icon=":material/grid_view:", url_path="grid"),
+            st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:", url_path="review"),
+        ],
+        "Model": [
+            st.Page(VIEWS / "train.py", title="Train", icon=":material/model_training:", url_path="train"),
+            st.Page(VIEWS / "explore.py", title="Explore", icon=":material/scatter_plot:", url_path="explore"),
+        ],
+        "Project": [
+            st.Page(VIEWS / "data.py", title="Data", icon=":material/database:", url_path="data"),
+        ],
+    }
+    return st.navigation(pages)
+
+
+def main() -> None:
+    st.set_page_config(page_title="Latent Labeller", page_icon=":material/label:", layout="wide")
+    st.html(STYLE)
+    project = state.current_project()
+    navigation = build_navigation()
+    with st.sidebar:
+        st.markdown(f"**{project.settings.name}**")
+        identity_picker(project)
+        wellbeing = st.container()
+    try:
+        navigation.run()
+    finally:
+        # Drawn after the page so that the exposure count includes the image it just showed.
+        with wellbeing:
+            wellbeing_panel(project)
+
+
+main()

@@ -1,0 +1,104 @@
+"""Data: import images (a folder on the server or a browser upload), edit the taxonomy, see the counts,
+download the labels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from db.queries.taxonomy import TaxonomyError
+from labeller.app import services, state
+from labeller.ingest import ImportReport
+
+project = state.current_project()
+engine = project.engine
+state.require_identity()
+
+
+def show_report(report: ImportReport) -> None:
+    st.success(
+        f"Added {report.added} images ({report.duplicates} duplicates, {report.labelled} pre-labelled) "
+        f"in {report.seconds:.1f} s."
+    )
+    if report.skipped:
+        with st.expander(f"{len(report.skipped)} files skipped"):
+            st.dataframe(
+                pd.DataFrame({"file": [s.path for s in report.skipped], "reason": [s.reason for s in report.skipped]}),
+                hide_index=True,
+                width="stretch",
+            )
+
+
+st.title("Data")
+imports, taxonomy_tab, counts_tab, export_tab = st.tabs(["Import", "Taxonomy", "Counts", "Export"])
+
+with imports:
+    st.metric("Images in the project", services.image_total(engine))
+    left, right = st.columns(2, gap="large")
+    with left, st.form("import_folder"):
+        st.markdown("**A folder on the server**")
+        folder = st.text_input("Folder path", placeholder="/data/new-batch")
+        from_folders = st.checkbox(
+            "Sub-folder names are labels", help="main/ or main/sub/ folders pre-label their images (ImageFolder layout)"
+        )
+        if st.form_submit_button("Import folder", type="primary"):
+            try:
+                with st.spinner("Importing..."):
+                    show_report(services.import_folder(project, folder, labels_from_folders=from_folders))
+            except (FileNotFoundError, ValueError) as error:
+                st.error(str(error))
+    with right, st.form("upload", clear_on_submit=True):
+        st.markdown("**Upload from this computer**")
+        uploads = st.file_uploader(
+            "Images", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"], accept_multiple_files=True
+        )
+        if st.form_submit_button("Import uploads", type="primary") and uploads:
+            with st.spinner("Importing..."):
+                show_report(services.import_uploads(project, [(f.name, f.getvalue()) for f in uploads]))
+
+with taxonomy_tab:
+    st.caption(
+        'Edit the taxonomy as TOML. Rename with `renamed_from = "old"`, merge with `merge_into = "other"`: '
+        "labels follow. A class that has labels cannot simply disappear."
+    )
+    revision = st.session_state.setdefault("taxonomy_revision", 0)
+    text = st.text_area("Taxonomy", services.taxonomy_toml(engine), height=320, key=f"taxonomy-{revision}")
+    if st.button("Apply taxonomy", type="primary"):
+        try:
+            changes = services.apply_taxonomy_toml(engine, text)
+        except TaxonomyError as error:
+            st.error(str(error))
+        else:
+            st.session_state["taxonomy_revision"] = revision + 1
+            st.session_state["taxonomy_flash"] = "; ".join(changes) or "No change."
+            st.rerun()
+    if flash := st.session_state.pop("taxonomy_flash", None):
+        st.success(flash)
+
+with counts_tab:
+    counts = services.counts(engine)
+    st.metric("Labelled images", counts.labelled_images)
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "main class": main,
+                    "labelled": counts.by_main_class.get(main, 0),
+                    "main class only": counts.main_class_only.get(main, 0),
+                    **{f"tag: {sub}": n for sub, n in subs.items()},
+                }
+                for main, subs in counts.by_sub_class.items()
+            ]
+        ).fillna(0),
+        hide_index=True,
+        width="stretch",
+    )
+
+with export_tab:
+    st.download_button(
+        "Download labels (CSV)",
+        services.labels_csv(engine),
+        file_name=f"{project.settings.name}-labels.csv",
+        mime="text/csv",
+        icon=":material/download:",
+    )

@@ -1,0 +1,98 @@
+"""Explore: the active model's latent space as a WebGL scatter; lasso or box a cluster to inspect and
+bulk-label it on the Grid page."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from labeller.app import services, state
+from labeller.app.components import image_tile
+from labeller.app.selection import selected_image_ids
+
+# Categorical colours (Okabe-Ito, colour-blind safe), cycled when there are more categories.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+PREVIEW = 12
+NO_CATEGORY = "#c8ccd4"
+
+project = state.current_project()
+engine = project.engine
+state.require_identity()
+taxonomy = state.taxonomy()
+
+st.title("Explore")
+colour_by = st.segmented_control(
+    "Colour by", list(services.COLOUR_BY), format_func=services.COLOUR_BY.get, default="predicted", key="colour_by"
+)
+view = services.embedding_view(engine, taxonomy, colour_by or "predicted")
+if view is None:
+    st.info(
+        "No latent map yet: the active model version has no UMAP coordinates. Train a model on the Train page; "
+        "the worker scores the pool and embeds it afterwards."
+    )
+    st.stop()
+
+
+def scatter(view: services.EmbeddingView) -> go.Figure:
+    """One Scattergl trace in ``view.image_ids`` order, so a selected point_index is an index into it."""
+    marker: dict = {"size": 6 if len(view.image_ids) < 20_000 else 3, "opacity": 0.85}
+    if view.categories:
+        # Category i is drawn at value i + 0.5, the middle of its flat band [i, i + 1) of a stepped scale.
+        names = list(view.categories)
+        values = [c + 0.5 if not math.isnan(c) else None for c in view.colour]
+        if None in values:
+            values = [v if v is not None else len(names) + 0.5 for v in values]
+            names.append("none")
+        colours = [PALETTE[i % len(PALETTE)] for i in range(len(view.categories))] + [NO_CATEGORY]
+        count = len(names)
+        scale = [[edge / count, colours[i]] for i in range(count) for edge in (i, i + 1)]
+        marker.update(
+            color=values,
+            colorscale=scale,
+            cmin=0,
+            cmax=count,
+            colorbar={
+                "tickvals": [i + 0.5 for i in range(count)],
+                "ticktext": names,
+                "title": services.COLOUR_BY[colour_by or "predicted"],
+            },
+        )
+    else:
+        marker.update(color=view.colour, colorscale="Viridis", colorbar={"title": services.COLOUR_BY[colour_by]})
+    figure = go.Figure(
+        go.Scattergl(x=view.x, y=view.y, mode="markers", marker=marker, text=view.hover, hoverinfo="text")
+    )
+    figure.update_layout(
+        height=620,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode="lasso",
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
+        plot_bgcolor="#fafbfd",
+    )
+    return figure
+
+
+event = st.plotly_chart(
+    scatter(view), key=f"umap-{view.model_version_id}", on_select="rerun", selection_mode=("lasso", "box", "points")
+)
+chosen = selected_image_ids(event.selection if event else None, view.image_ids)
+st.caption(
+    f"Model version {view.model_version_id} · {len(view.image_ids)} images · draw a lasso or a box to select "
+    "(double-click to clear)"
+)
+if chosen:
+    top = st.columns([3, 1], vertical_alignment="center")
+    top[0].markdown(f"**{len(chosen)} images selected**")
+    if top[1].button("Open in the Grid", type="primary", icon=":material/grid_view:", width="stretch"):
+        st.session_state["explore_selection"] = chosen
+        st.session_state["grid_from_explore"] = True
+        st.switch_page("views/grid.py")
+    files = services.display_files(engine, project, chosen[:PREVIEW])
+    hidden = state.image_filter_class(project)
+    columns = st.columns(PREVIEW // 2)
+    for index, image_id in enumerate(chosen[:PREVIEW]):
+        with columns[index % len(columns)]:
+            image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=hidden, caption=str(image_id))

@@ -1,0 +1,152 @@
+"""Grid: a page of thumbnails (uncertain, one predicted class, an Explore selection or a search);
+select many and give them all one main class and tags."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from db.queries.annotations import AnnotationError
+from db.schema import AnnotationKind
+from labeller.app import services, state
+from labeller.app.components import image_tile
+
+MODES = {
+    "uncertain": "Most uncertain (unlabelled)",
+    "predicted": "One predicted class",
+    "ids": "Explore selection",
+    "unlabelled": "Unlabelled",
+    "labelled": "Labelled",
+    "search": "Search file names",
+}
+PAGE_SIZES = (12, 24, 36, 48)
+COLUMNS = 6
+
+project = state.current_project()
+engine = project.engine
+who = state.require_identity()
+taxonomy = state.taxonomy()
+st.session_state.setdefault("grid_selected", set())
+st.session_state.setdefault("grid_page", 0)
+explore_ids: list[int] = st.session_state.get("explore_selection", [])
+
+
+def reset_page() -> None:
+    st.session_state["grid_page"] = 0
+    st.session_state["grid_selected"] = set()
+
+
+def toggle(image_id: int) -> None:
+    selected: set[int] = st.session_state["grid_selected"]
+    selected.symmetric_difference_update({image_id})
+
+
+def select_all(image_ids: list[int], on: bool) -> None:
+    selected: set[int] = st.session_state["grid_selected"]
+    if on:
+        selected.update(image_ids)
+    else:
+        selected.difference_update(image_ids)
+
+
+def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
+    selected = sorted(st.session_state["grid_selected"])
+    try:
+        count = services.label_many(
+            engine,
+            annotator_id=who.annotator_id,
+            image_ids=selected,
+            decision=services.Decision(AnnotationKind.LABEL, main_class_id, tuple(tag_ids)),
+        )
+    except AnnotationError as error:
+        st.session_state["grid_flash"] = f"Nothing was labelled: {error}"
+        return
+    st.session_state["grid_flash"] = f"Labelled {count} images as {taxonomy.main_name(main_class_id)}."
+    st.session_state["grid_selected"] = set()
+
+
+st.title("Grid")
+default_mode = "ids" if explore_ids and st.session_state.pop("grid_from_explore", False) else None
+if default_mode:
+    st.session_state["grid_mode"] = default_mode
+    reset_page()
+controls = st.columns([3, 3, 2], vertical_alignment="bottom")
+mode = controls[0].selectbox("Show", list(MODES), format_func=MODES.get, key="grid_mode", on_change=reset_page)
+main_filter: int | None = None
+search = ""
+if mode == "predicted":
+    main_filter = controls[1].selectbox(
+        "Predicted class", [m.id for m in taxonomy.main_classes], format_func=taxonomy.main_name, on_change=reset_page
+    )
+elif mode == "search":
+    search = controls[1].text_input("File name contains", on_change=reset_page)
+elif mode == "ids":
+    controls[1].caption(f"{len(explore_ids)} images selected on the Explore page")
+page_size = controls[2].selectbox("Per page", PAGE_SIZES, index=1, on_change=reset_page)
+
+tiles, total = services.grid_page(
+    engine,
+    project,
+    mode=mode,
+    strategy=st.session_state.get("strategy", "entropy"),
+    main_class_id=main_filter,
+    search=search,
+    image_ids=explore_ids,
+    page=st.session_state["grid_page"],
+    page_size=page_size,
+)
+
+if flash := st.session_state.pop("grid_flash", None):
+    st.toast(flash, icon=":material/done_all:")
+
+pages = max(1, math.ceil(total / page_size))
+selected: set[int] = st.session_state["grid_selected"]
+page_ids = [tile.row.image_id for tile in tiles]
+bar = st.container(horizontal=True, vertical_alignment="center")
+bar.markdown(f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected")
+bar.button("Select page", on_click=select_all, args=(page_ids, True), icon=":material/select_all:")
+bar.button("Clear", on_click=select_all, args=(page_ids, False), icon=":material/deselect:")
+bar.button(
+    "Previous",
+    disabled=st.session_state["grid_page"] == 0,
+    on_click=lambda: st.session_state.update(grid_page=st.session_state["grid_page"] - 1),
+)
+bar.button(
+    "Next",
+    disabled=st.session_state["grid_page"] >= pages - 1,
+    on_click=lambda: st.session_state.update(grid_page=st.session_state["grid_page"] + 1),
+)
+
+if not tiles:
+    st.info("No images match.")
+for start in range(0, len(tiles), COLUMNS):
+    columns = st.columns(COLUMNS)
+    for column, tile in zip(columns, tiles[start : start + COLUMNS], strict=False):
+        row = tile.row
+        with column:
+            image_tile(tile.file, key=f"tile-{row.image_id}", hidden_class=state.image_filter_class(project))
+            predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
+            confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
+            st.checkbox(
+                f"{row.image_id} · {predicted}{confidence}" + (" · labelled" if row.labelled else ""),
+                value=row.image_id in selected,
+                key=f"pick-{row.image_id}-{row.image_id in selected}",
+                on_change=toggle,
+                args=(row.image_id,),
+            )
+
+with st.form("bulk_label", border=True):
+    st.markdown("**Label the selected images**")
+    form_cols = st.columns([2, 3, 1], vertical_alignment="bottom")
+    main_id = form_cols[0].selectbox(
+        "Main class", [m.id for m in taxonomy.main_classes], format_func=taxonomy.main_name
+    )
+    all_tags = [(s.id, f"{m.name} / {s.name}") for m in taxonomy.main_classes for s in m.sub_classes]
+    tag_ids = form_cols[1].multiselect(
+        "Sub-class tags (of that main class)", [t for t, _ in all_tags], format_func=dict(all_tags).get
+    )
+    submitted = form_cols[2].form_submit_button("Apply", type="primary", disabled=not selected)
+    if submitted:
+        apply_label(main_id, tag_ids)
+        st.rerun()

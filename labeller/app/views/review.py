@@ -1,0 +1,111 @@
+"""Review: my recent labels, likely mistakes (the model confidently disagrees), annotator disagreements,
+and per-annotator counts with Cohen's kappa on doubly labelled images."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from labeller.app import services, state
+from labeller.app.components import image_tile
+
+project = state.current_project()
+engine = project.engine
+who = state.require_identity()
+taxonomy = state.taxonomy()
+
+st.title("Review")
+mine, mistakes, between, team = st.tabs(["My labels", "Likely mistakes", "Disagreements", "Annotators"])
+
+with mine:
+    history = services.my_history(engine, who.annotator_id, limit=50)
+    if not history:
+        st.info("You have not labelled anything yet.")
+    else:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "time": [h.created_at for h in history],
+                    "image": [h.image_id for h in history],
+                    "decision": [str(h.kind) for h in history],
+                    "main class": [h.main_class or "" for h in history],
+                    "tags": [", ".join(h.tags) for h in history],
+                    "queued by": [h.strategy or h.source for h in history],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        st.caption("Change or undo a label from the Label page's Recent list, or relabel it on the Grid page.")
+
+with mistakes:
+    threshold = st.slider("Model confidence at least", 0.5, 0.99, 0.9, 0.01)
+    found = services.likely_mistakes(engine, min_confidence=threshold)
+    if not found:
+        st.info("No human label is contradicted by the active model at this confidence (or no model is active).")
+    else:
+        files = services.display_files(engine, project, [m.image_id for m in found])
+        hidden = state.image_filter_class(project)
+        columns = st.columns(6)
+        for index, item in enumerate(found):
+            with columns[index % 6]:
+                image_tile(files[item.image_id], key=f"mistake-{item.image_id}", hidden_class=hidden)
+                st.caption(
+                    f"{item.image_id}: **{taxonomy.main_name(item.human_main_id)}** by {item.annotator}; "
+                    f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%})"
+                )
+        if st.button("Open these in the Grid", icon=":material/grid_view:"):
+            st.session_state["explore_selection"] = [m.image_id for m in found]
+            st.session_state["grid_from_explore"] = True
+            st.switch_page("views/grid.py")
+
+summary = services.review_summary(engine)
+
+with between:
+    if not summary.disagreements:
+        st.info("No image has conflicting labels from different annotators.")
+    else:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "image": [d.image_id for d in summary.disagreements],
+                    "labels": [
+                        "; ".join(f"{a}: {m}" + (f" ({', '.join(t)})" if t else "") for a, m, t in d.labels)
+                        for d in summary.disagreements
+                    ],
+                    "main classes differ": [d.main_classes_differ for d in summary.disagreements],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+
+with team:
+    if summary.counts:
+        counts = pd.DataFrame(summary.counts, columns=["annotator", "decision", "count"])
+        st.dataframe(
+            counts.pivot_table(index="annotator", columns="decision", values="count", fill_value=0),
+            width="stretch",
+        )
+    if summary.agreements:
+        st.markdown("**Agreement on doubly labelled images** (main classes)")
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "annotators": [f"{r.annotator_a} / {r.annotator_b}" for r in summary.agreements],
+                    "shared images": [r.images for r in summary.agreements],
+                    "agreement": [r.observed_agreement for r in summary.agreements],
+                    "Cohen's kappa": [None if math.isnan(r.cohen_kappa) else r.cohen_kappa for r in summary.agreements],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "agreement": st.column_config.NumberColumn(format="percent"),
+                "Cohen's kappa": st.column_config.NumberColumn(format="%.2f"),
+            },
+        )
+    else:
+        st.caption("Cohen's kappa appears once two annotators have labelled the same images.")

@@ -1,0 +1,150 @@
+"""End-to-end fixtures: Debian's Chromium driven by Playwright, and a real ``streamlit run`` server on a
+small generated project (one server per test module, each on a free port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from labeller.project import Project
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "labeller" / "app" / "main.py"
+CHROMIUM = Path(os.environ.get("LABELLER_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = REPO / "test-output" / "screenshots"
+SERVER_START_TIMEOUT = 90.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # In CI a browser test must run: a missing Chromium fails it instead of skipping it.
+    if CHROMIUM.exists() or os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh installs it)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {
+        **browser_type_launch_args,
+        "executable_path": str(CHROMIUM),
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args: dict) -> dict:
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    project: Project
+    process: subprocess.Popen
+    log: Path
+
+
+def start_server(project: Project, log: Path) -> AppServer:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--", "--project", str(project.root),
+    ]  # fmt: skip
+    handle = log.open("w")
+    process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return AppServer(url, project, process, log)
+        except OSError:
+            time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError(f"streamlit did not become healthy in {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
+
+
+def stop_server(server: AppServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AppServer]:
+    """A server on a fresh project; a test module asks for a model by defining ``WITH_MODEL = True``."""
+    from tests.e2e.project_factory import add_active_model, make_app_project
+
+    root = tmp_path_factory.mktemp("app") / "project"
+    project = make_app_project(root, images=int(getattr(request.module, "IMAGES", 40)))
+    if getattr(request.module, "WITH_MODEL", False):
+        add_active_model(project)
+    server = start_server(project, root.parent / "streamlit.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def wait_idle(page, timeout: float = 30_000) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the script run triggered by the last action has finished."""
+    page.wait_for_timeout(150)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+
+
+def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page, url: str, name: str, path: str = "") -> None:  # type: ignore[no-untyped-def]
+    """Open ``path`` (the Label page by default) and enter a new annotator name in the sidebar."""
+    page.goto(f"{url}/{path}")
+    wait_idle(page)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Who is labelling?").wait_for()
+    name_box = sidebar.get_by_label("Your name")
+    if not name_box.is_visible():
+        sidebar.get_by_text("Pick your name").click()
+        page.get_by_role("option", name="New annotator...").click()
+        wait_idle(page)
+    name_box.fill(name)
+    sidebar.get_by_role("button", name="Start labelling").click()
+    wait_idle(page)
