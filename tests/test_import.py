@@ -262,3 +262,36 @@ def test_same_content_twice_in_one_run_is_one_image(project: Project, tmp_path: 
     shutil.copy(tmp_path / "a" / "x.png", tmp_path / "a" / "y.png")
     report = import_images(project, [tmp_path / "a"], options=ImportOptions(batch_size=1, progress=False))
     assert (report.added, report.duplicates) == (1, 1)
+
+
+def _import_in_another_process(project_root: str, data: str, results) -> None:
+    from labeller.project import open_project
+
+    report = import_images(
+        open_project(project_root), [Path(data)], options=ImportOptions(batch_size=4, progress=False)
+    )
+    results.put((report.added, report.duplicates, len(report.skipped)))
+
+
+def test_concurrent_importers_on_one_sqlite_file_add_each_image_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    project = init_project(tmp_path / "project")
+    for seed in range(40):
+        write_image(tmp_path / "in" / f"{seed:02d}.png", seed)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [
+        context.Process(target=_import_in_another_process, args=(str(project.root), str(tmp_path / "in"), results))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert sum(added for added, _, _ in outcomes) == 40
+    assert all(added + duplicates == 40 and skipped == 0 for added, duplicates, skipped in outcomes)
+    images = stored_images(project)
+    assert len(images) == len({image.sha256 for image in images}) == 40
