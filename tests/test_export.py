@@ -138,3 +138,66 @@ def test_imagefolder_copy_and_missing_files(project: Project, tmp_path: Path) ->
     Path(rows[0].path).unlink()
     summary = export_labels(project, "imagefolder", tmp_path / "copied", link=False)
     assert (summary.rows, summary.copied, summary.missing) == (4, 3, [rows[0].path])
+
+
+def _bulk_labelled_project(root: Path, count: int) -> Project:
+    """``count`` labelled image rows written in bulk (no files: the CSV export reads only the database)."""
+    from sqlalchemy import insert
+
+    from db.queries.images import random_key_from_sha
+    from db.schema import Annotation
+
+    project = init_project(root)
+    with unit_of_work(project.engine) as session:
+        apply_taxonomy_spec(session, parse_taxonomy_toml(TAXONOMY))
+        ants = main_class_by_name(session, "ants").id
+        annotator = get_or_create_annotator(session, "bulk").id
+        shas = [f"{i:064x}" for i in range(count)]
+        session.execute(
+            insert(Image),
+            [
+                {
+                    "sha256": sha,
+                    "path": f"/data/{i}.png",
+                    "width": 8,
+                    "height": 8,
+                    "format": "PNG",
+                    "file_size": 1,
+                    "random_key": random_key_from_sha(sha),
+                    "audit": False,
+                }
+                for i, sha in enumerate(shas)
+            ],
+        )
+        ids = dict(session.execute(select(Image.sha256, Image.id)).all())
+        session.execute(
+            insert(Annotation),
+            [
+                {
+                    "image_id": ids[sha],
+                    "annotator_id": annotator,
+                    "kind": AnnotationKind.LABEL,
+                    "main_class_id": ants,
+                    "superseded": False,
+                    "source": "bulk",
+                }
+                for sha in shas
+            ],
+        )
+    return project
+
+
+def test_export_memory_does_not_grow_with_the_number_of_rows(tmp_path: Path) -> None:
+    import tracemalloc
+
+    peaks = {}
+    for count in (4_000, 16_000):
+        project = _bulk_labelled_project(tmp_path / f"p{count}", count)
+        tracemalloc.start()
+        summary = export_labels(project, "csv", tmp_path / f"{count}.csv")
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert summary.rows == count
+        project.engine.dispose()
+    # Four times the rows (both past the first fetch buffers), the same peak: rows are streamed, never all held.
+    assert peaks[16_000] < 1.3 * peaks[4_000], peaks
