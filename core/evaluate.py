@@ -91,8 +91,6 @@ class EvaluationData:
             raise ValueError(f"admissible must be bool {expected}, got {self.admissible.dtype} {self.admissible.shape}")
         if not self.admissible.any(axis=1).all():
             raise ValueError("every image needs a label: found an image that admits no leaf")
-        if (self.admissible.all(axis=1) & (self.taxonomy.num_leaves > 1)).any():
-            raise ValueError("an image admits every leaf, i.e. carries no label; pass it as extra_unlabelled")
         main_sets = self.admissible.astype(np.int64) @ self.taxonomy.leaf_to_main_matrix().astype(np.int64)
         if ((main_sets > 0).sum(axis=1) != 1).any():
             raise ValueError("a label admits leaves of more than one main class")

@@ -1,0 +1,231 @@
+"""A project's images and current labels as the models see them.
+
+``load_project_pool`` reads every image and its current label through ``db.queries`` and turns each label
+into the set of taxonomy leaves it admits (``core.taxonomy.Taxonomy.admissible``): a main class with tags
+admits those sub-classes, a main class alone admits all of its sub-classes (a partial label), and an image
+without a current label (never labelled, skipped, unsure, undone) admits every leaf and counts as
+unlabelled.
+
+Decoding photos is the slow part, so pixels are cached under ``project/models/cache``: one folder per
+(size, channels), holding shard files of (sha256, pixels) written atomically. An image is decoded once per
+size, whoever asks (worker, evaluation, scoring); a re-imported file with the same content reuses its
+pixels. Several processes may fill the cache at once: each writes its own shard, and duplicates are
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.data import LabelledPool, load_image
+from core.taxonomy import Taxonomy
+from db.engine import unit_of_work
+from db.queries.annotations import current_labels
+from db.queries.images import iter_images
+from db.queries.taxonomy import taxonomy_mapping
+from labeller.project import Project, ProjectError
+
+if TYPE_CHECKING:
+    from core.evaluate import EvaluationData
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = "cache"
+# Many small shards slow every load down; past this many they are merged into one.
+MAX_SHARDS = 16
+
+
+@dataclass
+class ProjectPool:
+    """Every readable image of a project, in image-id order.
+
+    image_ids: int64 (N,); pool: pixels and admissible-leaf masks (``pool.labelled`` marks the images with
+    a current label); audit: bool (N,), the images of the random audit slice; skipped: image id -> why
+    it could not be read (missing or broken file), left out of everything else.
+    """
+
+    image_ids: np.ndarray
+    pool: LabelledPool
+    taxonomy: Taxonomy
+    audit: np.ndarray
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def labelled_ids(self) -> np.ndarray:
+        return self.image_ids[self.pool.labelled]
+
+
+@dataclass(frozen=True)
+class _ImageRow:
+    image_id: int
+    sha256: str
+    path: Path
+    audit: bool
+
+
+def load_project_pool(
+    project: Project, *, image_size: int, channels: int = 3, workers: int | None = None
+) -> ProjectPool:
+    """Pixels (uint8, ``channels`` x ``image_size`` x ``image_size``) and labels of every project image."""
+    if image_size < 1 or channels not in (1, 3):
+        raise ValueError(f"need image_size >= 1 and channels 1 or 3, got {image_size} and {channels}")
+    with unit_of_work(project.engine) as session:
+        mapping = taxonomy_mapping(session)
+        rows = [
+            _ImageRow(image.id, image.sha256, project.resolve_image_path(image.path), bool(image.audit))
+            for image in iter_images(session)
+        ]
+        labels = {label.image_id: (label.main_class, label.tags) for label in current_labels(session)}
+    if not mapping:
+        raise ProjectError("the project has no taxonomy yet: define its classes with `labeller taxonomy`")
+    taxonomy = Taxonomy.from_dict(mapping)
+
+    cache = PixelCache(project.models_dir / CACHE_FOLDER, image_size=image_size, channels=channels)
+    pixels, failures = cache.get([row.sha256 for row in rows], [row.path for row in rows], workers=workers)
+    readable = [i for i, row in enumerate(rows) if row.sha256 not in failures]
+    skipped = {row.image_id: failures[row.sha256] for row in rows if row.sha256 in failures}
+    if skipped:
+        log.warning(
+            "%d image(s) could not be read and are left out, e.g. %s", len(skipped), next(iter(skipped.values()))
+        )
+
+    admissible = np.ones((len(readable), taxonomy.num_leaves), dtype=bool)
+    labelled = np.zeros(len(readable), dtype=bool)
+    for position, index in enumerate(readable):
+        label = labels.get(rows[index].image_id)
+        if label is None:
+            continue
+        main, tags = label
+        try:
+            admissible[position] = taxonomy.admissible(main, tags)
+        except (KeyError, ValueError) as error:
+            raise ProjectError(f"image {rows[index].image_id}: its label does not fit the taxonomy: {error}") from error
+        labelled[position] = True
+    images = pixels[readable] if len(readable) else np.empty((0, channels, image_size, image_size), dtype=np.uint8)
+    return ProjectPool(
+        image_ids=np.array([rows[i].image_id for i in readable], dtype=np.int64),
+        pool=LabelledPool(images=images, admissible=admissible, labelled=labelled),
+        taxonomy=taxonomy,
+        audit=np.array([rows[i].audit for i in readable], dtype=bool),
+        skipped=skipped,
+    )
+
+
+def evaluation_data(project_pool: ProjectPool, name: str) -> EvaluationData:
+    """The labelled images as an oracle's data for ``core.evaluate``; the unlabelled ones become extra
+    unlabelled data for the semi-supervised models."""
+    from core.evaluate import EvaluationData
+
+    pool = project_pool.pool
+    return EvaluationData(
+        name=name,
+        images=pool.images[pool.labelled],
+        admissible=pool.admissible[pool.labelled],
+        taxonomy=project_pool.taxonomy,
+        extra_unlabelled=pool.images[~pool.labelled] if (~pool.labelled).any() else None,
+    )
+
+
+class PixelCache:
+    """Decoded, resized pixels by content hash, for one (size, channels)."""
+
+    def __init__(self, root: Path, *, image_size: int, channels: int) -> None:
+        self.image_size = image_size
+        self.channels = channels
+        self.folder = Path(root) / f"pixels-{image_size}px-{channels}ch"
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
+
+    def _load(self) -> tuple[dict[str, tuple[int, int]], list[np.ndarray]]:
+        """sha256 -> (shard number, row), and the shards' pixel arrays."""
+        where: dict[str, tuple[int, int]] = {}
+        arrays: list[np.ndarray] = []
+        for path in self._shards():
+            try:
+                with np.load(path) as shard:
+                    hashes, pixels = shard["sha256"], shard["pixels"]
+            except (OSError, ValueError, KeyError) as error:
+                # A damaged shard costs a re-decode, never a failed job.
+                log.warning("ignoring unreadable pixel cache shard %s: %s", path, error)
+                continue
+            if pixels.shape[1:] != (self.channels, self.image_size, self.image_size):
+                continue
+            for row, sha in enumerate(hashes.tolist()):
+                where.setdefault(sha, (len(arrays), row))
+            arrays.append(pixels)
+        return where, arrays
+
+    def _write(self, hashes: Sequence[str], pixels: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{uuid.uuid4().hex}"
+        temporary = self.folder / f".{name}.tmp.npz"
+        np.savez(temporary, sha256=np.array(hashes, dtype="U64"), pixels=pixels)
+        os.replace(temporary, self.folder / f"{name}.npz")
+
+    def get(
+        self, hashes: Sequence[str], paths: Sequence[Path], *, workers: int | None = None
+    ) -> tuple[np.ndarray, dict[str, str]]:
+        """Pixels (N, C, S, S) in the order of ``hashes``, decoding only what the cache lacks; and
+        sha256 -> error for files that could not be read (their rows are zeros)."""
+        shape = (self.channels, self.image_size, self.image_size)
+        out = np.zeros((len(hashes), *shape), dtype=np.uint8)
+        where, arrays = self._load()
+        missing: dict[str, Path] = {}
+        for position, sha in enumerate(hashes):
+            if sha in where:
+                shard, row = where[sha]
+                out[position] = arrays[shard][row]
+            else:
+                missing.setdefault(sha, paths[position])
+        failures: dict[str, str] = {}
+        if missing:
+            decoded, failures = self._decode(missing, workers)
+            if decoded:
+                new_hashes = list(decoded)
+                self._write(new_hashes, np.stack([decoded[sha] for sha in new_hashes]))
+            for position, sha in enumerate(hashes):
+                if sha in decoded:
+                    out[position] = decoded[sha]
+            if len(self._shards()) > MAX_SHARDS:
+                self.compact()
+        return out, failures
+
+    def _decode(self, missing: dict[str, Path], workers: int | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        def decode(item: tuple[str, Path]) -> tuple[str, np.ndarray | None, str | None]:
+            sha, path = item
+            try:
+                return sha, load_image(path, self.image_size, self.channels), None
+            except (OSError, ValueError) as error:
+                return sha, None, f"{path}: {error}"
+
+        decoded: dict[str, np.ndarray] = {}
+        failures: dict[str, str] = {}
+        # PIL releases the GIL while decoding, so threads overlap the work.
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            for sha, pixels, error in pool.map(decode, missing.items()):
+                if pixels is None:
+                    failures[sha] = error or "unreadable"
+                else:
+                    decoded[sha] = pixels
+        return decoded, failures
+
+    def compact(self) -> None:
+        """Merge every shard into one (new shard written before the old ones are removed)."""
+        old = self._shards()
+        where, arrays = self._load()
+        if not where:
+            return
+        hashes = list(where)
+        self._write(hashes, np.stack([arrays[shard][row] for shard, row in where.values()]))
+        for path in old:
+            path.unlink(missing_ok=True)
