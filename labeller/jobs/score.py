@@ -1,0 +1,144 @@
+"""Score job: one model version's class probabilities, uncertainty scores and latent means for every
+image, written to ``predictions`` so that "next image" is one indexed query.
+
+Params: ``model_version_id`` (default: the active version), ``then_embed`` (queue an embed job for the
+same version once the predictions are in; the train job sets it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.scoring import PoolScores
+from core.taxonomy import Taxonomy
+from db.engine import unit_of_work
+from db.queries import jobs as job_queries
+from db.queries import models as model_queries
+from db.schema import MainClass, SubClass
+from labeller.jobs import JobContext, JobFailed
+
+SCORE_BATCH_SIZE = 256
+PROBABILITY_DIGITS = 4
+
+
+def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Main-class ids by name and sub-class ids by (main name, sub name), as the database has them now."""
+    mains = dict(session.execute(select(MainClass.name, MainClass.id)).tuples().all())
+    subs = {
+        (main_name, sub_name): sub_id
+        for sub_id, sub_name, main_name in session.execute(
+            select(SubClass.id, SubClass.name, MainClass.name).join(MainClass, SubClass.main_class_id == MainClass.id)
+        ).tuples()
+    }
+    return mains, subs
+
+
+def prediction_rows(
+    image_ids: Sequence[int],
+    scores: PoolScores,
+    taxonomy: Taxonomy,
+    main_ids: dict[str, int],
+    sub_ids: dict[tuple[str, str], int],
+) -> Iterator[dict[str, Any]]:
+    """``predictions`` rows for a scored pool. Classes are matched by name, so a checkpoint trained
+    before a class was renamed away still writes its scores, with that class id left empty."""
+    leaves = taxonomy.leaves
+    main_names, leaf_names = taxonomy.main_names, taxonomy.leaf_names
+    main_of_leaf = taxonomy.main_of_leaf()
+    predicted_main = scores.main_probs.argmax(axis=1)
+    # The most probable leaf inside the predicted main class (not the overall top leaf, which may
+    # belong to another main class when that class's mass is spread over many sub-classes).
+    within_main = np.where(main_of_leaf[None, :] == predicted_main[:, None], scores.leaf_probs, -1.0)
+    predicted_leaf = within_main.argmax(axis=1)
+
+    def optional(values: np.ndarray, index: int) -> float | None:
+        return float(values[index]) if len(values) else None
+
+    for row, image_id in enumerate(image_ids):
+        main_name = main_names[predicted_main[row]]
+        leaf_main, leaf_sub = leaves[predicted_leaf[row]]
+        yield {
+            "image_id": int(image_id),
+            "main_class_id": main_ids.get(main_name),
+            "sub_class_id": sub_ids.get((leaf_main, leaf_sub)) if leaf_sub is not None else None,
+            "confidence": float(scores.main_probs[row, predicted_main[row]]),
+            "probabilities": {
+                "main": {
+                    n: round(float(p), PROBABILITY_DIGITS)
+                    for n, p in zip(main_names, scores.main_probs[row], strict=True)
+                },
+                "leaf": {
+                    n: round(float(p), PROBABILITY_DIGITS)
+                    for n, p in zip(leaf_names, scores.leaf_probs[row], strict=True)
+                },
+            },
+            "entropy": float(scores.entropy[row]),
+            "leaf_entropy": float(scores.leaf_entropy[row]),
+            "margin": float(scores.margin[row]),
+            "least_confidence": float(scores.least_confidence[row]),
+            "bald": optional(scores.bald, row),
+            "disagreement": optional(scores.disagreement, row),
+            "novelty": optional(scores.novelty, row),
+            "reconstruction_error": optional(scores.reconstruction_error, row),
+            "latent_mean": model_queries.encode_latent(scores.latent_mean[row]),
+        }
+
+
+def run(context: JobContext) -> None:
+    from core.training import load_checkpoint
+    from labeller.training_data import load_project_pool
+
+    project = context.project
+    with unit_of_work(project.engine) as session:
+        version_id = context.params.get("model_version_id")
+        version = (
+            model_queries.get_model_version(session, int(version_id))
+            if version_id is not None
+            else model_queries.active_model_version(session)
+        )
+        if version is None:
+            raise JobFailed("no model version to score with: train one first (labeller train PROJECT)")
+        checkpoint = project.resolve_image_path(version.checkpoint_path)
+        version_id = version.id
+    if not checkpoint.is_file():
+        raise JobFailed(f"model version {version_id}: checkpoint {checkpoint} is missing")
+    trained = load_checkpoint(checkpoint, device="cpu")
+    channels, size, _ = trained.image_shape
+    context.report_progress({"stage": "loading images", "model_version_id": version_id}, force=True)
+    data = load_project_pool(project, image_size=size, channels=channels)
+    context.raise_if_stopped()
+    if not len(data.image_ids):
+        raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")
+    context.report_progress({"stage": "scoring", "images": len(data.image_ids)}, force=True)
+    scores = score_in_chunks(context, trained, data.pool.images)
+    with context.completing() as session:
+        main_ids, sub_ids = class_ids(session)
+        rows = prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids)
+        written = model_queries.write_predictions(session, version_id, rows)
+        job_queries.set_job_model_version(session, context.job.id, version_id)
+        if context.params.get("then_embed"):
+            job_queries.enqueue_job(session, "embed", {"model_version_id": version_id})
+    context.log(f"scored {written} images with model version {version_id}")
+
+
+def score_in_chunks(context: JobContext, trained: Any, images: np.ndarray, chunk: int = 4_096) -> PoolScores:
+    """score_pool over chunks so that a cancel is honoured and progress shows on large pools. Novelty
+    ranks over the whole pool, so it is recomputed from the concatenated parts."""
+    from core.device import resolve_device
+    from core.scoring import rank01, score_pool
+
+    device = resolve_device(context.device)
+    parts: list[PoolScores] = []
+    for start in range(0, len(images), chunk):
+        context.raise_if_stopped()
+        parts.append(score_pool(trained, images[start : start + chunk], batch_size=SCORE_BATCH_SIZE, device=device))
+        context.report_progress({"stage": "scoring", "scored": start + len(parts[-1]), "images": len(images)})
+    merged = PoolScores(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in vars(parts[0])})
+    if len(parts) > 1:
+        merged.novelty = 0.5 * (rank01(-merged.latent_log_density) + rank01(merged.reconstruction_error))
+    return merged

@@ -1,0 +1,268 @@
+"""Train job: fit a model on the project's current labels, save it, register it as a model version,
+promote it when it beats the active one on the audit slice (or on request), and queue re-scoring.
+
+Params (all optional; defaults from the project's [training] settings): ``model``, ``epochs``,
+``batch_size``, ``device``, ``image_size``, ``channels``, ``config`` (any other core.training.TrainConfig
+field), ``promote`` ("auto" | "always" | "never").
+
+Honest metrics: labelled images in the audit slice are held out of training (they stay in the pool as
+unlabelled images), and both the new model and the active one are measured on them, so promotion
+compares the two on the same unbiased sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from db.engine import unit_of_work
+from db.queries import jobs as job_queries
+from db.queries import models as model_queries
+from db.queries.annotations import label_counts
+from labeller.jobs import JobContext, JobFailed, JobInterrupted
+
+PROMOTE_CHOICES = ("auto", "always", "never")
+# Below this many labelled audit images, accuracy on them is too noisy to decide promotion.
+MIN_AUDIT_FOR_PROMOTION = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    count: int
+    main_accuracy: float | None
+    set_accuracy: float | None  # the top leaf lies in the label's admissible set
+
+    def as_metrics(self) -> dict[str, Any]:
+        return {
+            "audit_count": self.count,
+            "audit_main_accuracy": self.main_accuracy,
+            "audit_accuracy": self.set_accuracy,
+        }
+
+
+def train_config(context: JobContext) -> Any:
+    """The TrainConfig for this job: project settings, then the job's params on top."""
+    from core.training import TrainConfig
+
+    settings, params = context.project.settings.training, context.params
+    fields = {
+        "model": params.get("model", settings.model),
+        "epochs": int(params.get("epochs", settings.epochs)),
+        "batch_size": int(params.get("batch_size", settings.batch_size)),
+        "device": context.device,
+        **dict(params.get("config", {})),
+    }
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise JobFailed(f"unknown training settings {unknown}; known: {sorted(known)}")
+    config = TrainConfig(**fields)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise JobFailed(str(error)) from error
+    return config
+
+
+def check_trainable(pool: Any, taxonomy: Any, audit_held_out: int) -> None:
+    """Clear messages for the data problems a researcher can fix, before any training starts."""
+    if pool.num_images == 0:
+        raise JobFailed("the project has no images: import some first (labeller import PROJECT PATH)")
+    labelled = pool.labelled
+    if not labelled.any():
+        held = f" ({audit_held_out} labelled audit images are held out for measuring)" if audit_held_out else ""
+        raise JobFailed(f"no labelled images to train on{held}: label a few images of each main class first")
+    leaf_main = taxonomy.main_of_leaf()
+    mains_seen = set()
+    for row in np.flatnonzero(labelled):
+        mains_seen.update(int(m) for m in np.unique(leaf_main[pool.admissible[row]]))
+    if taxonomy.num_main > 1 and len(mains_seen) < 2:
+        only = taxonomy.main_names[next(iter(mains_seen))]
+        raise JobFailed(
+            f"only one main class ({only!r}) has labels: label images of at least one other main class "
+            "before training, or the classifier has nothing to tell apart"
+        )
+
+
+def hold_out_audit(pool: Any, audit: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The pool with labelled audit images turned unlabelled, and the indices held out."""
+    from core.data import LabelledPool
+
+    held_out = np.flatnonzero(audit & pool.labelled)
+    labelled = pool.labelled.copy()
+    admissible = pool.admissible.copy()
+    labelled[held_out] = False
+    admissible[held_out] = True
+    return LabelledPool(images=pool.images, admissible=admissible, labelled=labelled), held_out
+
+
+def evaluate_on_audit(trained: Any, images: np.ndarray, admissible: np.ndarray, device: Any) -> AuditResult:
+    """Accuracy of ``trained`` on labelled audit images (uint8 images, admissible leaf masks)."""
+    from core.scoring import score_pool
+
+    if len(images) == 0:
+        return AuditResult(0, None, None)
+    scores = score_pool(trained, images, device=device, mc_samples=0)
+    leaf_main = trained.taxonomy.main_of_leaf()
+    true_main = np.array([leaf_main[np.flatnonzero(row)[0]] for row in admissible])
+    top_leaf = scores.leaf_probs.argmax(axis=1)
+    return AuditResult(
+        count=len(images),
+        main_accuracy=float((scores.main_probs.argmax(axis=1) == true_main).mean()),
+        set_accuracy=float(admissible[np.arange(len(images)), top_leaf].mean()),
+    )
+
+
+def promotion_decision(
+    mode: str, new: AuditResult, active: AuditResult | None, new_val: float | None, active_val: float | None
+) -> tuple[bool, str]:
+    """Whether to promote the new version, and why (stored with its metrics)."""
+    if mode == "always":
+        return True, "promotion requested"
+    if mode == "never":
+        return False, "promotion not requested"
+    if active is None and active_val is None:
+        return True, "no active model version"
+    if active is not None and new.count >= MIN_AUDIT_FOR_PROMOTION and active.main_accuracy is not None:
+        better = (new.main_accuracy or 0.0) >= active.main_accuracy
+        verdict = "at least as accurate as" if better else "less accurate than"
+        return better, (
+            f"{verdict} the active version on the same {new.count} audit images "
+            f"({new.main_accuracy:.3f} vs {active.main_accuracy:.3f})"
+        )
+    if new_val is not None and active_val is not None:
+        better = new_val >= active_val
+        return better, (
+            f"fewer than {MIN_AUDIT_FOR_PROMOTION} labelled audit images; validation main-class accuracy "
+            f"{new_val:.3f} vs the active version's {active_val:.3f}"
+        )
+    return True, "the active version cannot be compared on this data (taxonomy or image size changed)"
+
+
+def checkpoint_name(config: Any, context: JobContext) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{config.model}-{stamp}-job{context.job.id}-a{context.job.attempt}.pt"
+
+
+def run(context: JobContext) -> None:
+    from core.device import resolve_device
+    from core.training import Progress, TrainingCancelled, fit, save_checkpoint
+    from labeller.training_data import load_project_pool
+
+    project, params = context.project, context.params
+    promote = params.get("promote", "auto")
+    if promote not in PROMOTE_CHOICES:
+        raise JobFailed(f"promote must be one of {PROMOTE_CHOICES}, got {promote!r}")
+    config = train_config(context)
+    device = resolve_device(config.device)
+    image_size = int(params.get("image_size", project.settings.training.image_size))
+    channels = int(params.get("channels", getattr(project.settings.training, "channels", 3)))
+
+    with unit_of_work(project.engine) as session:
+        newest_annotation_id = job_queries.newest_annotation_id(session)
+        counts = label_counts(session)
+    context.report_progress({"stage": "loading images"}, force=True)
+    data = load_project_pool(project, image_size=image_size, channels=channels)
+    context.raise_if_stopped()
+    audit = np.asarray(data.audit, dtype=bool)
+    train_pool, held_out = hold_out_audit(data.pool, audit)
+    check_trainable(train_pool, data.taxonomy, len(held_out))
+
+    def on_progress(progress: Progress) -> None:
+        payload = {
+            "stage": "training",
+            "phase": progress.phase,
+            "epoch": progress.epoch,
+            "epochs": progress.epochs,
+            "step": progress.step,
+            "steps_per_epoch": progress.steps_per_epoch,
+            "loss": progress.loss_terms,
+            "validation": progress.validation,
+            "images_per_second": progress.images_per_second,
+            "eta_seconds": progress.eta_seconds,
+        }
+        context.report_progress(payload, force=progress.step == progress.steps_per_epoch)
+
+    try:
+        trained = fit(train_pool, data.taxonomy, config, on_progress=on_progress, should_stop=context.should_stop)
+    except TrainingCancelled as cancelled:
+        raise JobInterrupted(context.stop.reason() or str(cancelled)) from cancelled
+    except ValueError as error:  # data or config the trainer rejects: the message is for the user
+        raise JobFailed(str(error)) from error
+    context.raise_if_stopped()
+
+    context.report_progress({"stage": "evaluating on the audit slice", "audit_images": len(held_out)}, force=True)
+    audit_images, audit_admissible = data.pool.images[held_out], data.pool.admissible[held_out]
+    new_audit = evaluate_on_audit(trained, audit_images, audit_admissible, device)
+    with unit_of_work(project.engine) as session:
+        active = model_queries.active_model_version(session)
+        active_summary = model_queries.model_version_summary(active) if active else None
+    active_audit, active_val = None, None
+    if active_summary is not None:
+        active_val = active_summary["metrics"].get("val_main_accuracy")
+        active_audit = _evaluate_active(project, active_summary, data, held_out, audit_admissible, device)
+    promoted, reason = promotion_decision(
+        promote, new_audit, active_audit, trained.metrics.get("val_main_accuracy"), active_val
+    )
+    metrics = {**trained.metrics, **new_audit.as_metrics()}
+    metrics["promotion"] = {
+        "promoted": promoted,
+        "reason": reason,
+        "compared_with": active_summary["id"] if active_summary else None,
+        "active_audit_main_accuracy": active_audit.main_accuracy if active_audit else None,
+    }
+    context.raise_if_stopped()
+
+    checkpoint = project.models_dir / checkpoint_name(config, context)
+    save_checkpoint(trained, checkpoint)
+    try:
+        with context.completing() as session:
+            version = model_queries.register_model_version(
+                session,
+                name=f"{config.model} #{context.job.id}",
+                model_kind=config.model,
+                checkpoint_path=project.stored_image_path(checkpoint),
+                config={**config.to_dict(), "image_size": image_size, "channels": channels},
+                data_snapshot={
+                    "newest_annotation_id": newest_annotation_id,
+                    "labelled_images": counts.labelled_images,
+                    "by_main_class": counts.by_main_class,
+                    "by_sub_class": counts.by_sub_class,
+                    "taxonomy": data.taxonomy.to_dict(),
+                    "num_images": int(data.pool.num_images),
+                    "num_train_labels": int(train_pool.labelled.sum()),
+                    "audit_held_out": len(held_out),
+                },
+                metrics=metrics,
+                label_count=int(data.pool.labelled.sum()),
+            )
+            if promoted:
+                model_queries.promote_model_version(session, version.id)
+            job_queries.set_job_model_version(session, context.job.id, version.id)
+            job_queries.enqueue_job(session, "score", {"model_version_id": version.id, "then_embed": True})
+    except BaseException:
+        checkpoint.unlink(missing_ok=True)  # no version points at it
+        raise
+    context.log(f"model version {version.id} registered ({'promoted' if promoted else 'not promoted'}: {reason})")
+
+
+def _evaluate_active(
+    project: Any, active: dict[str, Any], data: Any, held_out: np.ndarray, admissible: np.ndarray, device: Any
+) -> Any:
+    """The active version measured on the same audit images, or None when it cannot read them."""
+    from core.training import load_checkpoint
+
+    if len(held_out) == 0:
+        return None
+    path = Path(project.resolve_image_path(active["checkpoint_path"]))
+    try:
+        trained = load_checkpoint(path, device=device)
+    except (FileNotFoundError, ValueError):
+        return None
+    if trained.taxonomy.to_dict() != data.taxonomy.to_dict() or tuple(trained.image_shape) != data.pool.image_shape:
+        return None
+    return evaluate_on_audit(trained, data.pool.images[held_out], admissible, device)
