@@ -90,13 +90,22 @@ def walk_images(root: Path) -> Iterator[Path | Skipped]:
     if not root.is_dir():
         yield root if root.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(root), _suffix_reason(root))
         return
-    for directory, subdirectories, files in os.walk(root):
+    unreadable: list[OSError] = []  # os.walk would otherwise skip an unreadable folder without a word
+    for directory, subdirectories, files in os.walk(root, onerror=unreadable.append):
+        yield from _unreadable_folders(unreadable)
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue  # .DS_Store, editor swap files: never images, not worth a line in the report
             path = Path(directory) / name
             yield path if path.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(path), _suffix_reason(path))
+    yield from _unreadable_folders(unreadable)
+
+
+def _unreadable_folders(errors: list[OSError]) -> Iterator[Skipped]:
+    while errors:
+        error = errors.pop(0)
+        yield Skipped(str(error.filename), f"unreadable folder: {error.strerror or error}")
 
 
 def _suffix_reason(path: Path) -> str:

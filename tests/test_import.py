@@ -137,6 +137,19 @@ def test_permission_denied_is_skipped(project: Project, tmp_path: Path) -> None:
     assert [skipped.reason for skipped in report.skipped] == ["unreadable: permission denied"]
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists chmod 000 folders")
+def test_unreadable_folder_is_reported(project: Project, tmp_path: Path) -> None:
+    write_image(tmp_path / "in" / "ok.png", seed=1)
+    write_image(tmp_path / "in" / "locked" / "hidden.png", seed=2)
+    (tmp_path / "in" / "locked").chmod(0)
+    try:
+        report = import_images(project, [tmp_path / "in"], options=QUIET)
+    finally:
+        (tmp_path / "in" / "locked").chmod(0o755)
+    assert report.added == 1
+    assert [skipped.reason.split(":")[0] for skipped in report.skipped] == ["unreadable folder"]
+
+
 def test_exif_orientation_is_honoured(project: Project, tmp_path: Path) -> None:
     write_exif_rotated_jpeg(tmp_path / "in" / "rotated.jpg", size=(40, 20), orientation=6)
     import_images(project, [tmp_path / "in"], options=QUIET)
