@@ -140,14 +140,14 @@ def test_imagefolder_copy_and_missing_files(project: Project, tmp_path: Path) ->
     assert (summary.rows, summary.copied, summary.missing) == (4, 3, [rows[0].path])
 
 
-def _bulk_labelled_project(root: Path, count: int) -> Project:
+def _bulk_labelled_project(root: Path, count: int, database_url: str | None = None) -> Project:
     """``count`` labelled image rows written in bulk (no files: the CSV export reads only the database)."""
     from sqlalchemy import insert
 
     from db.queries.images import random_key_from_sha
     from db.schema import Annotation
 
-    project = init_project(root)
+    project = init_project(root, database_url=database_url)
     with unit_of_work(project.engine) as session:
         apply_taxonomy_spec(session, parse_taxonomy_toml(TAXONOMY))
         ants = main_class_by_name(session, "ants").id
@@ -201,3 +201,14 @@ def test_export_memory_does_not_grow_with_the_number_of_rows(tmp_path: Path) -> 
         project.engine.dispose()
     # Four times the rows (both past the first fetch buffers), the same peak: rows are streamed, never all held.
     assert peaks[16_000] < 1.3 * peaks[4_000], peaks
+
+
+def test_streamed_export_past_several_fetch_batches(tmp_path: Path, engine) -> None:
+    """More rows than one fetch (2,000) of the label stream, on each dialect: the per-chunk image lookups
+    run while the streaming cursor (server-side on PostgreSQL) is still open."""
+    url = engine.url.render_as_string(hide_password=False)
+    project = _bulk_labelled_project(tmp_path / "p", 4_500, database_url=url)
+    summary = export_labels(project, "jsonl", tmp_path / "all.jsonl")
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    assert summary.rows == len(lines) == 4_500
+    assert len({json.loads(line)["sha256"] for line in lines}) == 4_500
