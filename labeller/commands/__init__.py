@@ -32,3 +32,7 @@ REGISTERED += [status_command, export_command]
 from labeller.commands.demo import demo_command  # noqa: E402
 
 REGISTERED += [demo_command]
+
+from labeller.commands.evaluate import evaluate_command  # noqa: E402
+
+REGISTERED += [evaluate_command]
