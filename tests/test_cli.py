@@ -68,6 +68,7 @@ def test_init_taxonomy_import_status_export(tmp_path: Path) -> None:
     assert (status["images"], status["labelled"], status["unlabelled"]) == (3, 3, 0)
     assert {c["main_class"]: c["labelled"] for c in status["classes"]} == {"ants": 2, "bees": 1}
     assert status["annotators"][0]["name"] == "import"
+    assert status["images_by_current_decision"] == {"label": 3, "unsure": 0, "skip": 0}
     code, output = run("status", project)
     assert code == 0 and "images: 3 (3 labelled, 0 unlabelled" in output
 
@@ -115,3 +116,15 @@ def test_demo_project(tmp_path: Path) -> None:
     with unit_of_work(again.engine) as session:
         assert image_count(session) == 1797
         assert len(list(current_labels(session))) == 30
+
+
+def test_init_with_a_database_url_and_status_on_each_dialect(tmp_path: Path, database_url: str) -> None:
+    code, output = run("init", tmp_path / "p", "--db", database_url)
+    assert code == 0, output
+    assert open_project(tmp_path / "p").database_url == database_url
+    write_image(tmp_path / "data" / "bees" / "x.png", 1)
+    code, output = run("import", tmp_path / "p", tmp_path / "data", "--labels-from-folders", "--create-classes")
+    assert code == 0 and "added 1" in output and "pre-labelled 1" in output
+    code, output = run("status", tmp_path / "p", "--json")
+    status = json.loads(output)
+    assert (status["images"], status["labelled"], status["classes"][0]["main_class"]) == (1, 1, "bees")

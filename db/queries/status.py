@@ -38,6 +38,18 @@ def annotator_activity(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def images_by_current_decision(session: Session) -> dict[str, int]:
+    """Images with at least one current decision of each kind (label, unsure, skip), across annotators."""
+    rows = session.execute(
+        select(Annotation.kind, func.count(func.distinct(Annotation.image_id)))
+        .where(Annotation.superseded.is_(False))
+        .group_by(Annotation.kind)
+    ).all()
+    counts = {str(kind): 0 for kind in (AnnotationKind.LABEL, AnnotationKind.UNSURE, AnnotationKind.SKIP)}
+    counts.update({str(kind): count for kind, count in rows if kind != AnnotationKind.UNDO})
+    return counts
+
+
 def project_status(session: Session) -> dict[str, Any]:
     """Everything ``labeller status`` prints, as plain JSON-ready data."""
     images = image_count(session)
@@ -60,6 +72,7 @@ def project_status(session: Session) -> dict[str, Any]:
         "audit_images": audit_count(session),
         "labelled": counts.labelled_images,
         "unlabelled": images - counts.labelled_images,
+        "images_by_current_decision": images_by_current_decision(session),
         "classes": classes,
         "annotators": annotator_activity(session),
         "model_versions": [

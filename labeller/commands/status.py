@@ -32,6 +32,8 @@ def format_status(name: str, status: dict[str, Any]) -> str:
         f"project {name}",
         f"images: {status['images']} ({status['labelled']} labelled, {status['unlabelled']} unlabelled, "
         f"{status['audit_images']} in the audit slice)",
+        "current decisions: "
+        + ", ".join(f"{kind} {count}" for kind, count in status["images_by_current_decision"].items()),
     ]
     if status["classes"]:
         lines.append("labels per class:")
