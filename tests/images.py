@@ -43,6 +43,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def write_png_bomb(path: Path, side: int = 30_000) -> Path:
     """A tiny PNG whose header claims side x side pixels (900 M at the default): a decompression bomb."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     path.write_bytes(

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels
 from db.queries.images import image_count
 from db.queries.taxonomy import taxonomy_mapping
+from db.schema import Image
 from labeller.cli import cli
 from labeller.demo import LOOPS, NO_LOOPS, TRUTH_FILE, create_demo_project
 from labeller.project import open_project
@@ -102,6 +104,8 @@ def test_demo_project(tmp_path: Path) -> None:
         assert taxonomy_mapping(session) == {"loops": list(LOOPS), "no loops": list(NO_LOOPS)}
         assert image_count(session) == 1797
         labels = list(current_labels(session))
+        # Inside the project folder: stored relative, so the folder can move.
+        assert session.scalar(select(Image.path).limit(1)).startswith("images/")
     assert len(labels) == 30
     assert sum(1 for label in labels if not label.tags) == 5
     assert {label.annotator for label in labels} == {"demo"}

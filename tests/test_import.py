@@ -308,3 +308,41 @@ def test_concurrent_importers_on_one_sqlite_file_add_each_image_once(tmp_path: P
     assert all(added + duplicates == 40 and skipped == 0 for added, duplicates, skipped in outcomes)
     images = stored_images(project)
     assert len(images) == len({image.sha256 for image in images}) == 40
+
+
+def test_decompression_bomb_warning_range_is_skipped_too(project: Project, tmp_path: Path) -> None:
+    # 10,000 x 10,000 = 100 M pixels: above PIL's MAX_IMAGE_PIXELS (89 M), below twice that, so PIL only warns.
+    write_png_bomb(tmp_path / "in" / "big.png", side=10_000)
+    report = import_images(project, [tmp_path / "in"], options=QUIET)
+    assert report.added == 0
+    assert "decompression bomb" in report.skipped[0].reason
+
+
+def test_interrupted_import_leaves_whole_rows_and_resumes(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import labeller.ingest as ingest
+
+    for seed in range(10):
+        write_image(tmp_path / "in" / f"{seed}.png", seed)
+    real_write = ingest.write_thumbnail
+    calls = {"n": 0}
+
+    def interrupted_on_the_seventh(image: PILImage.Image, target: Path) -> Path:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_write(image, target)
+
+    monkeypatch.setattr(ingest, "write_thumbnail", interrupted_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        import_images(project, [tmp_path / "in"], options=ImportOptions(batch_size=4, progress=False))
+    # The first batch of 4 is stored whole; the interrupted second batch left no row.
+    images = stored_images(project)
+    assert len(images) == 4
+    assert all(thumbnail_file(project.thumbs_dir, image.sha256).is_file() for image in images)
+
+    monkeypatch.setattr(ingest, "write_thumbnail", real_write)
+    report = import_images(project, [tmp_path / "in"], options=QUIET)
+    assert (report.added, report.duplicates) == (6, 4)
+    assert len(stored_images(project)) == 10
