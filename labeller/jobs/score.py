@@ -21,6 +21,7 @@ from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.schema import MainClass, SubClass
 from labeller.jobs import JobContext, JobFailed
+from labeller.project import ProjectError
 
 SCORE_BATCH_SIZE = 256
 PROBABILITY_DIGITS = 4
@@ -110,7 +111,10 @@ def run(context: JobContext) -> None:
     trained = load_checkpoint(checkpoint, device="cpu")
     channels, size, _ = trained.image_shape
     context.report_progress({"stage": "loading images", "model_version_id": version_id}, force=True)
-    data = load_project_pool(project, image_size=size, channels=channels)
+    try:
+        data = load_project_pool(project, image_size=size, channels=channels)
+    except ProjectError as error:
+        raise JobFailed(str(error)) from error
     context.raise_if_stopped()
     if not len(data.image_ids):
         raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")

@@ -24,6 +24,7 @@ from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.queries.annotations import label_counts
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
+from labeller.project import ProjectError
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 # Below this many labelled audit images, accuracy on them is too noisy to decide promotion.
@@ -166,7 +167,10 @@ def run(context: JobContext) -> None:
         newest_annotation_id = job_queries.newest_annotation_id(session)
         counts = label_counts(session)
     context.report_progress({"stage": "loading images"}, force=True)
-    data = load_project_pool(project, image_size=image_size, channels=channels)
+    try:
+        data = load_project_pool(project, image_size=image_size, channels=channels)
+    except ProjectError as error:
+        raise JobFailed(str(error)) from error
     context.raise_if_stopped()
     audit = np.asarray(data.audit, dtype=bool)
     train_pool, held_out = hold_out_audit(data.pool, audit)

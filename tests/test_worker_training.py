@@ -1,0 +1,168 @@
+"""Training, scoring and embedding through real worker processes on a small generated project (cpu,
+16 px images, one epoch): the happy path end to end, cancel, SIGKILL mid-training, and jobs that fail
+with a message the user can act on."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from sqlalchemy import select
+
+from db.engine import unit_of_work
+from db.queries import jobs as job_queries
+from db.queries import models as model_queries
+from db.queries.annotators import get_or_create_annotator
+from db.queries.queue import next_batch, release_claims
+from db.schema import Annotation, Image, Job, JobStatus, Prediction
+from tests.worker_helpers import (
+    enqueue,
+    job_row,
+    make_project,
+    run_cli,
+    running_worker,
+    start_worker,
+    wait_for,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _jobs(project, kind: str) -> list[Job]:
+    with unit_of_work(project.engine) as session:
+        return job_queries.list_jobs(session, kind=kind)
+
+
+def _queue_order(project, version_id: int | None, size: int = 5) -> list[int]:
+    with unit_of_work(project.engine) as session:
+        annotator = get_or_create_annotator(session, "alice").id
+        order = next_batch(
+            session, annotator_id=annotator, strategy="entropy", model_version_id=version_id, size=size, audit_every=0
+        )
+        release_claims(session, annotator)
+    return order
+
+
+def _model_files(project) -> list[str]:
+    return sorted(path.name for path in project.models_dir.iterdir() if path.name != "cache")
+
+
+def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> None:
+    project = make_project(tmp_path, labelled_per_class=10, unlabelled=24, audit_fraction=0.3)
+    cold_start = _queue_order(project, None)
+
+    with running_worker(project, log=tmp_path / "worker.log"):
+        trained = run_cli("train", str(project.root), "--wait")
+        assert trained.returncode == 0, trained.stderr + (tmp_path / "worker.log").read_text()
+        assert "model version 1" in trained.stdout and "promoted" in trained.stdout
+        embed = wait_for(lambda: _jobs(project, "embed"), 60, "the embed job to be queued")[0]
+        embed = wait_for_status(project, embed.id, (JobStatus.SUCCEEDED, JobStatus.FAILED), timeout=240)
+        assert embed.status == JobStatus.SUCCEEDED, embed.error
+
+    train_job, score_job = _jobs(project, "train")[0], _jobs(project, "score")[0]
+    assert train_job.status == score_job.status == JobStatus.SUCCEEDED
+    with unit_of_work(project.engine) as session:
+        version = model_queries.active_model_version(session)
+        assert version is not None and version.id == train_job.model_version_id == score_job.model_version_id
+        assert version.model_kind == "m2" and version.label_count == 20
+        assert version.metrics["promotion"]["promoted"] and version.metrics["audit_count"] >= 1
+        assert 0.0 <= version.metrics["audit_main_accuracy"] <= 1.0
+        assert version.data_snapshot["taxonomy"] == {"circle": [], "square": []}
+        assert version.data_snapshot["newest_annotation_id"] == session.scalar(
+            select(Annotation.id).order_by(Annotation.id.desc())
+        )
+        assert (project.root / version.checkpoint_path).is_file()
+        progress = [e.payload for e in job_queries.job_events(session, train_job.id, kinds=["progress"])]
+        epochs = [p for p in progress if p.get("stage") == "training"]
+        assert epochs and {"epoch", "loss", "validation", "images_per_second", "eta_seconds"} <= set(epochs[-1])
+        assert epochs[-1]["loss"] and epochs[-1]["images_per_second"] > 0
+        predictions = session.scalars(select(Prediction).where(Prediction.model_version_id == version.id)).all()
+        assert len(predictions) == session.query(Image).count() == 44
+        assert all(p.umap_x is not None and p.latent_mean for p in predictions)
+        labelled = set(session.scalars(select(Annotation.image_id)))
+        audit = set(session.scalars(select(Image.id).where(Image.audit.is_(True))))
+        by_entropy = sorted((p for p in predictions if p.image_id not in labelled | audit), key=lambda p: -p.entropy)
+        version_id = version.id
+    assert _model_files(project) == [os.path.basename(version.checkpoint_path)]  # no temporary files left
+
+    ranked = _queue_order(project, version_id)
+    assert ranked == [p.image_id for p in by_entropy[:5]]  # the queue now follows the model's uncertainty
+    assert ranked != cold_start
+
+    # A second version that is not promoted, then promote it and roll back, all from the command line.
+    with running_worker(project):
+        second = run_cli("train", str(project.root), "--wait", "--promote", "never")
+        assert second.returncode == 0 and "not promoted" in second.stdout
+    listing = run_cli("models", str(project.root))
+    assert listing.returncode == 0 and "* " in listing.stdout
+    assert run_cli("models", str(project.root), "promote", "2").returncode == 0
+    with unit_of_work(project.engine) as session:
+        assert model_queries.active_model_version(session).id == 2
+    rolled = run_cli("models", str(project.root), "rollback")
+    assert rolled.returncode == 0 and "model version 1 is active" in rolled.stdout
+    compared = run_cli("models", str(project.root), "compare", "1", "2")
+    assert compared.returncode == 0 and "val_main_accuracy" in compared.stdout
+
+
+def test_cancel_running_training_leaves_no_model_and_sigkill_is_recovered(tmp_path) -> None:
+    project = make_project(tmp_path, labelled_per_class=8, unlabelled=16, heartbeat_timeout_seconds=3)
+
+    def training_started(job_id: int) -> bool:
+        with unit_of_work(project.engine) as session:
+            return any(
+                e.payload.get("stage") == "training"
+                for e in job_queries.job_events(session, job_id, kinds=["progress"])
+            )
+
+    with running_worker(project) as worker:
+        cancelled = enqueue(project, "train", {"epochs": 500})
+        wait_for(lambda: training_started(cancelled), 120, "training to start")
+        assert run_cli("jobs", str(project.root), "cancel", str(cancelled)).returncode == 0
+        job = wait_for_status(project, cancelled, (JobStatus.CANCELLED,), timeout=30)
+        assert job.error == "cancelled on request"
+        assert worker.poll() is None
+
+    doomed = start_worker(project)
+    killed = enqueue(project, "train", {"epochs": 500})
+    wait_for(lambda: training_started(killed), 120, "training to start")
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=10)
+    with running_worker(project):
+        job = wait_for_status(project, killed, (JobStatus.FAILED,), timeout=30)
+        assert f"worker {job.worker_id} stopped heartbeating" in job.error
+        with unit_of_work(project.engine) as session:
+            assert model_queries.list_model_versions(session) == []
+        assert _model_files(project) == []
+        # The new worker carries on with the next job.
+        fresh = enqueue(project, "train", {"epochs": 1})
+        done = wait_for_status(project, fresh, (JobStatus.SUCCEEDED, JobStatus.FAILED), timeout=120)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+    assert job_row(project, killed).status == JobStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (
+            {"classes": ("circle",), "extra_classes": ("square",), "labelled_per_class": 8, "unlabelled": 8},
+            "only one main class ('circle') has labels",
+        ),
+        (
+            {"classes": (), "extra_classes": ("circle", "square"), "labelled_per_class": 0, "unlabelled": 0},
+            "the project has no images",
+        ),
+    ],
+    ids=["one-class", "no-images"],
+)
+def test_a_job_that_cannot_train_fails_with_a_clear_message(tmp_path, layout, message) -> None:
+    project = make_project(tmp_path, **layout)
+    with running_worker(project):
+        result = run_cli("train", str(project.root), "--wait")
+    assert result.returncode != 0
+    assert message in result.stderr
+    job = _jobs(project, "train")[0]
+    assert job.status == JobStatus.FAILED and message in job.error
+    with unit_of_work(project.engine) as session:
+        assert model_queries.list_model_versions(session) == []
