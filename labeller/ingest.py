@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
@@ -28,10 +29,11 @@ from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
 from db.queries.taxonomy import ensure_class, list_main_classes
-from db.schema import AnnotationKind
+from db.schema import AnnotationKind, MainClass
 from labeller.project import Project
 from labeller.thumbnails import thumbnail_file, write_thumbnail
 
+BatchItem = TypeVar("BatchItem")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 IMPORT_ANNOTATOR = "import"
 MANIFEST_TAG_SEPARATOR = ";"
@@ -202,7 +204,7 @@ def resolve_labels(
     return kept, skipped
 
 
-def _resolve_label(label: PreLabel, mains: dict) -> ResolvedLabel | str:
+def _resolve_label(label: PreLabel, mains: dict[str, MainClass]) -> ResolvedLabel | str:
     main = mains.get(label.main)
     if main is None:
         return f"unknown class {label.main!r} (define it with `labeller taxonomy` or pass --create-classes)"
@@ -312,7 +314,7 @@ def _annotator_id(project: Project, name: str) -> int:
         return get_or_create_annotator(session, name).id
 
 
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+def _batches(items: Sequence[BatchItem], size: int) -> Iterable[Sequence[BatchItem]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.schema import Annotation, AnnotationTag, MainClass, Prediction, SubClass
+
+ClassRow = TypeVar("ClassRow", MainClass, SubClass)
 
 # Streamlit binds these keys itself ("c" clears the cache, "r" reruns the script).
 RESERVED_KEYS = frozenset({"c", "r"})
@@ -243,11 +246,11 @@ def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges
 
 
 def _resolve(
-    entries: Sequence[tuple[str, str | None]], existing: dict[str, MainClass] | dict[str, SubClass], *, kind: str
-) -> dict:
+    entries: Sequence[tuple[str, str | None]], existing: dict[str, ClassRow], *, kind: str
+) -> dict[str, ClassRow | None]:
     """Entry name -> the stored row it continues (same name, or ``renamed_from``), or None for a new class."""
     problems: list[str] = []
-    resolved: dict = {}
+    resolved: dict[str, ClassRow | None] = {}
     renamed_away = {renamed_from for _, renamed_from in entries if renamed_from}
     for name, renamed_from in entries:
         if renamed_from is None:
