@@ -3,6 +3,7 @@ small generated project (one server per test module, each on a free port)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -142,9 +143,23 @@ def sign_in(page, url: str, name: str, path: str = "") -> None:  # type: ignore[
     sidebar.get_by_text("Who is labelling?").wait_for()
     name_box = sidebar.get_by_label("Your name")
     if not name_box.is_visible():
-        sidebar.get_by_text("Pick your name").click()
+        picker = sidebar.get_by_test_id("stSelectbox").locator("input")
+        picker.click()
+        picker.fill("New annotator")
         page.get_by_role("option", name="New annotator...").click()
         wait_idle(page)
     name_box.fill(name)
     sidebar.get_by_role("button", name="Start labelling").click()
     wait_idle(page)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    """A screenshot of the page when a browser test fails, next to the others, to see what went wrong."""
+    outcome = yield
+    report = outcome.get_result()
+    page = item.funcargs.get("page") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and page is not None:
+        # The browser may be gone already; the failure itself is what matters.
+        with contextlib.suppress(Exception):
+            screenshot(page, f"failed-{item.name}")

@@ -162,7 +162,8 @@ hidden = state.image_filter_class(project, card.image_id)
 left, right = st.columns([3, 2], gap="large")
 with left:
     image_tile(card.file, key="label-image", hidden_class=hidden)
-    st.caption(f"{card.name} · {card.width}x{card.height} · image {card.image_id}")
+    with st.container(key="image-info"):
+        st.caption(f"{card.name} · {card.width}x{card.height} · image {card.image_id}")
 
 with right:
     with st.container(border=True):

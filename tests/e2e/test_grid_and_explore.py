@@ -1,0 +1,105 @@
+"""Bulk labelling: a Grid page selection, and a lasso on the Explore page's latent map opened as a Grid."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Locator, Page, expect
+
+from db.engine import unit_of_work
+from db.queries.annotations import current_labels
+from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
+
+pytestmark = pytest.mark.browser
+WITH_MODEL = True
+IMAGES = 48
+
+
+def labels(server: AppServer) -> dict[int, tuple[str, tuple[str, ...], str]]:
+    with unit_of_work(server.project.engine) as session:
+        return {label.image_id: (label.main_class, label.tags, label.annotator) for label in current_labels(session)}
+
+
+def open_page(page: Page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    page.locator("h1", has_text=title).wait_for()
+    wait_idle(page)
+
+
+def tick(page: Page, image_id: int) -> None:
+    page.get_by_test_id("stMain").get_by_test_id("stCheckbox").filter(has_text=re.compile(rf"^{image_id} ·")).locator(
+        "label"
+    ).click()
+    wait_idle(page)
+
+
+def choose(page: Page, widget: Locator, option: str) -> None:
+    """Pick ``option`` in a select box by typing it, as a keyboard user would."""
+    widget.locator("input").click()
+    widget.locator("input").fill(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def apply_bulk_label(page: Page, main: str, tag: str | None = None) -> None:
+    form = page.get_by_test_id("stForm")
+    choose(page, form.get_by_test_id("stSelectbox").first, main)
+    if tag:
+        choose(page, form.get_by_test_id("stMultiSelect"), f"{main} / {tag}")
+        page.keyboard.press("Escape")
+    form.get_by_role("button", name="Apply").click()
+    wait_idle(page)
+
+
+def test_bulk_label_a_grid_selection(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "grid-gus")
+    open_page(page, "Grid")
+    checkboxes = page.get_by_test_id("stMain").get_by_test_id("stCheckbox")
+    expect(checkboxes).to_have_count(24)
+    ids = [int(text.split(" ·")[0]) for text in checkboxes.all_inner_texts()[:5]]
+    for image_id in ids:
+        tick(page, image_id)
+    expect(page.get_by_text("5 selected")).to_be_visible()
+    screenshot(page, "grid")
+    apply_bulk_label(page, "strokes", "7")
+    stored = labels(app_server)
+    assert {i: stored[i] for i in ids} == {i: ("strokes", ("7",), "grid-gus") for i in ids}
+    # Labelled images leave the "most uncertain (unlabelled)" grid.
+    page.wait_for_timeout(300)
+    remaining = [
+        int(text.split(" ·")[0])
+        for text in page.get_by_test_id("stMain").get_by_test_id("stCheckbox").all_inner_texts()
+    ]
+    assert not set(ids) & set(remaining)
+
+
+def test_lasso_on_the_latent_map_then_label_the_selection(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "explorer-eve")
+    open_page(page, "Explore")
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    plot.wait_for()
+    box = plot.bounding_box()
+    assert box is not None
+    # A lasso around the whole plot area selects every point.
+    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(box["x"] + box["width"] * corners[0][0], box["y"] + box["height"] * corners[0][1])
+    page.mouse.down()
+    for fx, fy in corners[1:]:
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"\d+ images selected"))).to_be_visible(timeout=15_000)
+    wait_idle(page)
+    count = int(re.search(r"(\d+) images selected", page.get_by_text(re.compile(r"images selected")).inner_text())[1])
+    assert count == IMAGES
+    screenshot(page, "explore")
+
+    page.get_by_role("button", name="Open in the Grid").click()
+    page.locator("h1", has_text="Grid").wait_for()
+    wait_idle(page)
+    expect(page.get_by_text(f"{IMAGES} images selected on the Explore page")).to_be_visible()
+    page.get_by_role("button", name="Select page").click()
+    wait_idle(page)
+    apply_bulk_label(page, "curves")
+    stored = labels(app_server)
+    by_eve = [image_id for image_id, (main, _, who) in stored.items() if who == "explorer-eve" and main == "curves"]
+    assert len(by_eve) == 24  # one page of the selection
