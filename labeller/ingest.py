@@ -81,7 +81,7 @@ class ImportOptions:
     create_classes: bool = False  # add class names met in folders or the manifest to the taxonomy
     annotator: str = IMPORT_ANNOTATOR
     batch_size: int = 64
-    progress: bool = True
+    progress: bool = True  # a tqdm bar on stderr when it is a terminal
 
 
 # --- finding files -----------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def import_images(
     annotator_id = _annotator_id(project, options.annotator) if any(label for _, label in labelled_items) else None
 
     seen: set[str] = set()
-    with tqdm(total=len(labelled_items), unit="img", desc="import", disable=not options.progress) as bar:
+    with tqdm(total=len(labelled_items), unit="img", desc="import", disable=None if options.progress else True) as bar:
         for batch in _batches(labelled_items, options.batch_size):
             _import_batch(project, batch, seen, report, annotator_id)
             bar.update(len(batch))
