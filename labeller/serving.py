@@ -56,9 +56,15 @@ def start(project: Project, *, port: int | None = None, with_worker: bool = True
         raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
     port = port or free_port()
     env = {**os.environ, "LABELLER_PROJECT": str(project.root)}
-    app = subprocess.Popen(streamlit_command(project, port), env=env)
-    worker = subprocess.Popen(worker_command(project), env=env) if with_worker else None
+    app = _spawn(streamlit_command(project, port), env)
+    worker = _spawn(worker_command(project), env) if with_worker else None
     return Served(app=app, worker=worker, port=port)
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # A session of their own: a Ctrl-C in the terminal reaches only ``serve``, which then stops each
+    # child once with SIGTERM (a worker that got SIGINT too would take SIGTERM as a second, hard stop).
+    return subprocess.Popen(command, env=env, start_new_session=True)
 
 
 def _terminate(process: subprocess.Popen | None) -> None:
@@ -93,7 +99,9 @@ def serve(project: Project, *, port: int | None = None, with_worker: bool = True
                 else:
                     restarts += 1
                     print(f"the worker exited with code {code}; restarting it", file=sys.stderr)
-                    served.worker = subprocess.Popen(worker_command(project))
+                    served.worker = _spawn(
+                        worker_command(project), {**os.environ, "LABELLER_PROJECT": str(project.root)}
+                    )
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass

@@ -108,3 +108,21 @@ def test_unknown_job_kind_fails_with_a_clear_message(tmp_path) -> None:
     assert job.error.startswith("unknown job kind 'defragment'")
     listing = run_cli("jobs", str(project.root))
     assert "defragment" in listing.stdout and "unknown job kind" in listing.stdout
+
+
+def test_an_idle_worker_queues_one_automatic_retrain(tmp_path) -> None:
+    from labeller.worker import Worker, WorkerConfig
+
+    project = make_project(tmp_path, labelled_per_class=3, unlabelled=2)
+    project.settings.training.auto_retrain_every = 5
+    assert not Worker(project, WorkerConfig(kinds=("ping",))).queue_auto_retrain()  # not a training worker
+    worker = Worker(project, WorkerConfig())
+    assert worker.queue_auto_retrain()
+    assert not worker.queue_auto_retrain()  # one is queued already
+    with unit_of_work(project.engine) as session:
+        (job,) = job_queries.list_jobs(session, kind="train")
+        assert job.params["reason"] == "auto" and job.params["new_labels"] == 6
+    project.settings.training.auto_retrain_every = 0
+    with unit_of_work(project.engine) as session:
+        job_queries.request_cancel(session, job.id)
+    assert not Worker(project, WorkerConfig()).queue_auto_retrain()

@@ -1,0 +1,57 @@
+"""``labeller serve``: the Streamlit app and a worker start together and stop together on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from db.schema import JobStatus
+from labeller.serving import free_port
+from tests.worker_helpers import enqueue, job_row, make_project, wait_for, wait_for_status, worker_environment
+
+
+def _health(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+            return response.read() == b"ok"
+    except OSError:
+        return False
+
+
+def test_serve_runs_the_app_and_a_worker_and_ctrl_c_stops_both(tmp_path) -> None:
+    project = make_project(tmp_path, labelled_per_class=0, unlabelled=0)
+    port = free_port()
+    served = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from labeller.cli import main; main()",
+            "serve",
+            str(project.root),
+            "--port",
+            str(port),
+        ],
+        env=worker_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _health(port), 120, "the app to answer its health check", interval=0.5)
+        ping = enqueue(project, "ping")
+        wait_for_status(project, ping, (JobStatus.SUCCEEDED,), timeout=60)  # the worker runs jobs
+        served.send_signal(signal.SIGINT)
+        assert served.wait(timeout=60) == 0
+    finally:
+        if served.poll() is None:
+            served.kill()
+    output = served.stdout.read()
+    assert f"http://localhost:{port}" in output
+    assert not _health(port)
+    # No worker is left behind: a new job stays queued.
+    orphan_check = enqueue(project, "ping")
+    time.sleep(3)
+    assert job_row(project, orphan_check).status == JobStatus.QUEUED
