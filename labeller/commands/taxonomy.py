@@ -18,11 +18,34 @@ from labeller.taxonomy_file import read_taxonomy_file, taxonomy_to_toml
     "--file",
     "taxonomy_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML file with the complete taxonomy to apply (see labeller/taxonomy_file.py for the format).",
+    help="TOML file with the complete taxonomy to apply (format below).",
 )
 @click.option("--show", is_flag=True, help="Print the stored taxonomy as a taxonomy file.")
 def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> None:
-    """Show the taxonomy, or apply a taxonomy file (adds, reorders, renames and merges classes)."""
+    """Show the taxonomy, or apply a taxonomy file (adds, reorders, renames and merges classes).
+
+    The file lists the complete taxonomy in display order; a stored class with labels that is missing
+    from it is an error, so no edit loses a label. Keys 'c' and 'r' belong to Streamlit.
+
+    \b
+    [[main]]
+    name = "loops"           # key, colour optional
+    key = "1"
+      [[main.sub]]
+      name = "6"
+      key = "q"
+      [[main.sub]]
+      name = "nine"
+      renamed_from = "9"     # rename: labels follow
+      [[main.sub]]
+      name = "0"
+      merge_into = "6"       # merge into a sibling: its tags move
+    [[main]]
+    name = "no loops"
+    [[main]]
+    name = "other"
+    merge_into = "no loops"  # its annotations and sub-classes move
+    """
     if taxonomy_file is None and not show:
         raise click.UsageError("give --file taxonomy.toml to apply a taxonomy, or --show to print it")
     opened = load_project(project)
