@@ -279,18 +279,21 @@ def _claim_from(
     now: datetime,
     expires_at: datetime,
 ) -> list[int]:
-    """Claim up to ``wanted`` images from one candidate query, in its order, retrying lost races."""
+    """Claim up to ``wanted`` images from one candidate query, in its order. A lost race (PostgreSQL)
+    is made up from the spare candidates of the same query, then from a new query."""
     claimed: list[int] = []
     tried = list(already)
     for _ in range(_CLAIM_ROUNDS):
-        missing = wanted - len(claimed)
-        ids = list(session.scalars(candidates(missing + _SPARE_CANDIDATES, tried)))
-        if not ids:
-            break
-        tried += ids
-        won = _claim(session, ids[:missing], annotator_id, now, expires_at)
-        claimed += [image_id for image_id in ids[:missing] if image_id in won]
-        if len(claimed) >= wanted:
+        asked = wanted - len(claimed) + _SPARE_CANDIDATES
+        ids = list(session.scalars(candidates(asked, tried)))
+        position = 0
+        while position < len(ids) and len(claimed) < wanted:
+            attempt = ids[position : position + wanted - len(claimed)]
+            position += len(attempt)
+            won = _claim(session, attempt, annotator_id, now, expires_at)
+            claimed += [image_id for image_id in attempt if image_id in won]
+        tried += ids[:position]
+        if len(claimed) >= wanted or len(ids) < asked:  # done, or the query has nothing more
             break
     return claimed
 
