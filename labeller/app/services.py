@@ -194,6 +194,21 @@ def _claim_next(session: Session, *, annotator_id: int, strategy: str, lease_sec
     return None if image_id is None else QueuedImage(image_id, strategy, version_id)
 
 
+def claim_requested(
+    engine: Engine, *, annotator_id: int, image_id: int, strategy: str, lease_seconds: int
+) -> QueuedImage | None:
+    """Claim one image asked for by id (a link such as ``?image=42``); None when it does not exist or
+    another annotator holds it."""
+    with unit_of_work(engine) as session:
+        if app_views.image_by_id(session, image_id) is None:
+            return None
+        if not app_views.claim_image(
+            session, image_id=image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+        ):
+            return None
+        return QueuedImage(image_id, strategy, active_model_version_id(session))
+
+
 def decide_and_advance(
     engine: Engine,
     *,

@@ -130,6 +130,25 @@ def correct(annotation_id: int, image_id: int) -> None:
 
 # ----------------------------------------------------------------------------------------- layout
 
+requested = services.parse_image_id(st.query_params.get("image"))
+if requested is not None:
+    # A link to one image (from the Review page, say); anything but a positive integer is ignored.
+    del st.query_params["image"]
+    if (current := _current()) is None or current.image_id != requested:
+        queued = services.claim_requested(
+            engine,
+            annotator_id=who.annotator_id,
+            image_id=requested,
+            strategy=st.session_state["strategy"],
+            lease_seconds=lease,
+        )
+        if queued is None:
+            _flash(f"Image {requested} does not exist or another annotator has it open.", ":material/warning:")
+        else:
+            if current is not None:
+                services.release(engine, annotator_id=who.annotator_id, image_id=current.image_id)
+            _advance_to(queued)
+
 if _current() is None:
     _advance_to(
         services.claim_next(

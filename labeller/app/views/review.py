@@ -51,13 +51,13 @@ with mistakes:
         columns = st.columns(6)
         for index, item in enumerate(found):
             with columns[index % 6]:
-                image_tile(files[item.image_id], key=f"mistake-{item.image_id}", hidden_class=hidden)
+                image_tile(files[item.image_id], key=f"mistake-{index}", hidden_class=hidden)
                 st.caption(
                     f"{item.image_id}: **{taxonomy.main_name(item.human_main_id)}** by {item.annotator}; "
                     f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%})"
                 )
         if st.button("Open these in the Grid", icon=":material/grid_view:"):
-            st.session_state["explore_selection"] = [m.image_id for m in found]
+            st.session_state["explore_selection"] = list(dict.fromkeys(m.image_id for m in found))
             st.session_state["grid_from_explore"] = True
             st.switch_page("views/grid.py")
 

@@ -1,0 +1,169 @@
+"""Grid, Review, Train, Explore and Data pages through Streamlit's AppTest, on a real project database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from db.engine import unit_of_work
+from db.queries.annotations import current_labels, record_annotation
+from db.queries.annotators import get_or_create_annotator
+from db.queries.jobs import list_jobs
+from db.queries.models import active_model_version, register_model_version
+from db.queries.taxonomy import list_main_classes
+from db.schema import AnnotationKind, JobStatus
+from labeller.app.state import Identity
+from labeller.project import Project
+from tests.e2e.project_factory import add_active_model, make_app_project
+
+MAIN_APP = str(Path(__file__).resolve().parents[1] / "labeller" / "app" / "main.py")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    project = make_app_project(tmp_path / "project", images=30)
+    monkeypatch.setenv("LABELLER_PROJECT", str(project.root))
+    return project
+
+
+def open_page(project: Project, page: str, name: str = "ann") -> AppTest:
+    with unit_of_work(project.engine) as session:
+        annotator = get_or_create_annotator(session, name)
+        identity = Identity(annotator.id, annotator.name)
+    app = AppTest.from_file(MAIN_APP, default_timeout=30)
+    app.session_state["identity"] = identity
+    app.run()
+    app.switch_page(f"views/{page}.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def label(project: Project, annotator: str, image_id: int, main: str) -> None:
+    with unit_of_work(project.engine) as session:
+        who = get_or_create_annotator(session, annotator)
+        main_id = next(m.id for m in list_main_classes(session) if m.name == main)
+        record_annotation(
+            session, image_id=image_id, annotator_id=who.id, kind=AnnotationKind.LABEL, main_class_id=main_id
+        )
+
+
+def test_every_page_asks_for_a_name_first(project: Project) -> None:
+    app = AppTest.from_file(MAIN_APP, default_timeout=30).run()
+    for page in ("grid", "review", "train", "explore", "data"):
+        app.switch_page(f"views/{page}.py").run()
+        assert not app.exception
+        assert "Pick or enter your name" in app.info[0].value
+
+
+def test_grid_selects_a_page_and_labels_it_at_once(project: Project) -> None:
+    app = open_page(project, "grid")
+    assert len(app.checkbox) >= 24  # the page's tiles (plus the sidebar's toggles)
+    next(b for b in app.button if b.label == "Select page").click().run()
+    assert len(app.session_state["grid_selected"]) == 24
+    with unit_of_work(project.engine) as session:
+        curves = next(m.id for m in list_main_classes(session) if m.name == "curves")
+    next(box for box in app.selectbox if box.label == "Main class").select(curves)
+    app.button(key="FormSubmitter:bulk_label-Apply").click().run()
+    with unit_of_work(project.engine) as session:
+        stored = list(current_labels(session))
+    assert len(stored) == 24 and {s.main_class for s in stored} == {"curves"}
+    assert app.session_state["grid_selected"] == set()
+
+
+def test_review_shows_kappa_disagreements_and_likely_mistakes(project: Project) -> None:
+    add_active_model(project)
+    for image_id in range(1, 11):
+        label(project, "ann", image_id, "loops" if image_id <= 5 else "strokes")
+        label(project, "bob", image_id, "loops" if image_id <= 6 else "strokes")
+    app = open_page(project, "review")
+    frames = [frame.value for frame in app.dataframe]
+    agreement = next(f for f in frames if "Cohen's kappa" in f.columns)
+    assert agreement["shared images"].tolist() == [10]
+    assert agreement["agreement"].tolist() == [pytest.approx(0.9)]
+    assert agreement["Cohen's kappa"].tolist() == [pytest.approx(0.8)]
+    disagreements = next(f for f in frames if "main classes differ" in f.columns)
+    assert disagreements["image"].tolist() == [6]
+    # The test model is wrong on about 20% of images with confidence up to 0.99.
+    app.slider[0].set_value(0.5).run()
+    assert not app.exception
+
+
+def test_train_queues_a_job_cancels_it_and_promotes_and_rolls_back(project: Project) -> None:
+    first = add_active_model(project)
+    with unit_of_work(project.engine) as session:
+        second = register_model_version(
+            session,
+            name="second",
+            model_kind="m2",
+            checkpoint_path="x.pt",
+            config={},
+            data_snapshot={},
+            metrics={"accuracy": 0.9},
+            label_count=10,
+        ).id
+    app = open_page(project, "train")
+    app.number_input[0].set_value(3)
+    app.button(key="FormSubmitter:retrain-Start retrain").click().run()
+    with unit_of_work(project.engine) as session:
+        (job,) = list_jobs(session)
+        assert (job.kind, job.status, job.params["epochs"]) == ("train", JobStatus.QUEUED, 3)
+    assert app.session_state["watched_job"] == job.id
+    app.button(key=f"cancel-{job.id}").click().run()
+    with unit_of_work(project.engine) as session:
+        assert list_jobs(session)[0].status == JobStatus.CANCELLED
+
+    version_box = next(box for box in app.selectbox if box.label == "Version")
+    version_box.select(second).run()
+    next(b for b in app.button if b.label == "Promote").click().run()
+    with unit_of_work(project.engine) as session:
+        assert active_model_version(session).id == second
+    next(b for b in app.button if b.label == "Roll back").click().run()
+    with unit_of_work(project.engine) as session:
+        assert active_model_version(session).id == first
+
+
+def test_explore_without_a_model_explains_what_to_do(project: Project) -> None:
+    app = open_page(project, "explore")
+    assert "No latent map yet" in app.info[0].value
+
+
+def test_explore_with_a_model_draws_one_webgl_trace(project: Project) -> None:
+    add_active_model(project)
+    app = open_page(project, "explore")
+    import json
+
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert [trace["type"] for trace in figure["data"]] == ["scattergl"]
+    assert len(figure["data"][0]["x"]) == 30
+
+
+def test_data_page_edits_the_taxonomy_and_rejects_a_bad_one(project: Project) -> None:
+    app = open_page(project, "data")
+    editor = app.text_area[0]
+    assert 'name = "loops"' in editor.value
+    editor.input(editor.value.replace('name = "curves"', 'name = "bends"\nrenamed_from = "curves"')).run()
+    next(b for b in app.button if b.label == "Apply taxonomy").click().run()
+    assert not app.exception
+    with unit_of_work(project.engine) as session:
+        assert [m.name for m in list_main_classes(session)] == ["loops", "strokes", "bends"]
+    app.text_area[0].input("this is not toml [").run()
+    next(b for b in app.button if b.label == "Apply taxonomy").click().run()
+    assert app.error and "not valid TOML" in app.error[0].value
+    with unit_of_work(project.engine) as session:
+        assert [m.name for m in list_main_classes(session)] == ["loops", "strokes", "bends"]
+
+
+def test_data_page_imports_a_server_folder(project: Project, tmp_path: Path) -> None:
+    from tests.e2e.project_factory import write_digit_images
+
+    folder = tmp_path / "incoming"
+    write_digit_images(folder, 40)  # the first 30 are the project's own images: duplicates
+    app = open_page(project, "data")
+    app.text_input[0].input(str(folder))
+    app.button(key="FormSubmitter:import_folder-Import folder").click().run()
+    assert "Added 10 images (30 duplicates" in app.success[0].value
+    app.text_input[0].input(str(tmp_path / "missing"))
+    app.button(key="FormSubmitter:import_folder-Import folder").click().run()
+    assert "is not a folder on the server" in app.error[0].value

@@ -1,0 +1,88 @@
+"""Pure parts of the app: the keyboard map, plotly selections to image ids, progress flattening, safe paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labeller.app.keys import PAGE_KEYS, STREAMLIT_RESERVED, build_key_map
+from labeller.app.selection import selected_image_ids
+from labeller.app.services import UnsafePathError, check_servable, flatten_progress, parse_image_id
+
+
+def test_key_map_keeps_usable_wishes_and_fills_the_rest() -> None:
+    keys = build_key_map(
+        [(1, "a", "1"), (2, "b", "c"), (3, "c", None), (4, "d", "1")],
+        {1: [(10, "a1", "q"), (11, "a2", "s"), (12, "a3", None)], 2: [(20, "b1", "Q")]},
+    )
+    main = {k.class_id: k.key for k in keys.main}
+    assert main[1] == "1"
+    # "c" is Streamlit's, "1" is taken: both get the next free digits.
+    assert main[2] == "2" and main[3] == "3" and main[4] == "4"
+    tags = {k.class_id: k.key for subs in keys.tags.values() for k in subs}
+    assert tags[10] == "q"
+    assert tags[11] not in PAGE_KEYS.as_set()  # "s" is the skip key
+    assert tags[20] != "q"  # duplicates across main classes are not allowed
+    every_key = list(main.values()) + list(tags.values())
+    assert len(every_key) == len(set(every_key))
+    assert not set(every_key) & (STREAMLIT_RESERVED | PAGE_KEYS.as_set())
+
+
+def test_key_map_runs_out_of_keys_gracefully() -> None:
+    keys = build_key_map([(i, f"m{i}", None) for i in range(12)], {})
+    assert [k.key for k in keys.main][:9] == list("123456789")
+    assert [k.key for k in keys.main][9:] == [None, None, None]
+
+
+def test_selection_maps_point_index_to_ids_in_order_without_duplicates() -> None:
+    ids = [101, 102, 103, 104]
+    selection = {
+        "points": [
+            {"curve_number": 0, "point_index": 2},
+            {"curve_number": 0, "point_index": 0},
+            {"curve_number": 0, "point_index": 2},
+            {"curve_number": 1, "point_index": 1},  # another trace: not ours
+            {"curve_number": 0, "point_index": 9},  # stale: outside the array
+            {"curve_number": 0, "point_number": 3},
+        ]
+    }
+    assert selected_image_ids(selection, ids) == [103, 101, 104]
+    assert selected_image_ids(None, ids) == []
+    assert selected_image_ids({"points": []}, ids) == []
+
+
+def test_flatten_progress_makes_plot_rows() -> None:
+    rows = flatten_progress(
+        [
+            {"epoch": 1, "step": 2, "steps_per_epoch": 10, "loss_terms": {"kl": 1.5, "recon": 3.0}, "validation": {}},
+            {"epoch": 2, "step": 10, "steps_per_epoch": 10, "loss_terms": {"kl": 1.0}, "validation": {"accuracy": 0.7}},
+        ]
+    )
+    assert rows[0]["global_step"] == 2 and rows[1]["global_step"] == 20
+    assert rows[0]["loss_terms.kl"] == 1.5 and rows[1]["validation.accuracy"] == 0.7
+
+
+@pytest.mark.parametrize(("value", "expected"), [("12", 12), (" 7 ", 7), ("0", None), ("-3", None), ("../x", None)])
+def test_image_ids_from_urls_are_positive_integers_only(value: str, expected: int | None) -> None:
+    assert parse_image_id(value) == expected
+
+
+def test_only_image_files_inside_the_roots_are_served(tmp_path: Path) -> None:
+    root = tmp_path / "thumbs"
+    root.mkdir()
+    inside = root / "a.webp"
+    inside.write_bytes(b"x")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    link = root / "escape.png"
+    link.symlink_to(outside)
+    assert check_servable(inside, [root]) == inside.resolve()
+    with pytest.raises(UnsafePathError):
+        check_servable(root / ".." / "secret.png", [root])
+    with pytest.raises(UnsafePathError):
+        check_servable(link, [root])  # a symlink does not smuggle a file out
+    with pytest.raises(UnsafePathError):
+        check_servable(tmp_path / "labeller.toml", [tmp_path])  # not an image
+    with pytest.raises(FileNotFoundError):
+        check_servable(root / "missing.webp", [root])
