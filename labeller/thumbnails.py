@@ -2,8 +2,8 @@
 
 The cache is keyed by content hash, ``thumbs/<sha[:2]>/<sha>.jpg``, so a moved or re-imported file
 reuses its thumbnail and a folder never holds more than a few thousand files. JPEG, not WebP: measured
-here on the hymenoptera photos, WebP encoding took 12 ms per thumbnail against 0.5 ms for JPEG at the
-same size on disk (about 13 kB), and was most of the import time.
+here on the hymenoptera photos, WebP encoding took 12 ms per thumbnail against 0.5 ms for JPEG at about the
+same size on disk (11 kB against 13 kB), and was most of the import time.
 """
 
 from __future__ import annotations
