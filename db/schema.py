@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -186,14 +187,17 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        Index("ix_predictions_entropy", "model_version_id", "entropy"),
-        Index("ix_predictions_leaf_entropy", "model_version_id", "leaf_entropy"),
-        Index("ix_predictions_margin", "model_version_id", "margin"),
-        Index("ix_predictions_least_confidence", "model_version_id", "least_confidence"),
-        Index("ix_predictions_bald", "model_version_id", "bald"),
-        Index("ix_predictions_disagreement", "model_version_id", "disagreement"),
-        Index("ix_predictions_novelty", "model_version_id", "novelty"),
+        # (version, labelled, score): the next-image walk starts past every labelled image instead of
+        # probing and skipping each one (thousands after a busy day on one model version).
+        Index("ix_predictions_entropy", "model_version_id", "labelled", "entropy"),
+        Index("ix_predictions_leaf_entropy", "model_version_id", "labelled", "leaf_entropy"),
+        Index("ix_predictions_margin", "model_version_id", "labelled", "margin"),
+        Index("ix_predictions_least_confidence", "model_version_id", "labelled", "least_confidence"),
+        Index("ix_predictions_bald", "model_version_id", "labelled", "bald"),
+        Index("ix_predictions_disagreement", "model_version_id", "labelled", "disagreement"),
+        Index("ix_predictions_novelty", "model_version_id", "labelled", "novelty"),
         Index("ix_predictions_main", "model_version_id", "main_class_id", "confidence"),
+        Index("ix_predictions_image_id", "image_id"),
     )
 
     model_version_id: Mapped[int] = mapped_column(
@@ -217,6 +221,10 @@ class Prediction(Base):
     latent_mean: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32, little-endian
     umap_x: Mapped[float | None] = mapped_column(Float)
     umap_y: Mapped[float | None] = mapped_column(Float)
+    # A hint kept by db.queries.annotations (and db.queries.queue.mark_labelled_predictions after a
+    # scoring run): the image has a current LABEL. The queue still checks annotations itself, so a
+    # stale hint only costs speed, never correctness.
+    labelled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class JobStatus(enum.StrEnum):

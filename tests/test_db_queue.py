@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from db.engine import unit_of_work
-from db.queries.annotations import record_annotation, undo_last_annotation
+from db.queries.annotations import record_annotation, undo_annotation, undo_last_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.queue import (
     _SCORE_COLUMNS,
@@ -18,13 +18,14 @@ from db.queries.queue import (
     _random_order,
     _returning,
     claimed_images,
+    mark_labelled_predictions,
     next_batch,
     next_image,
     purge_expired_claims,
     release_claim,
     release_claims,
 )
-from db.schema import AnnotationKind, Claim, Image, Prediction, utcnow
+from db.schema import Annotation, AnnotationKind, Claim, Image, Prediction, utcnow
 from tests.db_helpers import add_images, add_model_version, add_taxonomy
 
 LABEL = AnnotationKind.LABEL
@@ -208,7 +209,7 @@ def test_sqlite_plan_walks_the_score_index(sqlite_engine, strategy) -> None:
     now = utcnow()
     query = _by_score(1, now, 1, [3], 1, _SCORE_COLUMNS[strategy])
     plan = _plan(sqlite_engine, query)
-    assert f"SEARCH predictions USING INDEX ix_predictions_{strategy} (model_version_id=?" in plan[0]
+    assert f"SEARCH predictions USING INDEX ix_predictions_{strategy} (model_version_id=? AND labelled=?" in plan[0]
     assert all("SCAN" not in step for step in plan), plan
     assert any("ix_annotations_image_current" in step for step in plan)
 
@@ -227,3 +228,48 @@ def _plan(engine, query) -> list[str]:
     sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     with engine.connect() as connection:
         return [row[3] for row in connection.execute(text("EXPLAIN QUERY PLAN " + sql))]
+
+
+def _hints(engine) -> dict[tuple[int, int], bool]:
+    with unit_of_work(engine) as session:
+        rows = session.execute(select(Prediction.model_version_id, Prediction.image_id, Prediction.labelled))
+        return {(version, image_id): labelled for version, image_id, labelled in rows}
+
+
+def test_labelled_hint_follows_labels_undos_and_new_model_versions(engine) -> None:
+    image_ids = add_images(engine, 4)
+    taxonomy = add_taxonomy(engine)
+    first = add_model_version(engine, dict.fromkeys(image_ids, 0.5))
+    ada, grace = _annotator(engine, "ada"), _annotator(engine, "grace")
+    _label(engine, image_ids[0], ada, taxonomy.loops)
+    _label(engine, image_ids[1], ada, taxonomy.loops)
+    _label(engine, image_ids[1], grace, taxonomy.lines)
+    _label(engine, image_ids[1], ada, taxonomy.loops, kind=AnnotationKind.SKIP)  # grace's label still stands
+    _label(engine, image_ids[2], ada, taxonomy.loops, kind=AnnotationKind.UNSURE)
+    assert _hints(engine) == {(first, image_ids[0]): True, (first, image_ids[1]): True} | {
+        (first, image_id): False for image_id in image_ids[2:]
+    }
+    with unit_of_work(engine) as session:
+        undone = session.scalar(
+            select(Annotation.id).where(Annotation.image_id == image_ids[0], Annotation.superseded.is_(False))
+        )
+        undo_annotation(session, undone, ada)
+    assert not _hints(engine)[(first, image_ids[0])]
+    # A new model version's rows arrive unmarked; marking them matches the current labels.
+    second = add_model_version(engine, dict.fromkeys(image_ids, 0.5), name="v2")
+    with unit_of_work(engine) as session:
+        assert mark_labelled_predictions(session, second) == 1
+        assert mark_labelled_predictions(session, second) == 0
+    assert [image_id for (version, image_id), hint in _hints(engine).items() if version == second and hint] == [
+        image_ids[1]
+    ]
+
+
+def test_a_stale_labelled_hint_never_serves_a_labelled_image(engine) -> None:
+    image_ids = add_images(engine, 3)
+    taxonomy = add_taxonomy(engine)
+    ada, grace = _annotator(engine, "ada"), _annotator(engine, "grace")
+    _label(engine, image_ids[2], grace, taxonomy.loops)  # labelled before the model version existed
+    version = add_model_version(engine, {image_ids[0]: 0.1, image_ids[1]: 0.2, image_ids[2]: 0.9})
+    assert not _hints(engine)[(version, image_ids[2])]
+    assert _next(engine, ada, "entropy", version) == image_ids[1]

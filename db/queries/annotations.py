@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, delete, exists, func, select
+from sqlalchemy import Select, and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.schema import (
@@ -32,6 +32,7 @@ from db.schema import (
     Claim,
     Image,
     MainClass,
+    Prediction,
     SubClass,
 )
 
@@ -156,6 +157,10 @@ def record_annotation(
     session.add(annotation)
     session.execute(delete(Claim).where(Claim.image_id == image_id, Claim.annotator_id == annotator_id))
     session.flush()
+    if kind == AnnotationKind.LABEL:
+        _set_labelled_hint(session, image_id, True)
+    elif previous is not None and previous.kind == AnnotationKind.LABEL:
+        _sync_labelled_hint(session, image_id)
     return annotation
 
 
@@ -192,6 +197,7 @@ def undo_annotation(session: Session, annotation_id: int, annotator_id: int) -> 
     )
     session.add(undo)
     session.flush()
+    _sync_labelled_hint(session, target.image_id)
     return undo
 
 
@@ -206,6 +212,34 @@ def undo_last_annotation(session: Session, annotator_id: int) -> Annotation | No
     if newest is None or newest.superseded:
         return None
     return undo_annotation(session, newest.id, annotator_id)
+
+
+def has_current_label(session: Session, image_id: int) -> bool:
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    Annotation.image_id == image_id,
+                    Annotation.superseded.is_(False),
+                    Annotation.kind == AnnotationKind.LABEL,
+                )
+            )
+        )
+    )
+
+
+def _sync_labelled_hint(session: Session, image_id: int) -> None:
+    _set_labelled_hint(session, image_id, has_current_label(session, image_id))
+
+
+def _set_labelled_hint(session: Session, image_id: int, labelled: bool) -> None:
+    """Keep ``predictions.labelled`` (the queue's index hint) in step for every model version."""
+    session.execute(
+        update(Prediction)
+        .where(Prediction.image_id == image_id, Prediction.labelled.is_(not labelled))
+        .values(labelled=labelled)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _unique(ids: Iterable[int]) -> tuple[int, ...]:

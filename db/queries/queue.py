@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
@@ -132,6 +132,25 @@ def next_batch(
     return claimed
 
 
+def mark_labelled_predictions(session: Session, model_version_id: int) -> int:
+    """Set the ``labelled`` hint on a model version's predictions from the current labels; call it
+    after writing a scoring run's predictions. Returns how many rows changed."""
+    has_label = exists().where(
+        Annotation.image_id == Prediction.image_id,
+        Annotation.superseded.is_(False),
+        Annotation.kind == AnnotationKind.LABEL,
+    )
+    changed = 0
+    for labelled, condition in ((True, has_label), (False, ~has_label)):
+        changed += session.execute(
+            update(Prediction)
+            .where(Prediction.model_version_id == model_version_id, Prediction.labelled.is_(not labelled), condition)
+            .values(labelled=labelled)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return changed
+
+
 def release_claim(session: Session, image_id: int, annotator_id: int) -> bool:
     """Give an image back to the pool (the annotator moved on without deciding); True if one was held."""
     result = session.execute(delete(Claim).where(Claim.image_id == image_id, Claim.annotator_id == annotator_id))
@@ -187,13 +206,15 @@ def _by_score(
     model_version_id: int,
     score: InstrumentedAttribute[float],
 ) -> Select:
-    # Walks the (model_version_id, score) index from the top; the EXISTS tests are primary-key or index
-    # probes per row, and the walk stops after ``limit`` candidates.
+    # Walks the (model_version_id, labelled, score) index from the top of the unlabelled range; the
+    # EXISTS tests are primary-key or index probes per row (they stay the source of truth, the
+    # ``labelled`` hint only shortens the walk), and the walk stops after ``limit`` candidates.
     is_audit = exists().where(Image.id == Prediction.image_id, Image.audit.is_(True))
     query = (
         select(Prediction.image_id)
         .where(
             Prediction.model_version_id == model_version_id,
+            Prediction.labelled.is_(False),
             score.is_not(None),
             ~is_audit,
             _is_candidate(Prediction.image_id, annotator_id, now),

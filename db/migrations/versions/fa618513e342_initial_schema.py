@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 16f7431ea938
+Revision ID: fa618513e342
 Revises:
-Create Date: 2026-11-25 10:56:03.634247
+Create Date: 2026-11-25 11:10:32.040863
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "16f7431ea938"
+revision: str = "fa618513e342"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -221,6 +221,7 @@ def upgrade() -> None:
         sa.Column("latent_mean", sa.LargeBinary(), nullable=True),
         sa.Column("umap_x", sa.Float(), nullable=True),
         sa.Column("umap_y", sa.Float(), nullable=True),
+        sa.Column("labelled", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.ForeignKeyConstraint(
             ["image_id"], ["images.id"], name=op.f("fk_predictions_image_id_images"), ondelete="CASCADE"
         ),
@@ -245,14 +246,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("model_version_id", "image_id", name=op.f("pk_predictions")),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
-        batch_op.create_index("ix_predictions_bald", ["model_version_id", "bald"], unique=False)
-        batch_op.create_index("ix_predictions_disagreement", ["model_version_id", "disagreement"], unique=False)
-        batch_op.create_index("ix_predictions_entropy", ["model_version_id", "entropy"], unique=False)
-        batch_op.create_index("ix_predictions_leaf_entropy", ["model_version_id", "leaf_entropy"], unique=False)
-        batch_op.create_index("ix_predictions_least_confidence", ["model_version_id", "least_confidence"], unique=False)
+        batch_op.create_index("ix_predictions_bald", ["model_version_id", "labelled", "bald"], unique=False)
+        batch_op.create_index(
+            "ix_predictions_disagreement", ["model_version_id", "labelled", "disagreement"], unique=False
+        )
+        batch_op.create_index("ix_predictions_entropy", ["model_version_id", "labelled", "entropy"], unique=False)
+        batch_op.create_index("ix_predictions_image_id", ["image_id"], unique=False)
+        batch_op.create_index(
+            "ix_predictions_leaf_entropy", ["model_version_id", "labelled", "leaf_entropy"], unique=False
+        )
+        batch_op.create_index(
+            "ix_predictions_least_confidence", ["model_version_id", "labelled", "least_confidence"], unique=False
+        )
         batch_op.create_index("ix_predictions_main", ["model_version_id", "main_class_id", "confidence"], unique=False)
-        batch_op.create_index("ix_predictions_margin", ["model_version_id", "margin"], unique=False)
-        batch_op.create_index("ix_predictions_novelty", ["model_version_id", "novelty"], unique=False)
+        batch_op.create_index("ix_predictions_margin", ["model_version_id", "labelled", "margin"], unique=False)
+        batch_op.create_index("ix_predictions_novelty", ["model_version_id", "labelled", "novelty"], unique=False)
 
     # ### end Alembic commands ###
 
@@ -265,6 +273,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_predictions_main")
         batch_op.drop_index("ix_predictions_least_confidence")
         batch_op.drop_index("ix_predictions_leaf_entropy")
+        batch_op.drop_index("ix_predictions_image_id")
         batch_op.drop_index("ix_predictions_entropy")
         batch_op.drop_index("ix_predictions_disagreement")
         batch_op.drop_index("ix_predictions_bald")
