@@ -184,6 +184,9 @@ class EvaluationConfig:
     warm_epochs: int | None = None
     mc_samples: int = 8  # MC-dropout passes when scoring for BALD
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides shared by every model
+    # Per-model TrainConfig overrides on top of ``train`` (e.g. more epochs for the supervised model, whose
+    # epochs pass over the few labelled images only).
+    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         problems = []
@@ -304,16 +307,26 @@ class EvaluationResult:
         )
         return figure
 
-    def write(self, json_path: Path, *, plotlyjs: str | bool = True) -> dict[str, Path]:
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        """Read back what ``to_dict`` wrote (e.g. to redraw the figure elsewhere)."""
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not an evaluation result of schema {SCHEMA}: {data.get('schema')!r}")
+        runs = [RunResult(**run) for run in data["runs"]]
+        return cls(data["dataset"], data["config"], runs, data.get("skipped", []), data.get("seconds", 0.0))
+
+    def write(self, json_path: Path, *, plotlyjs: str | bool = True, figure: bool = True) -> dict[str, Path]:
         """The JSON, a markdown table (.md) and a learning-curve figure (.html) side by side.
 
         ``plotlyjs=True`` embeds plotly.js so the figure opens offline; ``"cdn"`` keeps the file small."""
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        paths = {"json": json_path, "markdown": json_path.with_suffix(".md"), "figure": json_path.with_suffix(".html")}
+        paths = {"json": json_path, "markdown": json_path.with_suffix(".md")}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
         paths["markdown"].write_text(self.markdown())
-        self.figure().write_html(paths["figure"], include_plotlyjs=plotlyjs)
+        if figure:
+            paths["figure"] = json_path.with_suffix(".html")
+            self.figure().write_html(paths["figure"], include_plotlyjs=plotlyjs)
         return paths
 
 
@@ -364,7 +377,7 @@ class TrainedModelLearner:
         self.data = data
         self.pool_rows = pool
         self.mc_samples = config.mc_samples if needs_bald else 0
-        self.base = TrainConfig(**{**config.train, "model": model, "seed": seed})
+        self.base = TrainConfig(**{**config.train, **config.model_train.get(model, {}), "model": model, "seed": seed})
         self.base.validate()
         self.warm_epochs = config.warm_epochs
         extra = data.extra_unlabelled if data.extra_unlabelled is not None else data.images[:0]
