@@ -172,6 +172,7 @@ class EvaluationConfig:
     models: tuple[str, ...] = ("m2", "m1m2", "supervised")
     baselines: tuple[str, ...] = ("label_spreading",)
     seeds: int = 3
+    first_seed: int = 0  # seeds run are first_seed, first_seed + 1, ... (lets seeds run in parallel processes)
     test_fraction: float = 0.3
     split_seed: int = 0
     initial_labels: int = 10
@@ -231,6 +232,22 @@ class EvaluationResult:
     runs: list[RunResult]
     skipped: list[dict[str, str]]
     seconds: float
+
+    @classmethod
+    def merge(cls, parts: Sequence[EvaluationResult], config: dict[str, Any] | None = None) -> EvaluationResult:
+        """One result from parts run separately on the same data and split (e.g. one process per model
+        and seed); ``config`` describes the whole (default: the first part's)."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        if any(part.dataset != parts[0].dataset for part in parts):
+            raise ValueError("cannot merge results on different datasets or splits")
+        return cls(
+            dataset=parts[0].dataset,
+            config=config if config is not None else parts[0].config,
+            runs=[run for part in parts for run in part.runs],
+            skipped=[skip for part in parts for skip in part.skipped],
+            seconds=sum(part.seconds for part in parts),
+        )
 
     def summary(self) -> list[dict[str, Any]]:
         groups: dict[tuple[str, str, int], list[RunResult]] = {}
@@ -650,7 +667,7 @@ def evaluate(
             if name in BASELINES and strategy in ("bald", "disagreement", "novelty"):
                 skipped.append({"model": name, "strategy": strategy, "reason": f"{name} has no {strategy} score"})
                 continue
-            for seed in range(config.seeds):
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
                 seed_started = time.perf_counter()
                 factory = _learner_factory(name, strategy, data, pool, test, config)
                 if strategy == "random":
