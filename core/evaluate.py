@@ -54,7 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.acquisition import STRATEGY_NAMES, get_strategy
+from core.acquisition import STRATEGY_NAMES, cold_start, get_strategy
 from core.taxonomy import Taxonomy
 
 SCHEMA = "latent-labeller/evaluate/1"
@@ -176,6 +176,9 @@ class EvaluationConfig:
     test_fraction: float = 0.3
     split_seed: int = 0
     initial_labels: int = 10
+    # How the first labels of an active run are chosen: "random" (the anchors' protocol) or "diverse"
+    # (k-centre on the features, the tool's cold start without a model).
+    initial_selection: str = "random"
     round_size: int = 5
     balanced_random: bool = True
     # k-centre diversification of each round in latent space (the app's default); off = plain top-n,
@@ -206,6 +209,8 @@ class EvaluationConfig:
             problems.append(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
         if self.seeds < 1:
             problems.append(f"seeds must be >= 1, got {self.seeds}")
+        if self.initial_selection not in ("random", "diverse"):
+            problems.append(f"initial_selection must be random or diverse, got {self.initial_selection!r}")
         if self.initial_labels < 1 or self.round_size < 1:
             problems.append("initial_labels and round_size must be >= 1")
         if problems:
@@ -598,7 +603,11 @@ def _active_runs(
 ) -> list[RunResult]:
     strategy = get_strategy(strategy_name, diversify=config.diversify)
     rng = np.random.default_rng(seed)
-    labelled = rng.choice(len(pool), min(config.initial_labels, len(pool)), replace=False)
+    initial = min(config.initial_labels, len(pool))
+    if config.initial_selection == "diverse":
+        labelled = cold_start(np.arange(len(pool)), initial, rng=rng, features=data.features[pool])
+    else:
+        labelled = rng.choice(len(pool), initial, replace=False)
     learner = learner_factory(seed)
     runs: list[RunResult] = []
     budgets = [b for b in config.budgets if b <= len(pool)]
