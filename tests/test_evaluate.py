@@ -3,6 +3,7 @@ an end-to-end run with a real model on a digits subset, and `labeller evaluate` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from core.evaluate import (
     SCHEMA,
     EvaluationConfig,
+    EvaluationResult,
     balanced_draw,
     digits_data,
     evaluate,
@@ -143,6 +145,9 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
         "4",
         "--round-size",
         "3",
+        "--initial-selection",
+        "diverse",
+        "--diversify",
         "--epochs",
         "2",
         "--image-size",
@@ -166,9 +171,32 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
     }
     assert all(row["seeds"] == 2 for row in written["summary"])
     assert out.with_suffix(".md").is_file() and out.with_suffix(".html").is_file()
+    assert written["config"]["initial_selection"] == "diverse" and written["config"]["diversify"] is True
     # Two well-separated classes: label spreading on pixels gets them right.
     spreading = [row for row in written["summary"] if row["model"] == "label_spreading"]
     assert min(row["main_accuracy_mean"] for row in spreading) >= 0.8
 
     bad = CliRunner().invoke(cli, [*arguments[:3], "0,-5", *arguments[4:]])
     assert bad.exit_code != 0 and "budgets" in bad.output
+
+
+def test_diverse_cold_start_and_parallel_parts_merge_into_one_result() -> None:
+    data = digits_data()
+    base = EvaluationConfig(budgets=(10, 15), strategies=("entropy",), models=(), seeds=2, initial_selection="diverse")
+    whole = evaluate(data, base)
+    # Seeds run as separate parts (as the benchmark's processes do) merge into the same numbers.
+    parts = [evaluate(data, dataclasses.replace(base, seeds=1, first_seed=seed)) for seed in (0, 1)]
+    merged = EvaluationResult.merge(parts, whole.config)
+    assert merged.summary() == whole.summary()
+    assert EvaluationResult.from_dict(json.loads(json.dumps(merged.to_dict()))).summary() == whole.summary()
+    # A k-centre start covers more digit classes than 10 uniform draws usually do.
+    pool, _ = stratified_test_split(data, 0.3, 0)
+    from core.acquisition import cold_start
+
+    start = cold_start(np.arange(len(pool)), 10, rng=np.random.default_rng(0), features=data.features[pool])
+    assert len(set(data.main_labels[pool][start].tolist())) >= 7
+    with pytest.raises(ValueError, match="initial_selection"):
+        evaluate(data, dataclasses.replace(base, initial_selection="psychic"))
+    with pytest.raises(ValueError, match="different datasets"):
+        other = from_class_labels("other", data.images[:50], data.main_labels[:50], [str(d) for d in range(10)])
+        EvaluationResult.merge([whole, evaluate(other, EvaluationConfig(budgets=(10,), models=(), seeds=1))])

@@ -46,6 +46,13 @@ def _csv(kind: type, value: str) -> tuple:
 )
 @click.option("--round-size", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per active round.")
 @click.option(
+    "--initial-selection",
+    type=click.Choice(["random", "diverse"]),
+    default="random",
+    show_default=True,
+    help="First labels of an active run: uniformly random, or spread out by k-centre on pixels.",
+)
+@click.option(
     "--diversify/--no-diversify",
     default=False,
     show_default=True,
@@ -73,6 +80,7 @@ def evaluate_command(
     test_fraction: float,
     initial_labels: int,
     round_size: int,
+    initial_selection: str,
     diversify: bool,
     epochs: int | None,
     warm_epochs: int | None,
@@ -97,6 +105,7 @@ def evaluate_command(
         test_fraction=test_fraction,
         initial_labels=initial_labels,
         round_size=round_size,
+        initial_selection=initial_selection,
         diversify=diversify,
         warm_epochs=warm_epochs,
         train={
