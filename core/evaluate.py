@@ -14,6 +14,13 @@ Protocol (that of ``../shared/anchors/digits.py``, so numbers compare with the a
 - any other strategy: ``default_rng(seed).choice(pool, initial_labels)`` uniformly, then rounds of
   ``round_size`` images chosen by the strategy from the current model's scores, training after every
   round (warm-started from the previous round's model, ``warm_epochs``), measuring at each budget.
+  Ties in the score are broken at random (the anchors use ``argsort`` order; LabelSpreading gives many
+  exact ties on points its graph does not reach, so active LabelSpreading numbers differ slightly).
+Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features (the
+tool's cold start) and ``diversify=True`` spreads each round by k-centre over the ``5 x round_size`` most
+uncertain candidates in the model's latent space (pixels for the scikit-learn learners).
+Note the random arm's balanced draw uses the true labels, which no real annotator can: at 20 labels it
+is worth about 20 points to LabelSpreading on digits over a uniform draw.
 Learners: the models of ``core.training`` (m1, m2, m1m2, supervised) and two scikit-learn baselines,
 ``label_spreading`` (LabelSpreading, knn kernel, 7 neighbours, on flattened pixels) and
 ``logistic_regression`` (supervised, on the same features).
@@ -33,7 +40,7 @@ Result JSON (``EvaluationResult.to_dict``), schema ``latent-labeller/evaluate/1`
                    "leaf_accuracy_mean": float | null, "leaf_accuracy_std": float | null,
                    "macro_f1_mean": float, "macro_f1_std": float}, ...],
       "skipped": [{"model": str, "strategy": str, "reason": str}, ...],
-      "seconds": float
+      "seconds": float                          # summed over parts when merged from parallel runs
     }
 
 ``main_accuracy`` is the test accuracy of the arg-max main class; ``leaf_accuracy`` is measured on the
