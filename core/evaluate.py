@@ -191,7 +191,9 @@ class EvaluationConfig:
     # k-centre diversification of each round in latent space (the app's default); off = plain top-n,
     # the anchors' protocol.
     diversify: bool = False
-    # Epochs of each warm-started active round; the first round and every random budget use train.epochs.
+    # Active rounds continue from the previous round's model (warm_start) for warm_epochs epochs; the first
+    # round, every random budget and every round without warm_start train from scratch for train.epochs.
+    warm_start: bool = True
     warm_epochs: int | None = None
     mc_samples: int = 8  # MC-dropout passes when scoring for BALD
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides shared by every model
@@ -622,7 +624,7 @@ def _active_runs(
     warm = False
     while True:
         learner.fit(labelled, warm=warm)
-        warm = True
+        warm = config.warm_start
         if len(labelled) in budgets:
             metrics = _metrics(data, test, learner.predict(test))
             runs.append(
