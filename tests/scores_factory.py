@@ -1,11 +1,12 @@
-"""Hand-made pool scores for acquisition tests: every column computed from given probabilities with the
-same definitions the scorer uses (larger = label sooner)."""
+"""Hand-made ``core.scoring.PoolScores`` for acquisition tests: every column computed from given
+probabilities with the scorer's definitions (larger = label sooner). A column passed as ``None`` is left
+off (``None`` on the dataclass) to test strategies that need it."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
+
+from core.scoring import PoolScores
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:
@@ -19,12 +20,12 @@ def scores_from_probabilities(
     bald: np.ndarray | None = None,
     disagreement: np.ndarray | None = None,
     novelty: np.ndarray | None = None,
-) -> SimpleNamespace:
+) -> PoolScores:
     main_probs = np.asarray(main_probs, dtype=np.float64)
     leaf_probs = main_probs if leaf_probs is None else np.asarray(leaf_probs, dtype=np.float64)
     top_two = np.sort(main_probs, axis=1)[:, ::-1][:, :2]
     count = len(main_probs)
-    return SimpleNamespace(
+    return PoolScores(
         main_probs=main_probs,
         leaf_probs=leaf_probs,
         entropy=_entropy(main_probs),
@@ -34,5 +35,7 @@ def scores_from_probabilities(
         bald=bald,
         disagreement=disagreement,
         novelty=novelty,
-        latent_mean=np.zeros((count, 2)),
+        reconstruction_error=np.zeros(count),
+        latent_mean=np.zeros((count, 2), dtype=np.float32),
+        latent_log_density=np.zeros(count),
     )
