@@ -64,6 +64,8 @@ def live_progress() -> None:
         return
     job, payloads, logs = services.job_progress(engine, job_id)
     status = {"queued": "waiting for a worker", "running": "running"}.get(job.status, job.status)
+    if job.status == "running" and payloads and payloads[-1].get("stage"):
+        status += f" · {payloads[-1]['stage']}"
     st.markdown(
         f"**Job {job.id}** ({job.params.get('model', job.kind)}, {job.params.get('epochs', '?')} epochs): {status}"
     )
@@ -157,9 +159,10 @@ else:
     actions[1].button("Promote", on_click=promote, args=(chosen,), type="primary", width="stretch")
     actions[2].button("Roll back", on_click=roll_back, width="stretch")
 
-    accuracy_key = next(
-        (k for v in versions for k in v.metrics if "acc" in k and isinstance(v.metrics[k], int | float)), None
-    )
+    numeric = {k for v in versions for k, value in v.metrics.items() if isinstance(value, int | float)}
+    # The audit slice is the unbiased sample: prefer it to validation on actively chosen labels.
+    preferred = ("audit_main_accuracy", "audit_accuracy", "val_main_accuracy")
+    accuracy_key = next((k for k in preferred if k in numeric), next((k for k in sorted(numeric) if "acc" in k), None))
     if accuracy_key:
         curve = sorted((v.label_count, v.metrics[accuracy_key]) for v in versions if accuracy_key in v.metrics)
         figure = go.Figure(go.Scatter(x=[c[0] for c in curve], y=[c[1] for c in curve], mode="lines+markers"))
