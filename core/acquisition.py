@@ -2,7 +2,7 @@
 
 Every strategy has one signature, in the style of small-text::
 
-    strategy.query(scores, candidates, n, *, rng, latent=None) -> indices
+    strategy.query(scores, candidates, n, *, rng, latent=None, labelled=None) -> indices
 
 ``scores`` is the model's view of the whole pool (``core.scoring.PoolScores``, one row per image) or
 ``None`` when no model exists yet; ``candidates`` are the row indices that may be chosen (the unlabelled,
@@ -12,7 +12,9 @@ Uncertainty strategies read one score column where larger means "label me sooner
 database stores on ``predictions``). When ``latent`` (one row per pool image) is given they diversify the
 batch: k-centre greedy over the ``diversity_factor * n`` most uncertain candidates, so that "next 20" is
 not 20 near-duplicates of one confusing image. Without a model every strategy falls back to a cold start
-by diversity (k-centre on cheap features such as downsampled pixels, passed as ``latent``).
+by diversity (k-centre on cheap features such as downsampled pixels, passed as ``latent``). With
+``exploration > 0`` a share of each batch goes to the candidates farthest from every ``labelled`` image
+(core-set style coverage), because uncertainty sampling never asks about a class the model has not met.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class QueryStrategy(Protocol):
         *,
         rng: np.random.Generator,
         latent: np.ndarray | None = None,
+        labelled: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
 
@@ -154,6 +157,7 @@ class RandomStrategy:
         *,
         rng: np.random.Generator,
         latent: np.ndarray | None = None,
+        labelled: np.ndarray | None = None,
     ) -> np.ndarray:
         candidates = _validate(candidates, n)
         return rng.permutation(candidates)[:n]
@@ -168,6 +172,10 @@ class ScoreStrategy:
     diversify: bool = True
     # The batch is drawn from the diversity_factor * n most uncertain candidates.
     diversity_factor: int = 5
+    # Share of each batch chosen for coverage instead: the candidates farthest in latent space from every
+    # labelled image. Uncertainty alone never asks about a class the model has not seen (it is confidently
+    # wrong there); these picks find such regions.
+    exploration: float = 0.0
 
     def priority(self, scores: object) -> np.ndarray:
         values = getattr(scores, self.column, None)
@@ -185,10 +193,27 @@ class ScoreStrategy:
         *,
         rng: np.random.Generator,
         latent: np.ndarray | None = None,
+        labelled: np.ndarray | None = None,
     ) -> np.ndarray:
+        """``labelled``: pool rows that already carry labels (the centres the exploration share avoids)."""
         candidates = _validate(candidates, n)
         if scores is None:
             return cold_start(candidates, n, rng=rng, features=latent)
+        explored = np.empty(0, dtype=np.int64)
+        if latent is not None and self.exploration > 0 and n > 0:
+            count = min(n, len(candidates), int(np.ceil(self.exploration * n)))
+            latent = np.asarray(latent)
+            centres = latent[np.asarray(labelled, dtype=np.int64)] if labelled is not None and len(labelled) else None
+            explored = candidates[k_center_greedy(latent[candidates], count, rng=rng, centres=centres)]
+            candidates = candidates[~np.isin(candidates, explored)]
+            n -= count
+        return np.concatenate([self._most_uncertain(scores, candidates, n, rng=rng, latent=latent), explored])
+
+    def _most_uncertain(
+        self, scores: object, candidates: np.ndarray, n: int, *, rng: np.random.Generator, latent: np.ndarray | None
+    ) -> np.ndarray:
+        if n <= 0 or len(candidates) == 0:
+            return np.empty(0, dtype=np.int64)
         priority = self.priority(scores)[candidates]
         # Random order first, then a stable sort: ties are broken at random, not by pool position.
         shuffled = rng.permutation(len(candidates))
@@ -201,13 +226,19 @@ class ScoreStrategy:
         return top[picks]
 
 
-def get_strategy(name: str, *, diversify: bool = True, diversity_factor: int = 5) -> QueryStrategy:
+def get_strategy(
+    name: str, *, diversify: bool = True, diversity_factor: int = 5, exploration: float = 0.0
+) -> QueryStrategy:
     """The strategy called ``name`` (one of ``STRATEGY_NAMES``)."""
+    if not 0.0 <= exploration <= 1.0:
+        raise ValueError(f"exploration must lie in [0, 1], got {exploration}")
     if name == "random":
         return RandomStrategy()
     if name not in SCORE_COLUMNS:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
-    return ScoreStrategy(name, SCORE_COLUMNS[name], diversify=diversify, diversity_factor=diversity_factor)
+    return ScoreStrategy(
+        name, SCORE_COLUMNS[name], diversify=diversify, diversity_factor=diversity_factor, exploration=exploration
+    )
 
 
 def choose_audit_slice(
@@ -236,6 +267,7 @@ def query_with_audit(
     audit_candidates: np.ndarray,
     audit_every: int,
     latent: np.ndarray | None = None,
+    labelled: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A batch of ``n``: every ``audit_every``-th image a random pick from the unlabelled audit slice,
     the rest from ``strategy`` over the other candidates. Returns (strategy picks, audit picks),
@@ -245,5 +277,5 @@ def query_with_audit(
     audit_count = 0 if audit_every <= 0 else min(n // audit_every, len(audit_candidates))
     audit = rng.permutation(audit_candidates)[:audit_count]
     rest = np.setdiff1d(candidates, audit_candidates, assume_unique=True)
-    chosen = strategy.query(scores, rest, n - audit_count, rng=rng, latent=latent)
+    chosen = strategy.query(scores, rest, n - audit_count, rng=rng, latent=latent, labelled=labelled)
     return chosen, audit

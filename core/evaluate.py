@@ -34,11 +34,11 @@ Result JSON (``EvaluationResult.to_dict``), schema ``latent-labeller/evaluate/1`
       "config": {...EvaluationConfig fields..., "train": {...TrainConfig fields...}},
       "runs": [{"model": str, "strategy": str, "seed": int, "budget": int, "labels": int,
                 "main_accuracy": float, "leaf_accuracy": float | null, "macro_f1": float,
-                "seconds": float}, ...],          # one per (model, strategy, seed, budget)
+                "seconds": float, "classes_labelled": int}, ...],  # one per (model, strategy, seed, budget)
       "summary": [{"model": str, "strategy": str, "budget": int, "seeds": int,
                    "main_accuracy_mean": float, "main_accuracy_std": float,
                    "leaf_accuracy_mean": float | null, "leaf_accuracy_std": float | null,
-                   "macro_f1_mean": float, "macro_f1_std": float}, ...],
+                   "macro_f1_mean": float, "macro_f1_std": float, "classes_labelled_mean": float | null}, ...],
       "skipped": [{"model": str, "strategy": str, "reason": str}, ...],
       "seconds": float                          # summed over parts when merged from parallel runs
     }
@@ -191,6 +191,8 @@ class EvaluationConfig:
     # k-centre diversification of each round in latent space (the app's default); off = plain top-n,
     # the anchors' protocol.
     diversify: bool = False
+    # Share of each active round picked for coverage (farthest from every labelled image in latent space).
+    exploration: float = 0.0
     # Active rounds continue from the previous round's model (warm_start) for warm_epochs epochs; the first
     # round, every random budget and every round without warm_start train from scratch for train.epochs.
     warm_start: bool = True
@@ -237,6 +239,7 @@ class RunResult:
     leaf_accuracy: float | None
     macro_f1: float
     seconds: float
+    classes_labelled: int | None = None  # distinct main classes among the labels used (coverage)
 
 
 @dataclass
@@ -274,6 +277,8 @@ class EvaluationResult:
                 values = [getattr(r, metric) for r in runs if getattr(r, metric) is not None]
                 row[f"{metric}_mean"] = float(np.mean(values)) if values else None
                 row[f"{metric}_std"] = float(np.std(values)) if values else None
+            covered = [r.classes_labelled for r in runs if r.classes_labelled is not None]
+            row["classes_labelled_mean"] = float(np.mean(covered)) if covered else None
             rows.append(row)
         return rows
 
@@ -595,7 +600,14 @@ def _random_runs(
         metrics = _metrics(data, test, learner.predict(test))
         runs.append(
             RunResult(
-                learner.name, "random", seed, budget, len(labelled), **metrics, seconds=time.perf_counter() - started
+                learner.name,
+                "random",
+                seed,
+                budget,
+                len(labelled),
+                **metrics,
+                seconds=time.perf_counter() - started,
+                classes_labelled=len(np.unique(pool_main[labelled])),
             )
         )
     return runs
@@ -610,7 +622,7 @@ def _active_runs(
     config: EvaluationConfig,
     seed: int,
 ) -> list[RunResult]:
-    strategy = get_strategy(strategy_name, diversify=config.diversify)
+    strategy = get_strategy(strategy_name, diversify=config.diversify, exploration=config.exploration)
     rng = np.random.default_rng(seed)
     initial = min(config.initial_labels, len(pool))
     if config.initial_selection == "diverse":
@@ -636,6 +648,7 @@ def _active_runs(
                     len(labelled),
                     **metrics,
                     seconds=time.perf_counter() - started,
+                    classes_labelled=len(np.unique(data.main_labels[pool[labelled]])),
                 )
             )
         upcoming = [b for b in budgets if b > len(labelled)]
@@ -644,7 +657,7 @@ def _active_runs(
         scores, latent = learner.pool_scores()
         candidates = np.setdiff1d(np.arange(len(pool)), labelled)
         step = min(config.round_size, upcoming[0] - len(labelled))
-        picked = strategy.query(scores, candidates, step, rng=rng, latent=latent)
+        picked = strategy.query(scores, candidates, step, rng=rng, latent=latent, labelled=labelled)
         labelled = np.concatenate([labelled, picked])
 
 

@@ -172,3 +172,23 @@ def test_audit_slice_is_random_and_disjoint_from_the_strategy_batch() -> None:
     assert len(audit) == 4 and len(chosen) == 16
     assert set(audit.tolist()) <= set(audit_a.tolist())
     assert not set(chosen.tolist()) & set(audit_a.tolist())
+
+
+def test_exploration_share_finds_a_region_far_from_every_labelled_image() -> None:
+    # Uncertainty is high near the labelled cluster and low in the far cluster (a class the model never
+    # saw and is confidently wrong about): plain entropy never goes there, exploration does.
+    latent, uncertainty = _two_blobs()
+    probs = np.column_stack([0.5 + (1 - uncertainty) / 2, 0.5 - (1 - uncertainty) / 2])
+    scores = scores_from_probabilities(probs)
+    labelled = np.arange(0, 20)
+    candidates = np.arange(20, len(latent))
+    plain = get_strategy("entropy").query(scores, candidates, 5, rng=rng(), latent=latent, labelled=labelled)
+    explore = get_strategy("entropy", exploration=0.2).query(
+        scores, candidates, 5, rng=rng(), latent=latent, labelled=labelled
+    )
+    assert (plain < 180).all()
+    assert len(explore) == 5 and len(set(explore.tolist())) == 5
+    assert (explore[:4] < 180).all() and explore[4] >= 180  # four by uncertainty, one for coverage
+    assert set(explore.tolist()) <= set(candidates.tolist())
+    with pytest.raises(ValueError, match="exploration"):
+        get_strategy("entropy", exploration=1.5)
