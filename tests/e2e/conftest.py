@@ -67,6 +67,7 @@ class AppServer:
     project: Project
     process: subprocess.Popen
     log: Path
+    worker: subprocess.Popen | None = None
 
 
 def start_server(project: Project, log: Path) -> AppServer:
@@ -97,25 +98,43 @@ def start_server(project: Project, log: Path) -> AppServer:
     raise RuntimeError(f"streamlit did not become healthy in {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
 
 
-def stop_server(server: AppServer) -> None:
-    server.process.terminate()
+def start_worker(project: Project, log: Path) -> subprocess.Popen:
+    """A real worker process (what ``labeller serve`` starts next to the app)."""
+    command = [sys.executable, "-m", "labeller.worker", str(project.root), "--poll", "0.5", "--device", "cpu"]
+    return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
     try:
-        server.process.wait(timeout=15)
+        process.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+        process.kill()
+        process.wait()
+
+
+def stop_server(server: AppServer) -> None:
+    if server.worker is not None:
+        _stop(server.worker)
+    _stop(server.process)
 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[AppServer]:
-    """A server on a fresh project; a test module asks for a model by defining ``WITH_MODEL = True``."""
-    from tests.e2e.project_factory import add_active_model, make_app_project
+    """A server on a fresh project. A test module sets ``IMAGES``, ``WITH_MODEL = True`` for an active model
+    with predictions, ``LABELLED`` for that many images labelled with their true main class, and
+    ``WITH_WORKER = True`` for a worker process next to the server."""
+    from tests.e2e.project_factory import add_active_model, label_truthfully, make_app_project
 
     root = tmp_path_factory.mktemp("app") / "project"
     project = make_app_project(root, images=int(getattr(request.module, "IMAGES", 40)))
     if getattr(request.module, "WITH_MODEL", False):
         add_active_model(project)
+    if labelled := int(getattr(request.module, "LABELLED", 0)):
+        label_truthfully(project, labelled)
     server = start_server(project, root.parent / "streamlit.log")
+    if getattr(request.module, "WITH_WORKER", False):
+        server.worker = start_worker(project, root.parent / "worker.log")
     try:
         yield server
     finally:

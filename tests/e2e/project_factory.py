@@ -137,3 +137,29 @@ def add_active_model(project: Project, *, seed: int = 0) -> int:
         set_embedding_coords(session, version.id, [image.id for image in images], np.array(coords))
         promote_model_version(session, version.id)
         return version.id
+
+
+def label_truthfully(project: Project, count: int, *, annotator: str = "seed") -> None:
+    """Label the first ``count`` images with their true main class and digit tag."""
+    from sqlalchemy import select
+
+    from db.queries.annotations import record_annotation
+    from db.queries.annotators import get_or_create_annotator
+    from db.schema import AnnotationKind, Image, MainClass
+
+    with unit_of_work(project.engine) as session:
+        who = get_or_create_annotator(session, annotator)
+        mains = {m.name: m for m in session.scalars(select(MainClass))}
+        for image in session.scalars(select(Image).order_by(Image.id).limit(count)):
+            digit = Path(image.path).stem.rsplit("_", 1)[1]
+            main = mains[main_of_digit(int(digit))]
+            tag = next(s.id for s in main.sub_classes if s.name == digit)
+            record_annotation(
+                session,
+                image_id=image.id,
+                annotator_id=who.id,
+                kind=AnnotationKind.LABEL,
+                main_class_id=main.id,
+                sub_class_ids=[tag],
+                source="test",
+            )

@@ -82,17 +82,22 @@ def live_progress() -> None:
     rows = services.flatten_progress(payloads)
     if rows:
         frame = pd.DataFrame(rows)
-        latest = rows[-1]
+        # The newest training step (stage events such as "evaluating" carry no epoch).
+        latest = next((row for row in reversed(rows) if "epoch" in row), rows[-1])
         metrics = st.columns(4)
         metrics[0].metric("Epoch", f"{latest.get('epoch', '-')}/{latest.get('epochs', job.params.get('epochs', '?'))}")
         speed = latest.get("images_per_second")
         metrics[1].metric("Images/s", f"{speed:.0f}" if isinstance(speed, int | float) else "-")
-        eta = latest.get("eta_seconds")
+        eta = latest.get("eta_seconds") if not job.finished else 0.0
         metrics[2].metric("ETA", f"{eta / 60:.1f} min" if isinstance(eta, int | float) else "-")
-        accuracy = next((latest[k] for k in latest if k.startswith("validation.") and "acc" in k), None)
+        accuracy_keys = sorted(
+            (k for k in latest if k.startswith("validation.") and "acc" in k), key=lambda k: "main" not in k
+        )
+        accuracy = latest.get(accuracy_keys[0]) if accuracy_keys else None
         metrics[3].metric("Validation accuracy", f"{accuracy:.1%}" if isinstance(accuracy, int | float) else "-")
         loss_columns = [c for c in frame.columns if c.startswith(("loss_terms.", "losses.", "loss."))]
-        validation_columns = [c for c in frame.columns if c.startswith("validation.")]
+        # Accuracies and calibration error share a 0-1 axis; the NLL would flatten them.
+        validation_columns = [c for c in frame.columns if c.startswith("validation.") and "nll" not in c]
         charts = st.columns(2)
         if loss_columns:
             charts[0].plotly_chart(_curve(frame, loss_columns, "global_step", "Loss terms"), key="loss-curve")
