@@ -387,8 +387,8 @@ class Learner(Protocol):
         """Train on the pool rows ``labelled`` (their true labels revealed); ``warm``: continue from the
         previous fit when the learner can."""
 
-    def predict(self, images_or_rows: np.ndarray) -> Prediction:
-        """Probabilities for the test rows."""
+    def predict(self, rows: np.ndarray) -> Prediction:
+        """Probabilities for ``rows`` of the data (the test split)."""
 
     def pool_scores(self) -> tuple[object, np.ndarray | None]:
         """(scores with the strategy columns for every pool row, latent features for diversification)."""
