@@ -167,3 +167,23 @@ def test_data_page_imports_a_server_folder(project: Project, tmp_path: Path) -> 
     app.text_input[0].input(str(tmp_path / "missing"))
     app.button(key="FormSubmitter:import_folder-Import folder").click().run()
     assert "is not a folder on the server" in app.error[0].value
+
+
+@pytest.mark.slow
+def test_explore_shows_decoder_reconstructions_of_labelled_examples(project: Project) -> None:
+    from core.training import TrainConfig, fit, save_checkpoint
+    from labeller.training_data import load_project_pool
+    from tests.e2e.project_factory import label_truthfully
+
+    label_truthfully(project, 20)
+    data = load_project_pool(project, image_size=32, channels=3)
+    trained = fit(data.pool, data.taxonomy, TrainConfig(model="m2", epochs=1, batch_size=16, device="cpu"))
+    checkpoint = save_checkpoint(trained, project.models_dir / "tiny.pt")
+    add_active_model(project, checkpoint=checkpoint)
+    app = open_page(project, "explore")
+    images_before = len(app.get("image"))
+    app.toggle(key="show_reconstructions").set_value(True).run()
+    assert not app.exception, app.exception
+    # Ten sub-classes with two labelled examples each: an input and a reconstruction per example.
+    assert len(app.get("image")) - images_before == 40
+    assert any("loops/0" in m.value for m in app.markdown)

@@ -8,6 +8,7 @@ import os
 import signal
 
 import pytest
+import torch
 from sqlalchemy import select
 
 from db.engine import unit_of_work
@@ -23,11 +24,14 @@ from tests.worker_helpers import (
     run_cli,
     running_worker,
     start_worker,
+    train_device,
     wait_for,
     wait_for_status,
 )
 
 pytestmark = pytest.mark.slow
+# Long enough to be interrupted even on a GPU, where early stopping would otherwise end it in seconds.
+LONG_TRAINING = {"epochs": 5_000, "config": {"patience": 10_000}}
 
 
 def _jobs(project, kind: str) -> list[Job]:
@@ -67,6 +71,8 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
         version = model_queries.active_model_version(session)
         assert version is not None and version.id == train_job.model_version_id == score_job.model_version_id
         assert version.model_kind == "m2" and version.label_count == 20
+        uses_cuda = train_device() != "cpu" and torch.cuda.is_available()
+        assert version.metrics["device"].startswith("cuda" if uses_cuda else "cpu")
         assert version.metrics["promotion"]["promoted"] and version.metrics["audit_count"] >= 1
         assert 0.0 <= version.metrics["audit_main_accuracy"] <= 1.0
         assert version.data_snapshot["taxonomy"] == {"circle": [], "square": []}
@@ -117,7 +123,7 @@ def test_cancel_running_training_leaves_no_model_and_sigkill_is_recovered(tmp_pa
             )
 
     with running_worker(project) as worker:
-        cancelled = enqueue(project, "train", {"epochs": 500})
+        cancelled = enqueue(project, "train", LONG_TRAINING)
         wait_for(lambda: training_started(cancelled), 120, "training to start")
         assert run_cli("jobs", str(project.root), "cancel", str(cancelled)).returncode == 0
         job = wait_for_status(project, cancelled, (JobStatus.CANCELLED,), timeout=30)
@@ -125,7 +131,7 @@ def test_cancel_running_training_leaves_no_model_and_sigkill_is_recovered(tmp_pa
         assert worker.poll() is None
 
     doomed = start_worker(project)
-    killed = enqueue(project, "train", {"epochs": 500})
+    killed = enqueue(project, "train", LONG_TRAINING)
     wait_for(lambda: training_started(killed), 120, "training to start")
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=10)

@@ -45,6 +45,12 @@ def write_shapes(folder: Path, shape: str, count: int, seed: int) -> Path:
     return folder
 
 
+def train_device() -> str:
+    """cpu unless LABELLER_TEST_TRAIN_DEVICE says otherwise (``auto`` on a GPU machine runs the same
+    tests on cuda)."""
+    return os.environ.get("LABELLER_TEST_TRAIN_DEVICE", "cpu")
+
+
 def make_project(
     root: Path,
     *,
@@ -61,7 +67,7 @@ def make_project(
     project = init_project(root / "project", database_url=database_url)
     training = project.settings.training
     training.model, training.image_size, training.epochs, training.batch_size = "m2", 16, 1, 16
-    training.device = "cpu"
+    training.device = train_device()
     training.heartbeat_timeout_seconds = heartbeat_timeout_seconds
     project.settings.labelling.audit_fraction = audit_fraction
     project.save_settings()
@@ -85,7 +91,8 @@ def make_project(
 
 
 def worker_environment() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
     env.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".numba_cache"))
     return env
 

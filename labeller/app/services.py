@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -699,3 +700,53 @@ def labels_csv(engine: Engine) -> str:
 def image_total(engine: Engine) -> int:
     with unit_of_work(engine) as session:
         return image_count(session)
+
+
+# ----------------------------------------------------------------------------------------- decoder
+
+
+def active_checkpoint(engine: Engine, project: Project) -> tuple[int, Path] | None:
+    """(version id, checkpoint file) of the active model version, if there is one and its file exists."""
+    with unit_of_work(engine) as session:
+        version = active_model_version(session)
+        if version is None:
+            return None
+        path = project.resolve_image_path(version.checkpoint_path)
+        return (version.id, path) if path.is_file() else None
+
+
+def examples_per_sub_class(engine: Engine, *, per_class: int = 4) -> dict[str, list[int]]:
+    """Up to ``per_class`` human-labelled images per sub-class tag (``main/sub``), in label order."""
+    examples: dict[str, list[int]] = {}
+    with unit_of_work(engine) as session:
+        for label in current_labels(session):
+            for tag in label.tags or (None,):
+                name = label.main_class if tag is None else f"{label.main_class}/{tag}"
+                bucket = examples.setdefault(name, [])
+                if len(bucket) < per_class:
+                    bucket.append(label.image_id)
+    return dict(sorted(examples.items()))
+
+
+def reconstructions(
+    engine: Engine, project: Project, trained: Any, image_ids: Sequence[int]
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(image id, input, decoder reconstruction) as uint8 HxWxC arrays at the model's input size."""
+    import torch
+
+    from core.data import load_images, to_float
+
+    model = trained.model
+    if not hasattr(model, "reconstruct"):
+        raise ValueError(f"a {trained.config.model} model has no decoder to reconstruct with")
+    channels, size, _ = trained.image_shape
+    with unit_of_work(engine) as session:
+        images = {image.id: image for image in app_views.images_by_ids(session, image_ids)}
+    ids = [image_id for image_id in image_ids if image_id in images]
+    pixels = load_images([project.resolve_image_path(images[i].path) for i in ids], size, channels)
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        output = model.reconstruct(to_float(torch.from_numpy(pixels)).to(device)).clamp(0, 1).cpu().numpy()
+    decoded = np.rint(output * 255).astype(np.uint8)
+    return [(i, pixels[n].transpose(1, 2, 0), decoded[n].transpose(1, 2, 0)) for n, i in enumerate(ids)]

@@ -80,7 +80,7 @@ def make_app_project(root: Path, *, images: int = 40, blur: bool = False) -> Pro
     return project
 
 
-def add_active_model(project: Project, *, seed: int = 0) -> int:
+def add_active_model(project: Project, *, seed: int = 0, checkpoint: Path | None = None) -> int:
     """An active model version with predictions (scores, probabilities, UMAP coordinates) for every image.
 
     The "model" is a deterministic function of each image's digit, right 80% of the time, so that some
@@ -98,7 +98,7 @@ def add_active_model(project: Project, *, seed: int = 0) -> int:
             session,
             name="test model",
             model_kind="m2",
-            checkpoint_path=str(project.models_dir / "missing.pt"),
+            checkpoint_path=project.stored_image_path(checkpoint or project.models_dir / "missing.pt"),
             config={"model": "m2", "epochs": 1},
             data_snapshot={"labels": 0},
             metrics={"val_accuracy": 0.8},

@@ -103,3 +103,30 @@ def test_lasso_on_the_latent_map_then_label_the_selection(app_server: AppServer,
     stored = labels(app_server)
     by_eve = [image_id for image_id, (main, _, who) in stored.items() if who == "explorer-eve" and main == "curves"]
     assert len(by_eve) == 24  # one page of the selection
+
+
+def test_every_page_renders_without_errors(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "visitor-vic")
+    for title in ("Review", "Train", "Data", "Explore", "Grid", "Label"):
+        open_page(page, title)
+        page.wait_for_timeout(800)  # plotly and data frames draw after the script finishes
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        screenshot(page, f"page-{title.lower()}")
+
+
+def test_images_can_be_blurred_and_one_revealed_with_a_key(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "careful-cat")
+    image = page.locator("[class*='label-image'] img")
+    expect(image).to_be_visible()
+    assert "blur" not in image.evaluate("element => getComputedStyle(element).filter")
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Image safety").click()
+    sidebar.get_by_text("Blur images until revealed").click()
+    wait_idle(page)
+    assert "blur" in page.locator("[class*='label-image'] img").evaluate("e => getComputedStyle(e).filter")
+    screenshot(page, "label-blurred")
+    page.locator("h1", has_text="Label").click()
+    page.keyboard.press("v")
+    expect(page.get_by_role("button", name=re.compile("Hide"))).to_be_visible()
+    wait_idle(page)
+    assert "blur" not in page.locator("[class*='label-image'] img").evaluate("e => getComputedStyle(e).filter")

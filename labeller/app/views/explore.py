@@ -96,3 +96,23 @@ if chosen:
     for index, image_id in enumerate(chosen[:PREVIEW]):
         with columns[index % len(columns)]:
             image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=hidden, caption=str(image_id))
+
+with st.expander("Decoder reconstructions per sub-class", icon=":material/auto_awesome:"):
+    checkpoint = services.active_checkpoint(engine, project)
+    if checkpoint is None:
+        st.caption("The active model version has no checkpoint file here.")
+    elif st.toggle("Reconstruct labelled examples with the active model", key="show_reconstructions"):
+        trained = state.load_model(checkpoint[0], str(checkpoint[1]))
+        hidden = state.image_filter_class(project)
+        try:
+            for row, (name, image_ids) in enumerate(services.examples_per_sub_class(engine).items()):
+                st.markdown(f"**{name}** · input, then reconstruction")
+                pairs = services.reconstructions(engine, project, trained, image_ids)
+                columns = st.columns(8)
+                for index, (image_id, original, decoded) in enumerate(pairs):
+                    with columns[2 * index % 8], st.container(key=f"hide-{hidden}-in-{row}-{image_id}"):
+                        st.image(original, width="stretch", clamp=True)
+                    with columns[(2 * index + 1) % 8], st.container(key=f"hide-{hidden}-out-{row}-{image_id}"):
+                        st.image(decoded, width="stretch", clamp=True)
+        except ValueError as error:
+            st.info(str(error))
