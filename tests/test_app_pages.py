@@ -187,3 +187,14 @@ def test_explore_shows_decoder_reconstructions_of_labelled_examples(project: Pro
     # Ten sub-classes with two labelled examples each: an input and a reconstruction per example.
     assert len(app.get("image")) - images_before == 40
     assert any("loops/0" in m.value for m in app.markdown)
+
+
+def test_data_page_offers_the_labels_for_download(project: Project) -> None:
+    label(project, "ann", 3, "curves")
+    app = open_page(project, "data")
+    assert not app.exception
+    from labeller.app import services
+
+    lines = services.labels_csv(project).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("3,") and ",curves," in lines[1]
+    assert '"main_class": "curves"' in services.labels_jsonl(project)

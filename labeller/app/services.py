@@ -669,32 +669,25 @@ def apply_taxonomy_toml(engine: Engine, text: str) -> list[str]:
         return apply_taxonomy_spec(session, spec).lines
 
 
-def labels_csv(engine: Engine) -> str:
-    """Every image's consensus label as CSV (image id, path, main class, tags, annotator, time)."""
-    import csv
+def labels_csv(project: Project) -> str:
+    """Every labelled image's current label and provenance, in ``labeller export``'s CSV format."""
     import io
 
+    from labeller.export import iter_export_rows, write_csv
+
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image_id", "path", "main_class", "tags", "kind", "annotator", "created_at"])
-    with unit_of_work(engine) as session:
-        labels = list(current_labels(session))
-        paths = {
-            image.id: image.path for image in app_views.images_by_ids(session, [label.image_id for label in labels])
-        }
-    for label in labels:
-        writer.writerow(
-            [
-                label.image_id,
-                paths.get(label.image_id, ""),
-                label.main_class,
-                ";".join(label.tags),
-                str(label.kind),
-                label.annotator,
-                label.created_at.isoformat(timespec="seconds"),
-            ]
-        )
+    write_csv(iter_export_rows(project), buffer)
     return buffer.getvalue()
+
+
+def labels_jsonl(project: Project) -> str:
+    """The same rows as JSON lines."""
+    import json
+    from dataclasses import asdict
+
+    from labeller.export import iter_export_rows
+
+    return "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in iter_export_rows(project))
 
 
 def image_total(engine: Engine) -> int:

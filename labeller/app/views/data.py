@@ -95,10 +95,22 @@ with counts_tab:
     )
 
 with export_tab:
-    st.download_button(
-        "Download labels (CSV)",
-        services.labels_csv(engine),
+    st.caption(
+        "Every labelled image with its current label, who made it, when, and which model version queued it. "
+        "`labeller export` also writes an ImageFolder tree."
+    )
+    downloads = st.container(horizontal=True)
+    downloads.download_button(
+        "Labels (CSV)",
+        services.labels_csv(project),
         file_name=f"{project.settings.name}-labels.csv",
         mime="text/csv",
+        icon=":material/download:",
+    )
+    downloads.download_button(
+        "Labels (JSON lines)",
+        services.labels_jsonl(project),
+        file_name=f"{project.settings.name}-labels.jsonl",
+        mime="application/jsonl",
         icon=":material/download:",
     )
