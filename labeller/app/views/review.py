@@ -4,6 +4,7 @@ and per-annotator counts with Cohen's kappa on doubly labelled images."""
 from __future__ import annotations
 
 import math
+from urllib.parse import quote
 
 import pandas as pd
 import streamlit as st
@@ -52,9 +53,11 @@ with mistakes:
         for index, item in enumerate(found):
             with columns[index % 6]:
                 image_tile(files[item.image_id], key=f"mistake-{index}", hidden_class=hidden)
+                link = f"./?image={item.image_id}&annotator={quote(who.name)}"
                 st.caption(
                     f"{item.image_id}: **{taxonomy.main_name(item.human_main_id)}** by {item.annotator}; "
-                    f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%})"
+                    f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%}) · "
+                    f"[relabel]({link})"
                 )
         if st.button("Open these in the Grid", icon=":material/grid_view:"):
             st.session_state["explore_selection"] = list(dict.fromkeys(m.image_id for m in found))
