@@ -94,9 +94,12 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
 
 
 def default_augmentation(image_shape: tuple[int, int, int]) -> AugmentKind:
-    """Small shifts for tiny images (digits: a flip changes the class), crops and flips for photos."""
+    """None for tiny images, crops and flips for photos.
+
+    Measured on scikit-learn's 8x8 digits (50 labels, M2): 1-pixel shifts cost 3-4 points of accuracy
+    (an 8x8 digit moved by one pixel is a different-looking digit), and flips change the class."""
     _, height, _ = image_shape
-    return "shift" if height <= 16 else "crop_flip"
+    return "none" if height <= 16 else "crop_flip"
 
 
 def augment(batch: torch.Tensor, kind: AugmentKind, generator: torch.Generator) -> torch.Tensor:

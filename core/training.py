@@ -65,8 +65,8 @@ class TrainConfig:
     classifier: str = "auto"  # cnn, mlp, vgg16; auto: cnn for images >= 32 px, else mlp
     vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
     dropout: float = 0.3
-    likelihood: str = "auto"  # bernoulli or gaussian; auto: bernoulli for 1-channel images, else gaussian
-    augment: str = "auto"  # none, shift, crop_flip; auto: shift for tiny images, crop_flip for photos
+    likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
+    augment: str = "auto"  # none, shift, crop_flip; auto: none for tiny images, crop_flip for photos
     device: str = "auto"
     amp: bool = True  # mixed precision on cuda (bf16 where supported); ignored on cpu
     seed: int = 0
@@ -144,9 +144,8 @@ def _resolved(config: TrainConfig, image_shape: tuple[int, int, int]) -> dict[st
     return {
         "arch": default_arch(image_shape) if config.arch == "auto" else config.arch,
         "classifier": ("mlp" if tiny else "cnn") if config.classifier == "auto" else config.classifier,
-        "likelihood": ("bernoulli" if image_shape[0] == 1 else "gaussian")
-        if config.likelihood == "auto"
-        else config.likelihood,
+        # Measured on digits (50 labels, M2, one seed): gaussian 90.0% vs bernoulli 88.2%.
+        "likelihood": "gaussian" if config.likelihood == "auto" else config.likelihood,
         "augment": default_augmentation(image_shape) if config.augment == "auto" else config.augment,
     }
 

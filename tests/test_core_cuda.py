@@ -23,7 +23,7 @@ def test_fit_and_score_on_cuda_with_amp(model, tmp_path):
     leaves = np.where(np.arange(len(y)) % 10 == 0, y, -1)
     pool = LabelledPool.from_leaf_labels(images[:1200], leaves[:1200], 10)
     taxonomy = Taxonomy.from_dict({str(d): [] for d in range(10)})
-    config = TrainConfig(model=model, epochs=15, device="cuda", amp=True, seed=0)
+    config = TrainConfig(model=model, epochs=60, m1_epochs=60, device="cuda", amp=True, seed=0)
     trained = fit(pool, taxonomy, config)
     assert trained.metrics["device"].startswith("cuda") and trained.metrics["amp"] is True
     scores = score_pool(trained, images[1200:], mc_samples=4)
