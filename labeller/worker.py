@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ log = logging.getLogger("labeller.worker")
 
 # core.training.save_checkpoint writes ".<name>.<random>.tmp", then renames; a job's files carry "job<id>-a<n>".
 PARTIAL_SUFFIX = ".tmp"
+# A file this fresh may belong to a job claimed after we looked at the running jobs: leave it.
+ORPHAN_MIN_AGE_SECONDS = 120
 
 
 def default_worker_id() -> str:
@@ -91,6 +94,8 @@ def discard_orphan_checkpoints(project: Project) -> list[Path]:
     for path in project.models_dir.glob("*job*-a*"):
         job_id = _job_id_of(path)
         if job_id is None or job_id in running or path.resolve() in referenced:
+            continue
+        if time.time() - path.stat().st_mtime < ORPHAN_MIN_AGE_SECONDS:
             continue
         path.unlink(missing_ok=True)
         removed.append(path)

@@ -126,3 +126,26 @@ def test_an_idle_worker_queues_one_automatic_retrain(tmp_path) -> None:
     with unit_of_work(project.engine) as session:
         job_queries.request_cancel(session, job.id)
     assert not Worker(project, WorkerConfig()).queue_auto_retrain()
+
+
+def test_orphan_checkpoints_of_dead_jobs_are_removed_and_nothing_else(tmp_path) -> None:
+    from db.queries import models as model_queries
+    from labeller.worker import ORPHAN_MIN_AGE_SECONDS, discard_orphan_checkpoints
+
+    project = make_project(tmp_path, labelled_per_class=0, unlabelled=0)
+    old = time.time() - ORPHAN_MIN_AGE_SECONDS - 10
+    names = ("m2-1-job7-a1.pt", ".m2-1-job8-a1.pt.x1y2.tmp", "m2-1-job9-a1.pt", "m2-1-job10-a1.pt", "notes.txt")
+    for name in names:
+        (project.models_dir / name).write_bytes(b"weights")
+        os.utime(project.models_dir / name, (old, old))
+    os.utime(project.models_dir / "m2-1-job10-a1.pt")  # just written: maybe a job claimed a moment ago
+    with unit_of_work(project.engine) as session:
+        model_queries.register_model_version(
+            session, name="kept", model_kind="m2", checkpoint_path="models/m2-1-job9-a1.pt", config={},
+            data_snapshot={}, metrics={}, label_count=0,
+        )  # fmt: skip
+    removed = {path.name for path in discard_orphan_checkpoints(project)}
+    assert removed == {"m2-1-job7-a1.pt", ".m2-1-job8-a1.pt.x1y2.tmp"}
+    assert sorted(p.name for p in project.models_dir.iterdir() if p.is_file()) == [
+        "m2-1-job10-a1.pt", "m2-1-job9-a1.pt", "notes.txt",
+    ]  # fmt: skip
