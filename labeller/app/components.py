@@ -84,8 +84,6 @@ def identity_picker(project: Project) -> None:
 def wellbeing_panel(project: Project) -> None:
     """Image hiding for this session, and the exposure counter with its optional break reminder."""
     settings = project.settings.labelling
-    st.session_state.setdefault("blur", settings.blur_images)
-    st.session_state.setdefault("greyscale", settings.greyscale_images)
     with st.expander("Image safety", icon=":material/visibility_off:"):
         st.toggle("Blur images until revealed", key="blur", help="Press V on the Label page to reveal one image.")
         st.toggle("Greyscale images", key="greyscale")

@@ -54,6 +54,9 @@ def main() -> None:
     st.set_page_config(page_title="Latent Labeller", page_icon=":material/label:", layout="wide")
     st.html(STYLE)
     project = state.current_project()
+    # The project's image-safety defaults, before any page draws an image.
+    st.session_state.setdefault("blur", project.settings.labelling.blur_images)
+    st.session_state.setdefault("greyscale", project.settings.labelling.greyscale_images)
     navigation = build_navigation()
     with st.sidebar:
         st.markdown(f"**{project.settings.name}**")

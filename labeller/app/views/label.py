@@ -241,13 +241,15 @@ with right:
     actions.button("Skip", key="skip", shortcut=PAGE_KEYS.skip, on_click=decide, args=(AnnotationKind.SKIP,))
     actions.button("Unsure", key="unsure", shortcut=PAGE_KEYS.unsure, on_click=decide, args=(AnnotationKind.UNSURE,))
     actions.button("Undo", key="undo", shortcut=PAGE_KEYS.undo, on_click=undo, icon=":material/undo:")
-    actions.button(
-        "Hide" if hidden == "plain" else "Reveal",
-        key="reveal",
-        shortcut=PAGE_KEYS.reveal,
-        on_click=toggle_reveal,
-        icon=":material/visibility:",
-    )
+    if st.session_state.get("blur") or st.session_state.get("greyscale"):
+        # Only when images are hidden: reveal this one (V), or hide it again.
+        actions.button(
+            "Hide" if hidden == "plain" else "Reveal",
+            key="reveal",
+            shortcut=PAGE_KEYS.reveal,
+            on_click=toggle_reveal,
+            icon=":material/visibility_off:" if hidden == "plain" else ":material/visibility:",
+        )
 
 st.divider()
 st.markdown("**Recent** · change a label here or undo it")
