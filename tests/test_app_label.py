@@ -155,3 +155,44 @@ def test_no_project_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("LABELLER_PROJECT", str(tmp_path / "nowhere"))
     app = AppTest.from_file(MAIN_APP, default_timeout=30).run()
     assert "not a Latent Labeller project" in app.error[0].value
+
+
+def test_label_flow_on_each_database(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label, undo and claims through the page on SQLite and on PostgreSQL."""
+    project = make_app_project(tmp_path / "project", images=8, database_url=database_url)
+    monkeypatch.setenv("LABELLER_PROJECT", str(project.root))
+    apps = []
+    for name in ("ann", "bob"):
+        with unit_of_work(project.engine) as session:
+            annotator = get_or_create_annotator(session, name)
+            identity = Identity(annotator.id, annotator.name)
+        app = AppTest.from_file(MAIN_APP, default_timeout=30)
+        app.session_state["identity"] = identity
+        apps.append(app.run())
+    ann, bob = apps
+    assert shown(ann) != shown(bob)
+    first = shown(ann)
+    ann.button(key=main_button_key(ann, "loops")).click().run()
+    assert labels(project)[first] == ("loops", (), "ann")
+    assert shown(ann) != shown(bob)
+    ann.button(key="undo").click().run()
+    assert shown(ann) == first and first not in labels(project)
+    project.engine.dispose()
+
+
+def test_break_reminder_after_the_set_minutes(project: Project, app_for) -> None:
+    import time
+
+    project.settings.labelling.break_reminder_minutes = 30
+    project.save_settings()
+    from labeller.app.state import _open_project
+
+    _open_project.clear()
+    app = app_for("ann")
+    assert not app.warning
+    app.session_state["break_started"] = time.time() - 31 * 60
+    app.run()
+    assert "Time for a short break" in app.warning[0].value
+    app.button(key="took_break").click().run()
+    assert not app.warning
+    assert app.session_state["exposures"] == 0

@@ -49,8 +49,8 @@ def write_digit_images(folder: Path, count: int, *, size: int = 64) -> list[tupl
     return written
 
 
-def make_app_project(root: Path, *, images: int = 40, blur: bool = False) -> Project:
-    project = init_project(root, name="Digits test project")
+def make_app_project(root: Path, *, images: int = 40, blur: bool = False, database_url: str | None = None) -> Project:
+    project = init_project(root, name="Digits test project", database_url=database_url)
     project.settings.labelling.blur_images = blur
     project.settings.labelling.audit_fraction = 0.0
     project.save_settings()
