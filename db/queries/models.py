@@ -150,7 +150,7 @@ def compare_model_versions(session: Session, first_id: int, second_id: int) -> d
     metrics: dict[str, dict[str, Any]] = {}
     for key in sorted(metrics_a.keys() | metrics_b.keys()):
         a, b = metrics_a.get(key), metrics_b.get(key)
-        numeric = isinstance(a, int | float) and isinstance(b, int | float)
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
         metrics[key] = {"a": a, "b": b, "difference": (b - a) if numeric else None}
 
     def differences(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -69,10 +69,17 @@ def compare_command(project, first: int, second: int, as_json: bool) -> None:
         return
     click.echo(f"{'':<32} {'A = ' + str(first):>12} {'B = ' + str(second):>12} {'B - A':>10}")
     click.echo(f"{'labels':<32} {comparison['label_count']['a']:>12} {comparison['label_count']['b']:>12}")
+    long_text = []
     for key, row in comparison["metrics"].items():
-        if isinstance(row["a"], dict | list) or isinstance(row["b"], dict | list):
+        values = (row["a"], row["b"])
+        if any(isinstance(v, dict | list) for v in values):
+            continue
+        if any(isinstance(v, str) and len(v) > 12 for v in values):
+            long_text.append((key, row))
             continue
         click.echo(f"{key:<32} {_number(row['a']):>12} {_number(row['b']):>12} {_number(row['difference']):>10}")
+    for key, row in long_text:
+        click.echo(f"\n{key}:\n  A: {row['a']}\n  B: {row['b']}")
     for title in ("config_differences", "data_snapshot_differences"):
         if comparison[title]:
             click.echo(f"\n{title.replace('_', ' ')}:")
