@@ -307,3 +307,11 @@ def test_predictions_bulk_write_latents_and_umap_coords(engine) -> None:
 
         stored = session.query(Prediction).filter_by(model_version_id=version_id).order_by(Prediction.image_id)
         np.testing.assert_allclose([[p.umap_x, p.umap_y] for p in stored], coords)
+
+
+def test_a_promoted_version_without_predictions_gets_one_score_job(engine) -> None:
+    with unit_of_work(engine) as session:
+        version_id = _version(session, "a")
+        job = job_queries.queue_scoring_if_missing(session, version_id)
+        assert job.kind == "score" and job.params == {"model_version_id": version_id, "then_embed": True}
+        assert job_queries.queue_scoring_if_missing(session, version_id) is None  # already pending

@@ -99,8 +99,9 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
 
     # A second version that is not promoted, then promote it and roll back, all from the command line.
     with running_worker(project):
-        second = run_cli("train", str(project.root), "--wait", "--promote", "never")
+        second = run_cli("train", str(project.root), "--wait", "--promote", "never", "--warm-start")
         assert second.returncode == 0 and "not promoted" in second.stdout
+        assert "warm start from model version 1" in second.stdout + second.stderr
     listing = run_cli("models", str(project.root))
     assert listing.returncode == 0 and "* " in listing.stdout
     assert run_cli("models", str(project.root), "promote", "2").returncode == 0

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from db.schema import Annotation, AnnotationKind, Job, JobEvent, JobStatus, ModelVersion, utcnow
+from db.schema import Annotation, AnnotationKind, Job, JobEvent, JobStatus, ModelVersion, Prediction, utcnow
 
 # After this many claims a job whose worker keeps dying is failed instead of re-queued again.
 MAX_ATTEMPTS = 3
@@ -308,3 +308,14 @@ def maybe_queue_auto_retrain(session: Session, every_n_labels: int) -> Job | Non
         "train",
         {"reason": "auto", "new_labels": new_labels, "newest_annotation_id": newest_annotation_id(session)},
     )
+
+
+def queue_scoring_if_missing(session: Session, model_version_id: int) -> Job | None:
+    """After a promotion or rollback: the queue ranks by the version's predictions, so queue a score
+    (then embed) job when it has none and none is pending."""
+    if session.scalar(select(Prediction.image_id).where(Prediction.model_version_id == model_version_id).limit(1)):
+        return None
+    for job in pending_jobs(session, kind="score"):
+        if job.params.get("model_version_id") == model_version_id:
+            return None
+    return enqueue_job(session, "score", {"model_version_id": model_version_id, "then_embed": True})

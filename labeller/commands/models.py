@@ -89,10 +89,8 @@ def compare_command(project, first: int, second: int, as_json: bool) -> None:
 
 def _ensure_scored(session, version_id: int) -> str:
     """The queue reads a version's predictions: queue a score job when it has none."""
-    if model_queries.prediction_count(session, version_id):
-        return ""
-    job = job_queries.enqueue_job(session, "score", {"model_version_id": version_id, "then_embed": True})
-    return f"; it has no predictions yet, so score job {job.id} is queued"
+    job = job_queries.queue_scoring_if_missing(session, version_id)
+    return f"; it has no predictions yet, so score job {job.id} is queued" if job else ""
 
 
 @models_command.command("promote")

@@ -33,13 +33,20 @@ NO_WORKER_HINT_SECONDS = 15.0
     show_default=True,
     help="auto: promote when at least as accurate as the active version on the audit slice.",
 )
+@click.option("--warm-start", is_flag=True, help="Start from the active version's weights when compatible.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 def train_command(
-    project: Path, model: str | None, epochs: int | None, device: str | None, promote: str, wait: bool
+    project: Path,
+    model: str | None,
+    epochs: int | None,
+    device: str | None,
+    promote: str,
+    warm_start: bool,
+    wait: bool,
 ) -> None:
     """Queue a training job for a worker (start one with `labeller worker PROJECT`)."""
     opened = load_project(project)
-    params: dict[str, Any] = {"promote": promote, "reason": "cli"}
+    params: dict[str, Any] = {"promote": promote, "reason": "cli", "warm_start": warm_start}
     for key, value in (("model", model), ("epochs", epochs), ("device", device)):
         if value is not None:
             params[key] = value

@@ -3,7 +3,8 @@ promote it when it beats the active one on the audit slice (or on request), and 
 
 Params (all optional; defaults from the project's [training] settings): ``model``, ``epochs``,
 ``batch_size``, ``device``, ``image_size``, ``channels``, ``config`` (any other core.training.TrainConfig
-field), ``promote`` ("auto" | "always" | "never").
+field), ``promote`` ("auto" | "always" | "never"), ``warm_start`` (start from the active version's weights
+when it is the same kind of model on the same taxonomy and image size; otherwise from scratch).
 
 Honest metrics: labelled images in the audit slice are held out of training (they stay in the pool as
 unlabelled images), and both the new model and the active one are measured on them, so promotion
@@ -192,7 +193,14 @@ def run(context: JobContext) -> None:
         context.report_progress(payload, force=progress.step == progress.steps_per_epoch)
 
     try:
-        trained = fit(train_pool, data.taxonomy, config, on_progress=on_progress, should_stop=context.should_stop)
+        init = (
+            warm_start_model(context, config, data.taxonomy, train_pool.image_shape)
+            if params.get("warm_start")
+            else None
+        )
+        trained = fit(
+            train_pool, data.taxonomy, config, on_progress=on_progress, should_stop=context.should_stop, init=init
+        )
     except TrainingCancelled as cancelled:
         raise JobInterrupted(context.stop.reason() or str(cancelled)) from cancelled
     except ValueError as error:  # data or config the trainer rejects: the message is for the user
@@ -270,3 +278,34 @@ def _evaluate_active(
     if trained.taxonomy.to_dict() != data.taxonomy.to_dict() or tuple(trained.image_shape) != data.pool.image_shape:
         return None
     return evaluate_on_audit(trained, data.pool.images[held_out], admissible, device)
+
+
+def warm_start_model(context: JobContext, config: Any, taxonomy: Any, image_shape: tuple[int, int, int]) -> Any:
+    """The active version's model to start from, or None (logged) when it does not fit this job."""
+    from core.training import load_checkpoint
+
+    with unit_of_work(context.project.engine) as session:
+        active = model_queries.active_model_version(session)
+        summary = model_queries.model_version_summary(active) if active else None
+    if summary is None:
+        context.log("warm start skipped: no active model version")
+        return None
+    try:
+        trained = load_checkpoint(context.project.resolve_image_path(summary["checkpoint_path"]), device="cpu")
+    except (FileNotFoundError, ValueError) as error:
+        context.log(f"warm start skipped: {error}")
+        return None
+    mismatch = [
+        what
+        for what, same in (
+            ("model kind", trained.config.model == config.model),
+            ("taxonomy", trained.taxonomy.to_dict() == taxonomy.to_dict()),
+            ("image size", tuple(trained.image_shape) == tuple(image_shape)),
+        )
+        if not same
+    ]
+    if mismatch:
+        context.log(f"warm start skipped: the active version {summary['id']} differs in {', '.join(mismatch)}")
+        return None
+    context.log(f"warm start from model version {summary['id']}")
+    return trained
