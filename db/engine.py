@@ -35,9 +35,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("an in-memory SQLite database is not shared between connections: use a file")
         # isolation_level=None hands transaction control to us, so the begin event below decides.
-        engine = create_engine(
-            url, echo=echo, connect_args={"isolation_level": None, "check_same_thread": False}
-        )
+        engine = create_engine(url, echo=echo, connect_args={"isolation_level": None, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True)

@@ -88,11 +88,7 @@ class Project:
 
     @property
     def database_url(self) -> str:
-        return (
-            os.environ.get(DATABASE_URL_ENV)
-            or self.settings.database_url
-            or sqlite_url(self.root / DATABASE_FILE)
-        )
+        return os.environ.get(DATABASE_URL_ENV) or self.settings.database_url or sqlite_url(self.root / DATABASE_FILE)
 
     @cached_property
     def engine(self) -> Engine:
