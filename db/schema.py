@@ -149,9 +149,7 @@ class AnnotationTag(Base):
 
     __tablename__ = "annotation_tags"
 
-    annotation_id: Mapped[int] = mapped_column(
-        ForeignKey("annotations.id", ondelete="CASCADE"), primary_key=True
-    )
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"), primary_key=True)
     sub_class_id: Mapped[int] = mapped_column(ForeignKey("sub_classes.id"), primary_key=True)
 
 
@@ -200,9 +198,7 @@ class Prediction(Base):
         Index("ix_predictions_image_id", "image_id"),
     )
 
-    model_version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     main_class_id: Mapped[int | None] = mapped_column(ForeignKey("main_classes.id", ondelete="SET NULL"))
     sub_class_id: Mapped[int | None] = mapped_column(ForeignKey("sub_classes.id", ondelete="SET NULL"))
@@ -241,9 +237,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # train, score, embed
-    status: Mapped[JobStatus] = mapped_column(
-        Enum(JobStatus, native_enum=False, length=16), default=JobStatus.QUEUED
-    )
+    status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, native_enum=False, length=16), default=JobStatus.QUEUED)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
