@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from labeller.project import Project
 APP_ENTRY = Path(__file__).parent / "app" / "main.py"
 STOP_GRACE_SECONDS = 15.0
 WORKER_RESTARTS = 5  # a worker that keeps dying is left dead after this many restarts
+STREAMLIT_CONFIG = Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml"
+REQUIRED_OPTIONS = {
+    "server.headless": True,
+    "server.fileWatcherType": "none",  # the watcher crashes walking torch.classes (streamlit#10992)
+    "browser.gatherUsageStats": False,
+}
 
 
 def free_port() -> int:
@@ -24,12 +31,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def streamlit_flags(config_file: Path = STREAMLIT_CONFIG) -> list[str]:
+    """The repository's ``.streamlit/config.toml`` as command-line flags.
+
+    ``streamlit run`` reads that file only from its working directory; flags make the theme, upload limit
+    and XSRF protection hold wherever ``labeller serve`` is started from.
+    """
+    options: dict[str, object] = {}
+    if config_file.is_file():
+        for section, values in tomllib.loads(config_file.read_text()).items():
+            options.update({f"{section}.{key}": value for key, value in values.items()})
+    options.update(REQUIRED_OPTIONS)
+    flags: list[str] = []
+    for name, value in options.items():
+        flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
 def streamlit_command(project: Project, port: int) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",  # the watcher crashes walking torch.classes (streamlit#10992)
-        "--browser.gatherUsageStats", "false",
+        *streamlit_flags(),
         "--server.port", str(port),
         "--", "--project", str(project.root),
     ]  # fmt: skip

@@ -55,3 +55,14 @@ def test_serve_runs_the_app_and_a_worker_and_ctrl_c_stops_both(tmp_path) -> None
     orphan_check = enqueue(project, "ping")
     time.sleep(3)
     assert job_row(project, orphan_check).status == JobStatus.QUEUED
+
+
+def test_streamlit_flags_carry_the_repository_config_wherever_serve_starts() -> None:
+    from labeller.serving import streamlit_flags
+
+    flags = streamlit_flags()
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    assert pairs["--server.enableXsrfProtection"] == "true"
+    assert pairs["--server.fileWatcherType"] == "none"
+    assert pairs["--theme.primaryColor"] == "#3558d4"
+    assert pairs["--server.maxUploadSize"] == "1024"
