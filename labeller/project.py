@@ -39,6 +39,7 @@ class LabellingSettings:
 class TrainingSettings:
     model: str = "m1m2"
     image_size: int = 64
+    channels: int = 3  # 1 reads images as greyscale
     epochs: int = 30
     batch_size: int = 64
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...

@@ -61,7 +61,7 @@ def _csv(kind: type, value: str) -> tuple:
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs per model. Default: the project setting.")
 @click.option("--warm-epochs", type=click.IntRange(min=1), help="Epochs of each warm-started active round.")
 @click.option("--image-size", type=click.IntRange(min=4), help="Default: the project setting (training.image_size).")
-@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--channels", type=click.Choice(["1", "3"]), help="Default: the project setting (training.channels).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. Default: the project setting.")
 @click.option(
     "--json",
@@ -85,7 +85,7 @@ def evaluate_command(
     epochs: int | None,
     warm_epochs: int | None,
     image_size: int | None,
-    channels: str,
+    channels: str | None,
     device: str | None,
     json_path: Path,
 ) -> None:
@@ -120,8 +120,9 @@ def evaluate_command(
         raise click.UsageError(str(error)) from error
 
     size = image_size or training.image_size
-    click.echo(f"loading images at {size}x{size}x{channels} ...")
-    project_pool = load_project_pool(opened, image_size=size, channels=int(channels))
+    num_channels = int(channels) if channels else training.channels
+    click.echo(f"loading images at {size}x{size}x{num_channels} ...")
+    project_pool = load_project_pool(opened, image_size=size, channels=num_channels)
     for image_id, reason in list(project_pool.skipped.items())[:5]:
         click.echo(f"skipped image {image_id}: {reason}", err=True)
     data = evaluation_data(project_pool, opened.settings.name)

@@ -162,7 +162,7 @@ def run(context: JobContext) -> None:
     config = train_config(context)
     device = resolve_device(config.device)
     image_size = int(params.get("image_size", project.settings.training.image_size))
-    channels = int(params.get("channels", getattr(project.settings.training, "channels", 3)))
+    channels = int(params.get("channels", project.settings.training.channels))
 
     with unit_of_work(project.engine) as session:
         newest_annotation_id = job_queries.newest_annotation_id(session)
