@@ -414,7 +414,7 @@ class _Fitter:
         trainable = self.wrap(model)
         optimiser, scaler = self.optimiser(model), self.scaler()
         steps = self.steps_main(semi_supervised)
-        best_key: tuple[float, float] | None = None
+        best_key: tuple[float, ...] | None = None
         best_state, best_epoch, waited = None, 0, 0
         model.train()
         if isinstance(model, (StackedM1M2, M1Classifier)):
@@ -441,8 +441,11 @@ class _Fitter:
                     self.report(terms, steps, epochs)
             if len(self.val_labelled):
                 self.validation = self.validation_metrics(model)
-                key = (self.validation["val_accuracy"], -self.validation["val_nll"])
-                if best_key is None or key > best_key:
+                # A few validation labels are soon all correct: a tie keeps training and takes the later
+                # epoch. Stopping at the first best (or on the NLL, which rises as q sharpens) cost 2-3
+                # points on digits (50 labels: 86.4% / 87.3% vs 89.7% without early stopping).
+                key = (self.validation["val_accuracy"],)
+                if best_key is None or key >= best_key:
                     best_key, best_epoch, waited = key, self.epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
                 else:
