@@ -5,7 +5,7 @@ set -euo pipefail
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 read -r version cluster _ < <(pg_lsclusters --no-header | head -n 1)
-$sudo pg_ctlcluster "$version" "$cluster" start 2>/dev/null || true
+$sudo pg_ctlcluster "$version" "$cluster" start >/dev/null 2>&1 || true
 for _ in $(seq 30); do
     $sudo -u postgres psql -qtAc "select 1" >/dev/null 2>&1 && break
     sleep 0.5

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 bash scripts/system-packages.sh
-LABELLER_TEST_PG_URL="$(bash scripts/postgres.sh)"
+LABELLER_TEST_PG_URL="$(bash scripts/postgres.sh | tail -n 1)"
 export LABELLER_TEST_PG_URL
 # numba (under umap-learn) compiles on first use; a persistent cache makes later runs fast.
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
