@@ -15,7 +15,7 @@ from db.queries.images import image_count
 from db.queries.taxonomy import taxonomy_mapping
 from db.schema import Image
 from labeller.cli import cli
-from labeller.demo import LOOPS, NO_LOOPS, TRUTH_FILE, create_demo_project
+from labeller.demo import DEMO_TRAINING, LOOPS, NO_LOOPS, TRUTH_FILE, create_demo_project
 from labeller.project import open_project
 from tests.images import write_image, write_png_bomb
 
@@ -108,6 +108,7 @@ def test_demo_project(tmp_path: Path) -> None:
         assert session.scalar(select(Image.path).limit(1)).startswith("images/")
     assert len(labels) == 30
     assert sum(1 for label in labels if not label.tags) == 5
+    assert project.settings.training == DEMO_TRAINING  # fast enough to retrain on a CPU
     assert {label.annotator for label in labels} == {"demo"}
     pngs = sorted((tmp_path / "demo" / "images").glob("*.png"))
     assert len(pngs) == 1797
