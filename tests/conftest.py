@@ -4,6 +4,7 @@ in CI PostgreSQL is required, so a missing server fails instead of skipping)."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +16,15 @@ from db.engine import make_engine, sqlite_url
 from db.migrate import upgrade_to_head
 
 PG_URL_ENV = "LABELLER_TEST_PG_URL"
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module() -> Iterator[None]:
+    """Streamlit's AppTest leaves ``sys.modules["__main__"]`` pointing at the app script; a later
+    ``spawn`` child would then re-run the app as its main module and die. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 def _postgres_base_url() -> str:
