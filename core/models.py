@@ -228,6 +228,11 @@ class M2(nn.Module):
         mean, _ = self.encoder_z(self.encoder_z_trunk(x), leaf)
         return self.likelihood.mean(self.decoder(mean, leaf))
 
+    def sample(self, leaf: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The generative story run forwards for the given leaves: z ~ N(0, I), x = E[p(x | y, z)]."""
+        z = torch.randn(len(leaf), self.latent_dim, generator=generator, device=leaf.device)
+        return self.likelihood.mean(self.decoder(z, leaf))
+
     def generative_log_posterior(self, x: torch.Tensor) -> torch.Tensor:
         """log p(y | x) ∝ log p(y) + ELBO(x, y), normalised over leaves (z at its posterior mean)."""
         everything = torch.ones(len(x), self.num_leaves, dtype=torch.bool, device=x.device)
@@ -286,6 +291,10 @@ class StackedM1M2(nn.Module):
 
     def generative_log_posterior(self, x: torch.Tensor) -> torch.Tensor:
         return self.m2.generative_log_posterior(self._features(x, sample=False))
+
+    def sample(self, leaf: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """M2 draws M1's latent z1 for the leaf; M1's decoder turns it into an image."""
+        return self.vae.likelihood.mean(self.vae.decoder(self.m2.sample(leaf, generator)))
 
     def forward(
         self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor, admissible: torch.Tensor

@@ -188,6 +188,14 @@ def test_explore_shows_decoder_reconstructions_of_labelled_examples(project: Pro
     assert len(app.get("image")) - images_before == 40
     assert any("loops/0" in m.value for m in app.markdown)
 
+    app.toggle(key="show_reconstructions").set_value(False).run()
+    app.toggle(key="show_samples").set_value(True).run()
+    assert not app.exception, app.exception
+    # Eight images drawn from the decoder for each of the ten leaves (one st.image call per leaf).
+    samples = [m.value for m in app.markdown if "drawn from p(x | y, z)" in m.value]
+    assert len(samples) == 10 and samples[0].startswith("**loops/0**")
+    assert len(app.get("image")) - images_before == 10
+
 
 def test_data_page_offers_the_labels_for_download(project: Project) -> None:
     label(project, "ann", 3, "curves")

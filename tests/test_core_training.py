@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from core.data import LabelledPool, load_images
+from core.generation import samples_per_leaf
 from core.scoring import score_pool
 from core.taxonomy import Taxonomy
 from core.training import (
@@ -192,3 +193,19 @@ def test_load_images_applies_exif_orientation(tmp_path: Path):
     assert rotated[0, :4].mean() > 200 and rotated[0, -4:].mean() < 60  # red on top after rotation
     with pytest.raises(ValueError, match="cannot read image"):
         load_images([tmp_path / "missing.jpg"], size=16)
+
+
+def test_decoder_samples_one_row_per_leaf_and_depend_on_the_leaf(small_fit):
+    trained, _ = small_fit
+    samples = samples_per_leaf(trained, per_leaf=4, seed=1)
+    assert list(samples) == DIGITS.leaf_names
+    assert all(row.shape == (4, 8, 8, 1) and row.dtype == np.uint8 for row in samples.values())
+    assert not np.array_equal(samples["0"], samples["1"])
+    assert np.array_equal(samples_per_leaf(trained, per_leaf=4, seed=1)["7"], samples["7"])
+
+
+def test_a_model_without_a_class_conditional_decoder_cannot_sample(small_fit):
+    images, y = digits(300)
+    trained = fit(pool_with_labels(images, y, 3), DIGITS, replace(FAST, model="supervised", epochs=1))
+    with pytest.raises(ValueError, match="no class-conditional decoder"):
+        samples_per_leaf(trained)

@@ -721,6 +721,13 @@ def examples_per_sub_class(engine: Engine, *, per_class: int = 4) -> dict[str, l
     return dict(sorted(examples.items()))
 
 
+def decoder_samples(trained: Any, per_leaf: int = 8) -> dict[str, np.ndarray]:
+    """What the active model imagines for each sub-class: uint8 HxWxC images drawn from its decoder."""
+    from core.generation import samples_per_leaf
+
+    return samples_per_leaf(trained, per_leaf)
+
+
 def reconstructions(
     engine: Engine, project: Project, trained: Any, image_ids: Sequence[int]
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:

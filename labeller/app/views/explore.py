@@ -97,7 +97,7 @@ if chosen:
         with columns[index % len(columns)]:
             image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=hidden, caption=str(image_id))
 
-with st.expander("Decoder reconstructions per sub-class", icon=":material/auto_awesome:"):
+with st.expander("Decoder reconstructions and samples per sub-class", icon=":material/auto_awesome:"):
     checkpoint = services.active_checkpoint(engine, project)
     if checkpoint is None:
         st.caption("The active model version has no checkpoint file here.")
@@ -114,5 +114,14 @@ with st.expander("Decoder reconstructions per sub-class", icon=":material/auto_a
                         st.image(original, width="stretch", clamp=True)
                     with columns[(2 * index + 1) % 8], st.container(key=f"hide-{hidden}-out-{row}-{image_id}"):
                         st.image(decoded, width="stretch", clamp=True)
+        except ValueError as error:
+            st.info(str(error))
+    if checkpoint is not None and st.toggle("Draw samples per sub-class from the decoder", key="show_samples"):
+        trained = state.load_model(checkpoint[0], str(checkpoint[1]))
+        try:
+            for row, (leaf, images) in enumerate(services.decoder_samples(trained).items()):
+                st.markdown(f"**{leaf}** · drawn from p(x | y, z), z ~ N(0, I)")
+                with st.container(key=f"hide-{state.image_filter_class(project)}-samples-{row}"):
+                    st.image(list(images), width=72, clamp=True)
         except ValueError as error:
             st.info(str(error))
