@@ -1,5 +1,5 @@
-"""Images drawn from a trained model's decoder, one row per leaf: what the model thinks each sub-class
-looks like. Only the generative models (M2, M1+M2) can do this; M1's decoder knows no classes."""
+"""What a trained model's decoder makes: reconstructions of given images, and images drawn for each leaf
+(what the model thinks each sub-class looks like; only M2 and M1+M2 can, M1's decoder knows no classes)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from core.data import to_float
 from core.device import eval_mode
 
 if TYPE_CHECKING:
@@ -27,3 +28,14 @@ def samples_per_leaf(trained: TrainedModel, per_leaf: int = 8, *, seed: int = 0)
     pixels = np.rint(images * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     rows = pixels.reshape(trained.taxonomy.num_leaves, per_leaf, *pixels.shape[1:])
     return dict(zip(trained.taxonomy.leaf_names, rows, strict=True))
+
+
+def reconstruct(trained: TrainedModel, pixels: np.ndarray) -> np.ndarray:
+    """uint8 images (N, C, H, W) at the model's input size in, decoder reconstructions out as uint8 (N, H, W, C)."""
+    model = trained.model
+    if not hasattr(model, "reconstruct"):
+        raise ValueError(f"a {trained.config.model} model has no decoder to reconstruct with")
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        output = model.reconstruct(to_float(torch.from_numpy(pixels)).to(device)).clamp(0, 1).float().cpu().numpy()
+    return np.rint(output * 255).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -732,21 +732,13 @@ def reconstructions(
     engine: Engine, project: Project, trained: Any, image_ids: Sequence[int]
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(image id, input, decoder reconstruction) as uint8 HxWxC arrays at the model's input size."""
-    import torch
+    from core.data import load_images
+    from core.generation import reconstruct
 
-    from core.data import load_images, to_float
-
-    model = trained.model
-    if not hasattr(model, "reconstruct"):
-        raise ValueError(f"a {trained.config.model} model has no decoder to reconstruct with")
     channels, size, _ = trained.image_shape
     with unit_of_work(engine) as session:
         images = {image.id: image for image in app_views.images_by_ids(session, image_ids)}
     ids = [image_id for image_id in image_ids if image_id in images]
     pixels = load_images([project.resolve_image_path(images[i].path) for i in ids], size, channels)
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        output = model.reconstruct(to_float(torch.from_numpy(pixels)).to(device)).clamp(0, 1).cpu().numpy()
-    decoded = np.rint(output * 255).astype(np.uint8)
-    return [(i, pixels[n].transpose(1, 2, 0), decoded[n].transpose(1, 2, 0)) for n, i in enumerate(ids)]
+    decoded = reconstruct(trained, pixels)
+    return [(i, pixels[n].transpose(1, 2, 0), decoded[n]) for n, i in enumerate(ids)]
