@@ -5,13 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from db.queries.annotations import AnnotationError
+from db.queries.queue import STRATEGIES
 from db.schema import AnnotationKind
 from labeller.app import services, state
 from labeller.app.components import image_tile, probability_bars
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services import Decision, QueuedImage
-
-STRATEGIES = ("entropy", "leaf_entropy", "margin", "least_confidence", "bald", "disagreement", "novelty", "random")
 
 project = state.current_project()
 engine = project.engine
