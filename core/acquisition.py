@@ -36,6 +36,7 @@ SCORE_COLUMNS: dict[str, str] = {
 }
 STRATEGY_NAMES: tuple[str, ...] = ("random", *SCORE_COLUMNS)
 DEFAULT_STRATEGY = "entropy"
+COVERAGE_METHODS: tuple[str, ...] = ("farthest", "typical")
 
 
 class QueryStrategy(Protocol):
@@ -117,6 +118,63 @@ def _min_sq_distance(features: np.ndarray, centres: np.ndarray, chunk: int = 102
     return best
 
 
+def typical_coverage(
+    features: np.ndarray,
+    candidates: np.ndarray,
+    labelled: np.ndarray | None,
+    n: int,
+    *,
+    rng: np.random.Generator,
+    neighbours: int = 20,
+) -> np.ndarray:
+    """``n`` rows of ``candidates`` that are typical of the regions no label covers yet (TypiClust,
+    Hacohen et al. 2022): k-means on every row of ``features`` into ``len(labelled) + n`` clusters; from
+    the largest clusters with the fewest labels, the candidate of highest typicality (inverse mean
+    distance to its ``neighbours`` nearest rows). Farthest-first coverage picks outliers instead, which
+    teach a classifier little when labels are few."""
+    from sklearn.cluster import KMeans
+
+    candidates = np.asarray(candidates, dtype=np.int64)
+    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    labelled = np.empty(0, dtype=np.int64) if labelled is None else np.asarray(labelled, dtype=np.int64)
+    n = min(n, len(candidates))
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    clusters = min(len(features), len(labelled) + n)
+    seed = int(rng.integers(2**31 - 1))
+    assignment = KMeans(clusters, n_init=1, random_state=seed).fit_predict(features)
+    sizes = np.bincount(assignment, minlength=clusters)
+    covered = np.bincount(assignment[labelled], minlength=clusters)
+    is_candidate = np.zeros(len(features), dtype=bool)
+    is_candidate[candidates] = True
+    chosen: list[int] = []
+    # Fewest labels first, then the largest cluster: each pick covers the biggest uncovered region.
+    for cluster in np.lexsort((-sizes, covered)):
+        members = np.flatnonzero((assignment == cluster) & is_candidate)
+        if len(members) == 0:
+            continue
+        chosen.append(int(members[np.argmax(_typicality(features, members, neighbours))]))
+        if len(chosen) == n:
+            break
+    return np.array(chosen, dtype=np.int64)
+
+
+def _typicality(features: np.ndarray, rows: np.ndarray, neighbours: int) -> np.ndarray:
+    """Inverse mean distance of each of ``rows`` to its nearest other rows (within ``rows``)."""
+    points = features[rows]
+    squared = _min_sq_distance_matrix(points)
+    k = min(neighbours, len(rows) - 1)
+    if k <= 0:
+        return np.ones(len(rows))
+    nearest = np.sqrt(np.sort(squared, axis=1)[:, 1 : k + 1])
+    return 1.0 / (nearest.mean(axis=1) + 1e-12)
+
+
+def _min_sq_distance_matrix(points: np.ndarray) -> np.ndarray:
+    norms = np.einsum("ij,ij->i", points, points)
+    return np.maximum(norms[:, None] - 2.0 * points @ points.T + norms[None, :], 0.0)
+
+
 def pixel_features(images: np.ndarray, size: int = 8) -> np.ndarray:
     """Cheap features for a cold start: images (N, C, H, W) area-averaged to (N, C*size*size) in [0, 1]."""
     images = np.asarray(images)
@@ -176,6 +234,9 @@ class ScoreStrategy:
     # labelled image. Uncertainty alone never asks about a class the model has not seen (it is confidently
     # wrong there); these picks find such regions.
     exploration: float = 0.0
+    # How the exploration share is chosen: "typical" (the most typical image of the largest uncovered
+    # k-means cluster, see typical_coverage) or "farthest" (k-centre from the labelled images).
+    coverage: str = "farthest"
 
     def priority(self, scores: object) -> np.ndarray:
         values = getattr(scores, self.column, None)
@@ -203,8 +264,12 @@ class ScoreStrategy:
         if latent is not None and self.exploration > 0 and n > 0:
             count = min(n, len(candidates), int(np.ceil(self.exploration * n)))
             latent = np.asarray(latent)
-            centres = latent[np.asarray(labelled, dtype=np.int64)] if labelled is not None and len(labelled) else None
-            explored = candidates[k_center_greedy(latent[candidates], count, rng=rng, centres=centres)]
+            if self.coverage == "typical":
+                explored = typical_coverage(latent, candidates, labelled, count, rng=rng)
+            else:
+                has_labels = labelled is not None and len(labelled)
+                centres = latent[np.asarray(labelled, dtype=np.int64)] if has_labels else None
+                explored = candidates[k_center_greedy(latent[candidates], count, rng=rng, centres=centres)]
             candidates = candidates[~np.isin(candidates, explored)]
             n -= count
         return np.concatenate([self._most_uncertain(scores, candidates, n, rng=rng, latent=latent), explored])
@@ -227,17 +292,29 @@ class ScoreStrategy:
 
 
 def get_strategy(
-    name: str, *, diversify: bool = True, diversity_factor: int = 5, exploration: float = 0.0
+    name: str,
+    *,
+    diversify: bool = True,
+    diversity_factor: int = 5,
+    exploration: float = 0.0,
+    coverage: str = "farthest",
 ) -> QueryStrategy:
     """The strategy called ``name`` (one of ``STRATEGY_NAMES``)."""
     if not 0.0 <= exploration <= 1.0:
         raise ValueError(f"exploration must lie in [0, 1], got {exploration}")
+    if coverage not in COVERAGE_METHODS:
+        raise ValueError(f"coverage must be one of {COVERAGE_METHODS}, got {coverage!r}")
     if name == "random":
         return RandomStrategy()
     if name not in SCORE_COLUMNS:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
     return ScoreStrategy(
-        name, SCORE_COLUMNS[name], diversify=diversify, diversity_factor=diversity_factor, exploration=exploration
+        name,
+        SCORE_COLUMNS[name],
+        diversify=diversify,
+        diversity_factor=diversity_factor,
+        exploration=exploration,
+        coverage=coverage,
     )
 
 

@@ -18,7 +18,9 @@ Protocol (that of ``../shared/anchors/digits.py``, so numbers compare with the a
   exact ties on points its graph does not reach, so active LabelSpreading numbers differ slightly).
 Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features (the
 tool's cold start) and ``diversify=True`` spreads each round by k-centre over the ``5 x round_size`` most
-uncertain candidates in the model's latent space (pixels for the scikit-learn learners).
+uncertain candidates in the model's latent space (pixels for the scikit-learn learners);
+``exploration`` gives a share of each round to coverage, ``coverage="typical"`` choosing the most typical
+image of the largest unlabelled k-means cluster (TypiClust) rather than the farthest one.
 Note the random arm's balanced draw uses the true labels, which no real annotator can: at 20 labels it
 is worth about 20 points to LabelSpreading on digits over a uniform draw.
 Learners: the models of ``core.training`` (m1, m2, m1m2, supervised) and two scikit-learn baselines,
@@ -193,6 +195,7 @@ class EvaluationConfig:
     diversify: bool = False
     # Share of each active round picked for coverage (farthest from every labelled image in latent space).
     exploration: float = 0.0
+    coverage: str = "farthest"  # how the exploration share is chosen: farthest or typical (core.acquisition)
     # Active rounds continue from the previous round's model (warm_start) for warm_epochs epochs; the first
     # round, every random budget and every round without warm_start train from scratch for train.epochs.
     warm_start: bool = True
@@ -622,7 +625,9 @@ def _active_runs(
     config: EvaluationConfig,
     seed: int,
 ) -> list[RunResult]:
-    strategy = get_strategy(strategy_name, diversify=config.diversify, exploration=config.exploration)
+    strategy = get_strategy(
+        strategy_name, diversify=config.diversify, exploration=config.exploration, coverage=config.coverage
+    )
     rng = np.random.default_rng(seed)
     initial = min(config.initial_labels, len(pool))
     if config.initial_selection == "diverse":

@@ -14,6 +14,7 @@ from core.acquisition import (
     k_center_greedy,
     pixel_features,
     query_with_audit,
+    typical_coverage,
 )
 from tests.scores_factory import scores_from_probabilities
 
@@ -192,3 +193,28 @@ def test_exploration_share_finds_a_region_far_from_every_labelled_image() -> Non
     assert set(explore.tolist()) <= set(candidates.tolist())
     with pytest.raises(ValueError, match="exploration"):
         get_strategy("entropy", exploration=1.5)
+
+
+def test_typical_coverage_picks_the_dense_centre_of_an_uncovered_cluster_not_its_outlier() -> None:
+    # Two clusters, each with one far outlier; the left cluster is labelled. Farthest-first coverage goes
+    # to an outlier; typical coverage picks a point near the centre of the unlabelled right cluster.
+    generator = np.random.default_rng(1)
+    left = generator.normal(0.0, 0.1, size=(50, 2))
+    right = generator.normal(0.0, 0.1, size=(50, 2)) + np.array([5.0, 0.0])
+    outliers = np.array([[-3.0, 3.0], [8.0, 3.0]])
+    features = np.vstack([left, right, outliers])
+    labelled = np.arange(0, 5)
+    candidates = np.arange(5, len(features))
+    picked = typical_coverage(features, candidates, labelled, 1, rng=rng())
+    assert len(picked) == 1 and 50 <= picked[0] < 100
+    assert np.linalg.norm(features[picked[0]] - right.mean(axis=0)) < 0.15
+    farthest = k_center_greedy(features[candidates], 1, rng=rng(), centres=features[labelled])
+    assert candidates[farthest[0]] >= 100  # an outlier
+    strategy = get_strategy("entropy", exploration=1.0, coverage="typical")
+    probs = np.full((len(features), 2), 0.5)
+    chosen = strategy.query(
+        scores_from_probabilities(probs), candidates, 3, rng=rng(), latent=features, labelled=labelled
+    )
+    assert len(set(chosen.tolist())) == 3 and set(chosen.tolist()) <= set(candidates.tolist())
+    with pytest.raises(ValueError, match="coverage"):
+        get_strategy("entropy", coverage="nearest")
