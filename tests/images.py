@@ -9,6 +9,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# A taxonomy file for import/export tests: one main class with sub-classes, one without.
+ANTS_AND_BEES = """
+[[main]]
+name = "ants"
+  [[main.sub]]
+  name = "red"
+  [[main.sub]]
+  name = "black"
+[[main]]
+name = "bees"
+"""
 FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tiff": "TIFF", ".gif": "GIF"}
 
 

@@ -19,18 +19,8 @@ from labeller.export import ExportError, export_labels, iter_export_rows
 from labeller.ingest import ImportOptions, import_images
 from labeller.project import Project, init_project
 from labeller.taxonomy_file import parse_taxonomy_toml
+from tests.images import ANTS_AND_BEES as TAXONOMY
 from tests.images import write_image
-
-TAXONOMY = """
-[[main]]
-name = "ants"
-  [[main.sub]]
-  name = "red"
-  [[main.sub]]
-  name = "black"
-[[main]]
-name = "bees"
-"""
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ from labeller.project import Project, init_project
 from labeller.taxonomy_file import parse_taxonomy_toml
 from labeller.thumbnails import thumbnail_file, thumbnail_path
 from tests.images import (
+    ANTS_AND_BEES as TAXONOMY,
+)
+from tests.images import (
     FORMATS,
     write_corrupt_png,
     write_exif_rotated_jpeg,
@@ -30,16 +33,6 @@ from tests.images import (
 )
 
 QUIET = ImportOptions(progress=False)
-TAXONOMY = """
-[[main]]
-name = "ants"
-  [[main.sub]]
-  name = "red"
-  [[main.sub]]
-  name = "black"
-[[main]]
-name = "bees"
-"""
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ elsewhere. A class that has annotations and is missing from the spec is an error
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -217,12 +217,7 @@ def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges
     merged_sources = {m.name: m.merge_into for m in spec.main_classes if m.merge_into is not None}
     _check_claims(existing, targets, merged_sources, session, changes)
 
-    # Names are unique: park every kept class under a temporary name so that swaps and renames onto a
-    # name freed in the same edit do not trip the constraint half-way.
-    for row in targets.values():
-        if row is not None:
-            row.name = f"/renaming/{row.id}"  # "/" is never in a real name
-    session.flush()
+    _park_names(session, targets.values())
 
     rows: dict[str, MainClass] = {}
     for position, entry in enumerate(spec.surviving_mains):
@@ -378,10 +373,7 @@ def _apply_subs(session: Session, main: MainClass, entry: MainClassEntry, change
     if problems:
         raise TaxonomyError("cannot apply the taxonomy:\n  " + "\n  ".join(problems))
 
-    for row in targets.values():
-        if row is not None:
-            row.name = f"/renaming/{row.id}"  # "/" is never in a real name
-    session.flush()
+    _park_names(session, targets.values())
     rows: dict[str, SubClass] = {}
     for position, sub_entry in enumerate(entry.surviving_subs):
         row = targets[sub_entry.name]
@@ -399,4 +391,13 @@ def _apply_subs(session: Session, main: MainClass, entry: MainClassEntry, change
         moved = _move_tags(session, source, rows[target_name])
         main.sub_classes.remove(source)
         changes.add(f"merged sub-class {main.name}/{source_name} into {main.name}/{target_name} ({moved} tags moved)")
+    session.flush()
+
+
+def _park_names(session: Session, rows: Iterable[MainClass | SubClass | None]) -> None:
+    """Names are unique: park every kept class under a temporary name first, so that swaps and renames
+    onto a name freed in the same edit do not trip the constraint half-way."""
+    for row in rows:
+        if row is not None:
+            row.name = f"/renaming/{row.id}"  # "/" is never in a real name
     session.flush()
