@@ -115,6 +115,25 @@ def classification_loss(logits: torch.Tensor, admissible: torch.Tensor) -> torch
     return logits.logsumexp(-1) - logits.masked_fill(~admissible, float("-inf")).logsumexp(-1)
 
 
+def consistency_loss(logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of q(y|x) against q(y|view of x) held fixed, per image.
+
+    The view is another image that should share x's class: a re-augmented copy, or one of x's nearest
+    neighbours (then the term is a graph regulariser that spreads the labels along the data manifold,
+    like label propagation, but through the classifier)."""
+    target = view_logits.detach().float().softmax(-1)
+    return -(target * logits.float().log_softmax(-1)).sum(-1)
+
+
+def prior_mismatch(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """KL(mean of q(y|x) over the batch || p(y)): how far the batch's aggregate posterior is from the prior.
+
+    Nothing in the M2 bound stops q(y|x) from giving one class a neighbour's images (on digits with 5 labels
+    per class, half the 1s went to 2); matching the aggregate to p(y) does, when p(y) is about right."""
+    mean_q = logits.float().softmax(-1).mean(0)
+    return (mean_q * (mean_q.clamp_min(1e-8).log() - log_prior)).sum()
+
+
 @dataclass
 class LossTerms:
     """What one training step optimises; every tensor is a scalar (batch means)."""
@@ -174,12 +193,16 @@ class M2(nn.Module):
         encoder_y: nn.Module,
         alpha: float,
         bounded: bool = True,
+        consistency: float = 0.0,
+        balance: float = 0.0,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.num_leaves = num_leaves
         self.latent_dim = latent_dim
         self.alpha = alpha
+        self.consistency = consistency
+        self.balance = balance
         self.encoder_y = encoder_y
         self.encoder_z_trunk = Encoder(arch, input_shape)
         self.encoder_z = GaussianHead(self.encoder_z_trunk.feature_dim, arch.dense[1], latent_dim, num_leaves)
@@ -208,19 +231,31 @@ class M2(nn.Module):
         return losses.index_put((image_index, leaf), pair_loss)
 
     def forward(
-        self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor, admissible: torch.Tensor
+        self,
+        x_unlabelled: torch.Tensor | None,
+        x_labelled: torch.Tensor,
+        admissible: torch.Tensor,
+        x_view: torch.Tensor | None = None,
     ) -> LossTerms:
+        """x_view: for each unlabelled image another one that should share its class (see consistency_loss)."""
         labelled_logits = self.classify(x_labelled)
         labelled_bound, classification = set_loss(labelled_logits, self.leaf_losses(x_labelled, admissible), admissible)
         loss = labelled_bound.mean() + self.alpha * classification.mean()
         terms = {"labelled_bound": labelled_bound.mean().detach(), "classification": classification.mean().detach()}
         if x_unlabelled is not None and len(x_unlabelled):
             everything = torch.ones(len(x_unlabelled), self.num_leaves, dtype=torch.bool, device=x_unlabelled.device)
-            unlabelled_bound, _ = set_loss(
-                self.classify(x_unlabelled), self.leaf_losses(x_unlabelled, everything), everything
-            )
+            unlabelled_logits = self.classify(x_unlabelled)
+            unlabelled_bound, _ = set_loss(unlabelled_logits, self.leaf_losses(x_unlabelled, everything), everything)
             loss = loss + unlabelled_bound.mean()
             terms["unlabelled_bound"] = unlabelled_bound.mean().detach()
+            if self.balance > 0:
+                balance = prior_mismatch(unlabelled_logits, self.log_prior_y)
+                loss = loss + self.balance * balance
+                terms["balance"] = balance.detach()
+            if x_view is not None and self.consistency > 0:
+                consistency = consistency_loss(unlabelled_logits, self.classify(x_view)).mean()
+                loss = loss + self.consistency * consistency
+                terms["consistency"] = consistency.detach()
         return LossTerms(loss, terms)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +295,11 @@ class M1Classifier(nn.Module):
         return self.vae.reconstruct(x)
 
     def forward(
-        self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor, admissible: torch.Tensor
+        self,
+        x_unlabelled: torch.Tensor | None,
+        x_labelled: torch.Tensor,
+        admissible: torch.Tensor,
+        x_view: torch.Tensor | None = None,
     ) -> LossTerms:
         classification = classification_loss(self.classify(x_labelled), admissible)
         return LossTerms(classification.mean(), {"classification": classification.mean().detach()})
@@ -297,10 +336,15 @@ class StackedM1M2(nn.Module):
         return self.vae.likelihood.mean(self.vae.decoder(self.m2.sample(leaf, generator)))
 
     def forward(
-        self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor, admissible: torch.Tensor
+        self,
+        x_unlabelled: torch.Tensor | None,
+        x_labelled: torch.Tensor,
+        admissible: torch.Tensor,
+        x_view: torch.Tensor | None = None,
     ) -> LossTerms:
         unlabelled = None if x_unlabelled is None else self._features(x_unlabelled, sample=True)
-        return self.m2(unlabelled, self._features(x_labelled, sample=True), admissible)
+        view = None if x_view is None else self._features(x_view, sample=True)
+        return self.m2(unlabelled, self._features(x_labelled, sample=True), admissible, view)
 
 
 class Supervised(nn.Module):
@@ -321,7 +365,11 @@ class Supervised(nn.Module):
         return self.classifier(x).float().softmax(-1)
 
     def forward(
-        self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor, admissible: torch.Tensor
+        self,
+        x_unlabelled: torch.Tensor | None,
+        x_labelled: torch.Tensor,
+        admissible: torch.Tensor,
+        x_view: torch.Tensor | None = None,
     ) -> LossTerms:
         classification = classification_loss(self.classify(x_labelled), admissible)
         return LossTerms(classification.mean(), {"classification": classification.mean().detach()})

@@ -149,12 +149,42 @@ class Decoder(nn.Module):
         return self.layers(self.first(z, leaf))
 
 
-class SmallClassifier(nn.Module):
-    """q(y|x) as logits over K leaves: the encoder's trunk with dropout (MC dropout gives BALD)."""
+class TinyConvEncoder(nn.Module):
+    """x -> features for tiny images (8 to 31 pixels), where 4 stride-2 convolutions do not fit: two
+    stages of two 3x3 convolutions and a 2x2 max-pool, then a dense layer."""
 
-    def __init__(self, arch: ArchSpec, input_shape: tuple[int, ...], num_leaves: int, dropout: float):
+    def __init__(self, input_shape: tuple[int, ...], widths: tuple[int, int] = (32, 64), dense: int = 256) -> None:
         super().__init__()
-        self.trunk = Encoder(arch, input_shape)
+        if len(input_shape) != 3 or min(input_shape[1:]) < 4:
+            raise ValueError(f"a tiny-image CNN needs (C, H, W) input of at least 4x4, got {input_shape}")
+        channels, height, width = input_shape
+        layers: list[nn.Module] = []
+        for out_channels in widths:
+            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), _activation()]
+            layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1), _activation(), nn.MaxPool2d(2)]
+            channels, height, width = out_channels, height // 2, width // 2
+        layers += [nn.Flatten(), nn.Linear(channels * height * width, dense), _activation()]
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SmallClassifier(nn.Module):
+    """q(y|x) as logits over K leaves: an encoder trunk (the table's, or ``trunk``) with dropout (MC
+    dropout gives BALD)."""
+
+    def __init__(
+        self,
+        arch: ArchSpec,
+        input_shape: tuple[int, ...],
+        num_leaves: int,
+        dropout: float,
+        trunk: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.trunk = trunk if trunk is not None else Encoder(arch, input_shape)
         self.head = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(self.trunk.feature_dim, arch.dense[1]),
@@ -228,8 +258,13 @@ def build_classifier(
             raise ValueError(f"vgg16 needs images of at least 32x32, got {input_shape}")
         return vgg16_classifier(num_leaves, vgg16_weights)
     if kind == "cnn":
-        if len(input_shape) != 3 or input_shape[1] < 32:
-            kind = "mlp"  # tiny images and latent vectors: an MLP is the CNN's honest equivalent
+        if len(input_shape) != 3:
+            kind = "mlp"  # latent vectors: an MLP is the CNN's honest equivalent
+        elif input_shape[1] < 32:
+            arch = arch_for("mlp")
+            return SmallClassifier(
+                arch, input_shape, num_leaves, dropout, TinyConvEncoder(input_shape, dense=arch.dense[0])
+            )
         else:
             return SmallClassifier(arch_for("conv"), input_shape, num_leaves, dropout)
     if kind == "mlp":

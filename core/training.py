@@ -38,6 +38,7 @@ from core.taxonomy import Taxonomy
 MODELS = ("m1", "m2", "m1m2", "supervised")
 CLASSIFIERS = ("auto", "cnn", "mlp", "vgg16")
 AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
+CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
 CHECKPOINT_FORMAT = 1
 
 
@@ -65,6 +66,15 @@ class TrainConfig:
     classifier: str = "auto"  # cnn, mlp, vgg16; auto: cnn for images >= 32 px, else mlp
     vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
     dropout: float = 0.3
+    # Weight of the consistency term of M2 (models.consistency_loss): q(y|x) of each unlabelled image is
+    # pulled towards q(y|view), the view being one of its pixel-space nearest neighbours ("neighbour") or a
+    # re-augmented copy ("augment"); auto: neighbours for tiny images, augmentation for photos.
+    consistency: float = 0.0
+    consistency_view: str = "auto"
+    neighbours: int = 7
+    # Weight of M2's prior-matching term (models.prior_mismatch): the mean q(y|x) of each unlabelled batch
+    # is pulled towards p(y), uniform over the leaves. Use it when the leaves are roughly balanced.
+    balance: float = 0.0
     likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
     augment: str = "auto"  # none, shift, crop_flip; auto: none for tiny images, crop_flip for photos
     device: str = "auto"
@@ -89,7 +99,12 @@ class TrainConfig:
             problems.append(f"likelihood must be auto or one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
-        for name in ("epochs", "batch_size", "labelled_batch_size", "latent_dim", "m1_latent_dim"):
+        if self.consistency_view not in CONSISTENCY_VIEWS:
+            problems.append(f"consistency_view must be one of {CONSISTENCY_VIEWS}, got {self.consistency_view!r}")
+        for name in ("consistency", "balance"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "labelled_batch_size", "latent_dim", "m1_latent_dim", "neighbours"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -147,6 +162,9 @@ def _resolved(config: TrainConfig, image_shape: tuple[int, int, int]) -> dict[st
         # Measured on digits (50 labels, M2, one seed): gaussian 90.0% vs bernoulli 88.2%.
         "likelihood": "gaussian" if config.likelihood == "auto" else config.likelihood,
         "augment": default_augmentation(image_shape) if config.augment == "auto" else config.augment,
+        "consistency_view": ("neighbour" if tiny else "augment")
+        if config.consistency_view == "auto"
+        else config.consistency_view,
     }
 
 
@@ -173,6 +191,8 @@ def build_model(
             chosen["likelihood"],
             classifier(image_shape, chosen["classifier"]),
             config.alpha,
+            consistency=config.consistency,
+            balance=config.balance,
         )
     if config.model == "m1":
         vae = VAE(arch, image_shape, config.latent_dim, chosen["likelihood"])
@@ -188,6 +208,8 @@ def build_model(
         classifier(latent_shape, "mlp"),
         config.alpha,
         bounded=False,
+        consistency=config.consistency,
+        balance=config.balance,
     )
     return StackedM1M2(vae, m2)
 
@@ -265,6 +287,11 @@ class _Fitter:
         self.val_labelled = labelled[val_pos]
         # Images whose label is used for training are not in the unlabelled stream; validation images are.
         self.unlabelled = np.setdiff1d(np.arange(pool.num_images), self.train_labelled)
+        self.neighbours = (
+            nearest_neighbours(self.images, config.neighbours)
+            if config.consistency > 0 and self.chosen["consistency_view"] == "neighbour"
+            else None
+        )
         self.validation: dict[str, float] = {}
         self.started = time.perf_counter()
         self.total_steps = 0
@@ -282,6 +309,15 @@ class _Fitter:
         """The same permutation on every rank, then each rank takes its shard."""
         order = np.random.default_rng([self.config.seed, epoch, 11]).permutation(indices)
         return order[self.dist.rank :: self.dist.world_size]
+
+    def view_batch(self, indices: np.ndarray) -> torch.Tensor | None:
+        """The consistency term's view of each image: a random nearest neighbour, or itself, re-augmented."""
+        if self.config.consistency <= 0:
+            return None
+        if self.neighbours is not None:
+            pick = self.rng.integers(0, self.neighbours.shape[1], size=len(indices))
+            indices = self.neighbours[indices, pick]
+        return self.batch(indices, train=True)
 
     def labelled_batch(self) -> np.ndarray:
         return self.rng.choice(self.train_labelled, size=self.config.labelled_batch_size, replace=True)
@@ -424,17 +460,18 @@ class _Fitter:
             terms: dict[str, float] = {}
             for self.step_no in range(1, steps + 1):
                 self.poll_stop()
-                x_unlabelled = None
+                x_unlabelled = x_view = None
                 if order is not None and len(order):
                     chunk = order[(self.step_no - 1) * self.config.batch_size : self.step_no * self.config.batch_size]
                     if len(chunk) == 0:
                         chunk = self.rng.choice(order, size=min(len(order), self.config.batch_size))
                     x_unlabelled = self.batch(chunk, train=True)
+                    x_view = self.view_batch(chunk)
                     self.images_seen += len(chunk)
                 labelled = self.labelled_batch()
                 x_labelled = self.batch(labelled, train=True)
                 admissible = self.admissible[torch.from_numpy(labelled).to(self.device)]
-                terms = self.step(trainable, optimiser, scaler, (x_unlabelled, x_labelled, admissible))
+                terms = self.step(trainable, optimiser, scaler, (x_unlabelled, x_labelled, admissible, x_view))
                 self.images_seen += len(labelled)
                 self.done_steps += 1
                 if self.step_no % self.config.progress_every == 0 and self.step_no != steps:
@@ -542,6 +579,23 @@ def fit(
         image_shape=pool.image_shape,
         latent_density=density,
     )
+
+
+@torch.no_grad()
+def nearest_neighbours(images: torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
+    """(N, k) indices of each image's k nearest other images by Euclidean pixel distance."""
+    flat = to_float(images.flatten(1))
+    squared = flat.pow(2).sum(1)
+    k = min(k, len(flat) - 1)
+    if k < 1:
+        return np.arange(len(flat))[:, None]  # a single image is its own neighbour
+    found = []
+    for start in range(0, len(flat), chunk):
+        rows = flat[start : start + chunk]
+        distances = squared[start : start + chunk, None] - 2 * rows @ flat.T + squared[None, :]
+        distances[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = float("inf")
+        found.append(distances.topk(k, largest=False).indices.cpu())
+    return torch.cat(found).numpy()
 
 
 @torch.no_grad()

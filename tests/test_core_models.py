@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from core.calibration import expected_calibration_error, fit_temperature
-from core.models import M2, VAE, classification_loss, set_loss
-from core.nets import LeafConditioned, arch_for, build_classifier
+from core.models import M2, VAE, classification_loss, consistency_loss, prior_mismatch, set_loss
+from core.nets import LeafConditioned, TinyConvEncoder, arch_for, build_classifier
 from core.taxonomy import Taxonomy
 from core.training import TrainConfig, build_model
 
@@ -125,3 +127,54 @@ def test_expected_calibration_error():
     assert expected_calibration_error(probs, calibrated_targets) < 0.02
     sharpened = probs**4 / (probs**4).sum(1, keepdims=True)
     assert expected_calibration_error(sharpened, calibrated_targets) > 0.05
+
+
+def test_consistency_pulls_q_towards_the_view_and_leaves_the_view_alone():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    view = torch.tensor([[2.0, 0.0, -1.0], [3.0, -3.0, 0.0]], requires_grad=True)
+    loss = consistency_loss(logits, view)
+    # Cross-entropy against the view's probabilities: at its minimum (equal to the view's entropy) when
+    # q(y|x) equals q(y|view), above it otherwise.
+    target = view.detach().softmax(-1)
+    entropy = -(target * target.log()).sum(-1)
+    assert torch.isclose(loss[0], entropy[0]) and loss[1] > entropy[1] + 0.5
+    loss.sum().backward()
+    assert view.grad is None or (view.grad == 0).all()  # the view is a fixed target
+    assert logits.grad[1].abs().sum() > 0
+
+
+def test_prior_mismatch_is_zero_at_the_prior_and_grows_as_one_class_takes_over():
+    log_prior = torch.full((4,), -np.log(4.0))
+    balanced = torch.eye(4) * 5.0  # each image confidently a different class: the mean is uniform
+    assert prior_mismatch(balanced, log_prior).abs() < 1e-6
+    one_class = torch.zeros(4, 4)
+    one_class[:, 0] = 5.0
+    assert prior_mismatch(one_class, log_prior) > 1.0
+
+
+@pytest.mark.parametrize("model_name", ["m2", "m1m2"])
+def test_consistency_and_balance_terms_join_the_loss_only_when_weighted(model_name):
+    taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
+    x, view = torch.rand(6, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    admissible = torch.tensor([[1, 0, 0], [0, 1, 0]], dtype=torch.bool)
+    config = TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6, dropout=0.0)
+    torch.manual_seed(0)
+    plain = build_model(config, taxonomy, (1, 8, 8))
+    torch.manual_seed(0)
+    weighted = build_model(replace(config, consistency=2.0, balance=3.0), taxonomy, (1, 8, 8))
+    weighted.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    base = plain(x[:4], x[4:], admissible, view)
+    torch.manual_seed(1)
+    extra = weighted(x[:4], x[4:], admissible, view)
+    assert "consistency" not in base.terms and "balance" not in base.terms
+    expected = base.loss + 2.0 * extra.terms["consistency"] + 3.0 * extra.terms["balance"]
+    assert torch.isclose(extra.loss, expected, rtol=1e-5)
+
+
+def test_tiny_images_get_a_convolutional_classifier():
+    for shape in ((1, 8, 8), (3, 16, 16)):
+        classifier = build_classifier("cnn", shape, 5)
+        assert isinstance(classifier.trunk, TinyConvEncoder)
+        assert classifier(torch.rand(2, *shape)).shape == (2, 5)
+    assert not isinstance(build_classifier("cnn", (32,), 5).trunk, TinyConvEncoder)  # vectors: an MLP

@@ -23,6 +23,7 @@ from core.training import (
     TrainingDiverged,
     fit,
     load_checkpoint,
+    nearest_neighbours,
     save_checkpoint,
 )
 
@@ -148,6 +149,36 @@ def test_bad_input_gets_a_clear_error():
         fit(pool_with_labels(images, y, 2), LOOPS.__class__.from_dict({"a": [], "b": []}), FAST)
     with pytest.raises(ValueError, match="admit no leaf"):
         LabelledPool(images, np.zeros((100, 10), dtype=bool), np.ones(100, dtype=bool))
+    with pytest.raises(ValueError, match="consistency_view must be one of"):
+        fit(pool_with_labels(images, y, 2), DIGITS, replace(FAST, consistency_view="mixup"))
+    with pytest.raises(ValueError, match="balance must be >= 0"):
+        fit(pool_with_labels(images, y, 2), DIGITS, replace(FAST, balance=-1.0))
+
+
+def test_nearest_neighbours_match_scikit_learn():
+    from sklearn.neighbors import NearestNeighbors
+
+    images, _ = digits(300)
+    found = nearest_neighbours(torch.from_numpy(images), 5, chunk=64)  # several chunks
+    flat = images.reshape(300, -1).astype(np.float64) / 255
+    _, expected = NearestNeighbors(n_neighbors=6).fit(flat).kneighbors(flat)
+    assert found.shape == (300, 5) and not (found == np.arange(300)[:, None]).any()  # never itself
+    agree = np.mean([len(set(a) & set(b[1:])) / 5 for a, b in zip(found, expected, strict=True)])
+    assert agree > 0.98  # exact up to ties in distance
+
+
+def test_neighbour_consistency_and_balance_train_and_are_reported():
+    images, y = digits(400)
+    seen: list[Progress] = []
+    config = replace(FAST, consistency=20.0, balance=20.0, val_fraction=0.0)
+    trained = fit(pool_with_labels(images, y, 3), DIGITS, config, on_progress=seen.append)
+    assert trained.metrics["consistency_view"] == "neighbour"  # auto for tiny images
+    terms = seen[-1].loss_terms
+    assert terms["consistency"] > 0 and terms["balance"] >= 0
+    photos = TrainConfig(consistency=1.0)
+    from core.training import _resolved
+
+    assert _resolved(photos, (3, 64, 64))["consistency_view"] == "augment"
 
 
 def test_checkpoint_round_trip_is_atomic(small_fit, tmp_path, monkeypatch):

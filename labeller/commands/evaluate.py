@@ -59,7 +59,12 @@ def _csv(kind: type, value: str) -> tuple:
     help="k-centre diversification of each active round in latent space.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs per model. Default: the project setting.")
-@click.option("--warm-epochs", type=click.IntRange(min=1), help="Epochs of each warm-started active round.")
+@click.option(
+    "--warm-epochs",
+    type=click.IntRange(min=1),
+    help="Continue each active round from the previous model for this many epochs instead of retraining "
+    "(faster; measured much worse for M2 on digits).",
+)
 @click.option("--image-size", type=click.IntRange(min=4), help="Default: the project setting (training.image_size).")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Default: the project setting (training.channels).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. Default: the project setting.")
@@ -107,10 +112,13 @@ def evaluate_command(
         round_size=round_size,
         initial_selection=initial_selection,
         diversify=diversify,
+        warm_start=warm_epochs is not None,
         warm_epochs=warm_epochs,
         train={
             "epochs": epochs or training.epochs,
             "batch_size": training.batch_size,
+            "consistency": training.consistency,
+            "balance": training.balance,
             "device": device or training.device,
         },
     )

@@ -55,6 +55,8 @@ def train_config(context: JobContext) -> Any:
         "model": params.get("model", settings.model),
         "epochs": int(params.get("epochs", settings.epochs)),
         "batch_size": int(params.get("batch_size", settings.batch_size)),
+        "consistency": float(params.get("consistency", settings.consistency)),
+        "balance": float(params.get("balance", settings.balance)),
         "device": context.device,
         **dict(params.get("config", {})),
     }
