@@ -170,6 +170,19 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
             coverage="typical",
             train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
         ),
+        # The same, starting from the 10 most typical pool images (TypiClust) instead of 10 uniform ones.
+        "digits_typical_start": EvaluationConfig(
+            budgets=(20, 50, 100),
+            strategies=("entropy",),
+            models=("m2",),
+            baselines=(),
+            seeds=3,
+            initial_selection="typical",
+            diversify=True,
+            exploration=0.2,
+            coverage="typical",
+            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
+        ),
         "hymenoptera_diverse": EvaluationConfig(
             budgets=(20, 50, 100),
             strategies=("entropy",),

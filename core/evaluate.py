@@ -19,7 +19,8 @@ Protocol (that of ``../shared/anchors/digits.py``, so numbers compare with the a
   Ties in the score are broken at random (the anchors use ``argsort`` order; LabelSpreading gives many
   exact ties on points its graph does not reach, so active LabelSpreading numbers differ slightly).
 Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features (the
-tool's cold start) and ``diversify=True`` spreads each round by k-centre over the ``5 x round_size`` most
+tool's cold start), ``"typical"`` from the most typical image of each of ``initial_labels`` k-means
+clusters (TypiClust); ``diversify=True`` spreads each round by k-centre over the ``5 x round_size`` most
 uncertain candidates in the model's latent space (pixels for the scikit-learn learners);
 ``exploration`` gives a share of each round to coverage, ``coverage="typical"`` choosing the most typical
 image of the largest unlabelled k-means cluster (TypiClust) rather than the farthest one.
@@ -65,12 +66,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.acquisition import STRATEGY_NAMES, cold_start, get_strategy
+from core.acquisition import STRATEGY_NAMES, cold_start, get_strategy, typical_coverage
 from core.taxonomy import Taxonomy
 
 SCHEMA = "latent-labeller/evaluate/1"
 VAE_MODELS = ("m1", "m2", "m1m2", "supervised")
 BASELINES = ("label_spreading", "logistic_regression")
+INITIAL_SELECTIONS = ("random", "typical", "diverse")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ class EvaluationConfig:
     test_fraction: float = 0.3
     split_seed: int = 0
     initial_labels: int = 10
-    # How the first labels of an active run are chosen: "random" (the anchors' protocol) or "diverse"
+    # How the first labels of an active run are chosen: "random" (the anchors' protocol), "typical" (TypiClust
+    # on the features) or "diverse"
     # (k-centre on the features, the tool's cold start without a model).
     initial_selection: str = "random"
     round_size: int = 5
@@ -225,8 +228,8 @@ class EvaluationConfig:
             problems.append(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
         if self.seeds < 1:
             problems.append(f"seeds must be >= 1, got {self.seeds}")
-        if self.initial_selection not in ("random", "diverse"):
-            problems.append(f"initial_selection must be random or diverse, got {self.initial_selection!r}")
+        if self.initial_selection not in INITIAL_SELECTIONS:
+            problems.append(f"initial_selection must be one of {INITIAL_SELECTIONS}, got {self.initial_selection!r}")
         if self.initial_labels < 1 or self.round_size < 1:
             problems.append("initial_labels and round_size must be >= 1")
         if problems:
@@ -632,7 +635,9 @@ def _active_runs(
     )
     rng = np.random.default_rng(seed)
     initial = min(config.initial_labels, len(pool))
-    if config.initial_selection == "diverse":
+    if config.initial_selection == "typical":
+        labelled = typical_coverage(data.features[pool], np.arange(len(pool)), None, initial, rng=rng)
+    elif config.initial_selection == "diverse":
         labelled = cold_start(np.arange(len(pool)), initial, rng=rng, features=data.features[pool])
     else:
         labelled = rng.choice(len(pool), initial, replace=False)

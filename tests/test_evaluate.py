@@ -200,3 +200,14 @@ def test_diverse_cold_start_and_parallel_parts_merge_into_one_result() -> None:
     with pytest.raises(ValueError, match="different datasets"):
         other = from_class_labels("other", data.images[:50], data.main_labels[:50], [str(d) for d in range(10)])
         EvaluationResult.merge([whole, evaluate(other, EvaluationConfig(budgets=(10,), models=(), seeds=1))])
+
+
+def test_typical_start_labels_the_typical_image_of_each_cluster_and_covers_the_digits() -> None:
+    data = digits_data()
+    config = EvaluationConfig(budgets=(10,), strategies=("entropy",), models=(), seeds=3, initial_selection="typical")
+    result = evaluate(data, config)
+    covered = [run.classes_labelled for run in result.runs]
+    # 10 typical images of 10 k-means clusters of the pixels: the clusters are nearly the digits.
+    assert min(covered) >= 8, covered
+    uniform = evaluate(data, dataclasses.replace(config, initial_selection="random"))
+    assert np.mean(covered) > np.mean([run.classes_labelled for run in uniform.runs])

@@ -47,10 +47,11 @@ def _csv(kind: type, value: str) -> tuple:
 @click.option("--round-size", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per active round.")
 @click.option(
     "--initial-selection",
-    type=click.Choice(["random", "diverse"]),
+    type=click.Choice(["random", "typical", "diverse"]),
     default="random",
     show_default=True,
-    help="First labels of an active run: uniformly random, or spread out by k-centre on pixels.",
+    help="First labels of an active run: uniformly random, the most typical image of each k-means cluster "
+    "of the pixels, or spread out by k-centre on pixels.",
 )
 @click.option(
     "--diversify/--no-diversify",

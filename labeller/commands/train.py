@@ -33,7 +33,12 @@ NO_WORKER_HINT_SECONDS = 15.0
     show_default=True,
     help="auto: promote when at least as accurate as the active version on the audit slice.",
 )
-@click.option("--warm-start", is_flag=True, help="Start from the active version's weights when compatible.")
+@click.option(
+    "--warm-start",
+    is_flag=True,
+    help="Start from the active version's weights when compatible. Off by default: on digits, M2 continued "
+    "from a model of few labels stayed in that model's clusters (benchmarks/results/label_efficiency/ANALYSIS.md).",
+)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 def train_command(
     project: Path,
