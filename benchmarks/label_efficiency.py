@@ -255,7 +255,13 @@ def summary_rows(results: dict[str, EvaluationResult]) -> list[dict[str, Any]]:
 
 
 def report(
-    out_dir: Path, results: dict[str, EvaluationResult], *, quick: bool, machine: str, wall_seconds: float | None
+    out_dir: Path,
+    results: dict[str, EvaluationResult],
+    *,
+    quick: bool,
+    machine: str,
+    wall_seconds: float | None,
+    variants_run: list[str] | None = None,
 ) -> dict[str, Any]:
     targets = target_rows(results)
     met = ", ".join(
@@ -271,6 +277,8 @@ def report(
             "Test main-class accuracy, mean and std over seeds; details per dataset in label_efficiency/. "
             f"Targets: {met or 'none evaluated'}."
         ),
+        # A partial run (--only) measures some variants on this machine and keeps the others from units.jsonl.
+        "variants_run": variants_run if variants_run is not None else sorted(results),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         # Summed over the parallel processes: the work, not the waiting.
         "process_seconds": {name: round(r.seconds, 1) for name, r in results.items()},
@@ -353,7 +361,9 @@ def main(
     results = _merge_units(units_file, planned)
     for name, result in results.items():
         _write_details(result, details / f"{name}.json")
-    return report(out_dir, results, quick=quick, machine=_machine(device), wall_seconds=wall_seconds)
+    return report(
+        out_dir, results, quick=quick, machine=_machine(device), wall_seconds=wall_seconds, variants_run=sorted(plan)
+    )
 
 
 def _merge_units(units_file: Path, plan: dict[str, EvaluationConfig]) -> dict[str, EvaluationResult]:
@@ -386,8 +396,14 @@ def render(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     results = _merge_units(out_dir / DETAILS / UNITS_FILE, configs(quick, "auto"))
     for name, result in results.items():
         _write_details(result, out_dir / DETAILS / f"{name}.json")
-    machine, wall_seconds = saved.get("machine", "unknown"), saved.get("wall_seconds")
-    return report(out_dir, results, quick=quick, machine=machine, wall_seconds=wall_seconds)
+    return report(
+        out_dir,
+        results,
+        quick=quick,
+        machine=saved.get("machine", "unknown"),
+        wall_seconds=saved.get("wall_seconds"),
+        variants_run=saved.get("variants_run"),
+    )
 
 
 if __name__ == "__main__":

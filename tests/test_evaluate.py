@@ -172,12 +172,17 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
     assert all(row["seeds"] == 2 for row in written["summary"])
     assert out.with_suffix(".md").is_file() and out.with_suffix(".html").is_file()
     assert written["config"]["initial_selection"] == "diverse" and written["config"]["diversify"] is True
+    assert written["config"]["warm_start"] is False  # every active round retrains unless --warm-epochs
     # Two well-separated classes: label spreading on pixels gets them right.
     spreading = [row for row in written["summary"] if row["model"] == "label_spreading"]
     assert min(row["main_accuracy_mean"] for row in spreading) >= 0.8
 
     bad = CliRunner().invoke(cli, [*arguments[:3], "0,-5", *arguments[4:]])
     assert bad.exit_code != 0 and "budgets" in bad.output
+    warm = CliRunner().invoke(cli, [*arguments, "--warm-epochs", "1", "--seeds", "1"], catch_exceptions=False)
+    assert warm.exit_code == 0, warm.output
+    config = json.loads(out.read_text())["config"]
+    assert config["warm_start"] is True and config["warm_epochs"] == 1
 
 
 def test_diverse_cold_start_and_parallel_parts_merge_into_one_result() -> None:
