@@ -106,8 +106,25 @@ def stop(served: Served) -> None:
     _terminate(served.app)
 
 
+def _stop_requested(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def serve(project: Project, *, port: int | None = None, with_worker: bool = True) -> int:
-    """Run until Ctrl-C (or the app exits); restart a worker that dies. Returns the app's exit code."""
+    """Run until Ctrl-C or SIGTERM (or the app exits); restart a worker that dies. Returns the app's exit code.
+
+    Both signals are handled explicitly: a process started in the background inherits an ignored SIGINT,
+    and a plain SIGTERM (``docker stop``, systemd) would otherwise leave the app and worker, which run in
+    sessions of their own, behind."""
+    previous = {sig: signal.signal(sig, _stop_requested) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(project, port=port, with_worker=with_worker)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(project: Project, *, port: int | None, with_worker: bool) -> int:
     served = start(project, port=port, with_worker=with_worker)
     print(f"Latent Labeller: {served.url}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
     restarts = 0

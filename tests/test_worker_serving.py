@@ -8,6 +8,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from db.schema import JobStatus
 from labeller.serving import free_port
 from tests.worker_helpers import enqueue, job_row, make_project, wait_for, wait_for_status, worker_environment
@@ -21,7 +23,16 @@ def _health(port: int) -> bool:
         return False
 
 
-def test_serve_runs_the_app_and_a_worker_and_ctrl_c_stops_both(tmp_path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does to a command started with '&'
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "started_in_background"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c", "ctrl-c-background", "sigterm"],
+)
+def test_serve_runs_the_app_and_a_worker_and_a_signal_stops_both(tmp_path, stop_signal, started_in_background) -> None:
     project = make_project(tmp_path, labelled_per_class=0, unlabelled=0)
     port = free_port()
     served = subprocess.Popen(
@@ -38,12 +49,13 @@ def test_serve_runs_the_app_and_a_worker_and_ctrl_c_stops_both(tmp_path) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint if started_in_background else None,
     )
     try:
         wait_for(lambda: _health(port), 120, "the app to answer its health check", interval=0.5)
         ping = enqueue(project, "ping")
         wait_for_status(project, ping, (JobStatus.SUCCEEDED,), timeout=60)  # the worker runs jobs
-        served.send_signal(signal.SIGINT)
+        served.send_signal(stop_signal)
         assert served.wait(timeout=60) == 0
     finally:
         if served.poll() is None:
