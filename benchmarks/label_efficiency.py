@@ -266,8 +266,13 @@ def report(
     targets = target_rows(results)
     met = ", ".join(
         f"{t['dataset']} {t['acquisition']} @{t['labels']}: {'met' if t['met'] else 'NOT met'} "
-        f"({100 * t['accuracy']:.1f}% vs {100 * t['target']:.0f}%)"
+        f"({100 * t['accuracy']:.2f}% vs {100 * t['target']:.0f}%)"
         for t in targets
+    )
+    variants_run = variants_run if variants_run is not None else sorted(results)
+    kept = sorted(set(results) - set(variants_run))
+    provenance = f" Measured on this machine: {', '.join(variants_run)}" + (
+        f"; kept from earlier runs (units.jsonl): {', '.join(kept)}." if kept else "."
     )
     result = {
         "name": "label_efficiency",
@@ -275,10 +280,10 @@ def report(
         "machine": machine,
         "note": (
             "Test main-class accuracy, mean and std over seeds; details per dataset in label_efficiency/. "
-            f"Targets: {met or 'none evaluated'}."
+            f"Targets: {met or 'none evaluated'}.{provenance}"
         ),
         # A partial run (--only) measures some variants on this machine and keeps the others from units.jsonl.
-        "variants_run": variants_run if variants_run is not None else sorted(results),
+        "variants_run": variants_run,
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         # Summed over the parallel processes: the work, not the waiting.
         "process_seconds": {name: round(r.seconds, 1) for name, r in results.items()},
