@@ -288,7 +288,7 @@ class _Fitter:
         # Images whose label is used for training are not in the unlabelled stream; validation images are.
         self.unlabelled = np.setdiff1d(np.arange(pool.num_images), self.train_labelled)
         self.neighbours = (
-            nearest_neighbours(self.images, config.neighbours)
+            nearest_neighbours(self.images, config.neighbours, rng=np.random.default_rng([config.seed, 13]))
             if config.consistency > 0 and self.chosen["consistency_view"] == "neighbour"
             else None
         )
@@ -582,19 +582,37 @@ def fit(
 
 
 @torch.no_grad()
-def nearest_neighbours(images: torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
-    """(N, k) indices of each image's k nearest other images by Euclidean pixel distance."""
+def nearest_neighbours(
+    images: torch.Tensor,
+    k: int,
+    *,
+    chunk: int = 1024,
+    max_reference: int = 50_000,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """(N, k) indices of each image's k nearest other images by Euclidean pixel distance.
+
+    Beyond ``max_reference`` images the neighbours are sought among a random sample of that many, so the
+    cost grows as N x max_reference rather than N squared."""
     flat = to_float(images.flatten(1))
-    squared = flat.pow(2).sum(1)
-    k = min(k, len(flat) - 1)
+    count = len(flat)
+    k = min(k, count - 1)
     if k < 1:
-        return np.arange(len(flat))[:, None]  # a single image is its own neighbour
+        return np.arange(count)[:, None]  # a single image is its own neighbour
+    if count > max_reference:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        reference = torch.from_numpy(np.sort(rng.choice(count, max_reference, replace=False))).to(flat.device)
+    else:
+        reference = torch.arange(count, device=flat.device)
+    candidates = flat[reference]
+    candidate_norms = candidates.pow(2).sum(1)
     found = []
-    for start in range(0, len(flat), chunk):
+    for start in range(0, count, chunk):
         rows = flat[start : start + chunk]
-        distances = squared[start : start + chunk, None] - 2 * rows @ flat.T + squared[None, :]
-        distances[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = float("inf")
-        found.append(distances.topk(k, largest=False).indices.cpu())
+        distances = rows.pow(2).sum(1, keepdim=True) - 2 * rows @ candidates.T + candidate_norms[None, :]
+        row_index = torch.arange(start, start + len(rows), device=flat.device)
+        distances.masked_fill_(reference[None, :] == row_index[:, None], float("inf"))  # never itself
+        found.append(reference[distances.topk(k, largest=False).indices].cpu())
     return torch.cat(found).numpy()
 
 

@@ -165,6 +165,10 @@ def test_nearest_neighbours_match_scikit_learn():
     assert found.shape == (300, 5) and not (found == np.arange(300)[:, None]).any()  # never itself
     agree = np.mean([len(set(a) & set(b[1:])) / 5 for a, b in zip(found, expected, strict=True)])
     assert agree > 0.98  # exact up to ties in distance
+    # A large pool searches a random reference sample: still never itself, always from the sample.
+    sampled = nearest_neighbours(torch.from_numpy(images), 5, chunk=64, max_reference=100)
+    assert sampled.shape == (300, 5) and not (sampled == np.arange(300)[:, None]).any()
+    assert len(np.unique(sampled)) <= 100
 
 
 def test_neighbour_consistency_and_balance_train_and_are_reported():
