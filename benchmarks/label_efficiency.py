@@ -44,7 +44,7 @@ UNITS_FILE = "units.jsonl"
 # model's epochs pass over the labelled images only, so it needs many more of them.
 DIGITS_TRAIN: dict[str, Any] = {"epochs": 60, "val_fraction": 0.0, "augment": "none"}
 # Chosen on seed 0-2, 50 random labels: consistency 20 alone 91.3% (1 / 5 / 50 / 150: 91.1 / 92.4 / 91.5 /
-# 88.5% on seed 0); with balance 20: 93.9%; 12 neighbours or a 2x sharper target did not help.
+# 88.5% on seed 0); with balance 20: 94.0%; 12 neighbours or a 2x sharper target did not help (ANALYSIS.md).
 DIGITS_CONSISTENCY: dict[str, Any] = {"consistency": 20.0, "balance": 20.0}
 DIGITS_MODEL_TRAIN: dict[str, dict[str, Any]] = {"supervised": {"epochs": 300}, "m1m2": {"epochs": 30}}
 HYMENOPTERA_TRAIN: dict[str, Any] = {"epochs": 60, "val_fraction": 0.0, "alpha": 100.0}

@@ -190,8 +190,7 @@ class EvaluationConfig:
     split_seed: int = 0
     initial_labels: int = 10
     # How the first labels of an active run are chosen: "random" (the anchors' protocol), "typical" (TypiClust
-    # on the features) or "diverse"
-    # (k-centre on the features, the tool's cold start without a model).
+    # on the features) or "diverse" (k-centre on the features, the tool's cold start without a model).
     initial_selection: str = "random"
     round_size: int = 5
     balanced_random: bool = True

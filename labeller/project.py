@@ -43,7 +43,7 @@ class TrainingSettings:
     epochs: int = 30
     batch_size: int = 64
     # M2's consistency and prior-matching weights (core.training.TrainConfig): 20 and 20 took random-label
-    # digits from 89.9% to 93.9% at 50 labels; balance assumes roughly balanced leaves, so it is off by default.
+    # digits from 89.9% to 94.0% at 50 labels; balance assumes roughly balanced leaves, so it is off by default.
     consistency: float = 0.0
     balance: float = 0.0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
