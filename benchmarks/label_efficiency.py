@@ -170,6 +170,18 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
             coverage="typical",
             train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
         ),
+        # The same with the tiny-image CNN as q(y|x) instead of the MLP.
+        "digits_consistency_cnn": EvaluationConfig(
+            budgets=(20, 50, 100),
+            strategies=("random", "entropy"),
+            models=("m2",),
+            baselines=(),
+            seeds=3,
+            diversify=True,
+            exploration=0.2,
+            coverage="typical",
+            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "classifier": "cnn", "device": device},
+        ),
         # The same, starting from the 10 most typical pool images (TypiClust) instead of 10 uniform ones.
         "digits_typical_start": EvaluationConfig(
             budgets=(20, 50, 100),
