@@ -87,7 +87,7 @@ def test_scores_have_the_right_shapes_and_main_is_the_sum_of_leaves():
 def test_bald_is_positive_with_mc_dropout(small_fit):
     trained, images = small_fit
     scores = score_pool(trained, images[:100], mc_samples=6)
-    assert scores.bald.mean() > 1e-4
+    assert (scores.bald > 0).mean() > 0.9  # dropout masks disagree on nearly every image
     without = score_pool(trained, images[:100], mc_samples=0)
     assert (without.bald == 0).all()
     np.testing.assert_allclose(scores.leaf_probs, without.leaf_probs, atol=1e-5)  # MC leaves q(y|x) alone

@@ -88,7 +88,7 @@ def test_end_to_end_on_a_digits_subset_with_a_real_model(tmp_path: Path) -> None
         seeds=1,
         initial_labels=20,
         round_size=10,
-        train={"epochs": 2, "device": "cpu", "batch_size": 64},
+        train={"epochs": 20, "device": "cpu", "batch_size": 64},
     )
     messages: list[str] = []
     result = evaluate(data, config, on_event=messages.append)
@@ -110,7 +110,7 @@ def test_end_to_end_on_a_digits_subset_with_a_real_model(tmp_path: Path) -> None
     written = json.loads(paths["json"].read_text())
     assert written["schema"] == SCHEMA
     assert written["dataset"]["num_test"] == 90 and written["dataset"]["num_pool"] == 210
-    assert written["config"]["train"]["epochs"] == 2
+    assert written["config"]["train"]["epochs"] == 20
     row = next(r for r in written["summary"] if r["model"] == "m2" and r["strategy"] == "entropy")
     assert row["seeds"] == 1 and row["main_accuracy_std"] == 0.0
     assert "| m2 | entropy | 30 |" in paths["markdown"].read_text()
