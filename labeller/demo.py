@@ -55,8 +55,9 @@ DEMO_TAXONOMY = TaxonomySpec(
 )
 DEMO_ANNOTATOR = "demo"
 TRUTH_FILE = "demo_truth.csv"
-# The digits are 8x8 at heart: 16 greyscale pixels keep all they hold and train M2 (its MLP variant) in
-# about a minute on two CPU cores; the 64-pixel RGB defaults would take over an hour there.
+# The digits are 8x8 at heart: 16 greyscale pixels keep all they hold and train M2 (MLP encoder and decoder,
+# the tiny-image CNN as q(y|x)) in under a minute on two CPU cores; the 64-pixel RGB defaults would take
+# over an hour there.
 # The digits' leaves are balanced, so the prior-matching term is safe here (see TrainingSettings).
 DEMO_TRAINING = TrainingSettings(model="m2", image_size=16, channels=1, epochs=20, consistency=20.0, balance=20.0)
 
