@@ -198,6 +198,18 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
             coverage="typical",
             train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
         ),
+        "digits_typical_start_cnn": EvaluationConfig(
+            budgets=(20, 50, 100),
+            strategies=("entropy",),
+            models=("m2",),
+            baselines=(),
+            seeds=3,
+            initial_selection="typical",
+            diversify=True,
+            exploration=0.2,
+            coverage="typical",
+            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "classifier": "cnn", "device": device},
+        ),
         "hymenoptera_diverse": EvaluationConfig(
             budgets=(20, 50, 100),
             strategies=("entropy",),
