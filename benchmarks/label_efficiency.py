@@ -105,6 +105,21 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
                 model_train={"supervised": {"epochs": 20}},
             ),
         }
+    # M2 with the neighbour-consistency and prior-matching terms (TrainConfig.consistency / balance),
+    # retrained every round; active = entropy + k-centre + 20% typical coverage.
+    consistency = EvaluationConfig(
+        budgets=(20, 50, 100),
+        strategies=("random", "entropy"),
+        models=("m2",),
+        baselines=(),
+        seeds=3,
+        diversify=True,
+        exploration=0.2,
+        coverage="typical",
+        train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
+    )
+    # Its active arm started from the 10 most typical pool images (TypiClust) instead of 10 uniform ones.
+    typical_start = dataclasses.replace(consistency, strategies=("entropy",), initial_selection="typical")
     return {
         "digits": EvaluationConfig(
             budgets=(20, 50, 100),
@@ -159,57 +174,10 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
             train={**DIGITS_TRAIN, "device": device},
             model_train=DIGITS_MODEL_TRAIN,
         ),
-        # M2 with the neighbour-consistency and prior-matching terms (TrainConfig.consistency / balance),
-        # retrained every round; active = entropy + k-centre + 20% typical coverage.
-        "digits_consistency": EvaluationConfig(
-            budgets=(20, 50, 100),
-            strategies=("random", "entropy"),
-            models=("m2",),
-            baselines=(),
-            seeds=3,
-            diversify=True,
-            exploration=0.2,
-            coverage="typical",
-            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
-        ),
-        # digits_consistency with the tiny-image CNN as q(y|x) instead of the MLP.
-        "digits_consistency_cnn": EvaluationConfig(
-            budgets=(20, 50, 100),
-            strategies=("random", "entropy"),
-            models=("m2",),
-            baselines=(),
-            seeds=3,
-            diversify=True,
-            exploration=0.2,
-            coverage="typical",
-            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "classifier": "cnn", "device": device},
-        ),
-        # digits_consistency (active arm), starting from the 10 most typical pool images (TypiClust) instead of
-        # 10 uniform ones.
-        "digits_typical_start": EvaluationConfig(
-            budgets=(20, 50, 100),
-            strategies=("entropy",),
-            models=("m2",),
-            baselines=(),
-            seeds=3,
-            initial_selection="typical",
-            diversify=True,
-            exploration=0.2,
-            coverage="typical",
-            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "device": device},
-        ),
-        "digits_typical_start_cnn": EvaluationConfig(
-            budgets=(20, 50, 100),
-            strategies=("entropy",),
-            models=("m2",),
-            baselines=(),
-            seeds=3,
-            initial_selection="typical",
-            diversify=True,
-            exploration=0.2,
-            coverage="typical",
-            train={**DIGITS_TRAIN, **DIGITS_CONSISTENCY, "classifier": "cnn", "device": device},
-        ),
+        "digits_consistency": consistency,
+        "digits_consistency_cnn": with_cnn(consistency),
+        "digits_typical_start": typical_start,
+        "digits_typical_start_cnn": with_cnn(typical_start),
         "hymenoptera_diverse": EvaluationConfig(
             budgets=(20, 50, 100),
             strategies=("entropy",),
@@ -225,6 +193,11 @@ def configs(quick: bool, device: str) -> dict[str, EvaluationConfig]:
             model_train=HYMENOPTERA_MODEL_TRAIN,
         ),
     }
+
+
+def with_cnn(config: EvaluationConfig) -> EvaluationConfig:
+    """The same variant with the tiny-image CNN as q(y|x) instead of the pinned MLP."""
+    return dataclasses.replace(config, train={**config.train, "classifier": "cnn"})
 
 
 def base_dataset(name: str) -> str:

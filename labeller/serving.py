@@ -77,15 +77,15 @@ def start(project: Project, *, port: int | None = None, with_worker: bool = True
     if not APP_ENTRY.is_file():
         raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
     port = port or free_port()
-    env = {**os.environ, "LABELLER_PROJECT": str(project.root)}
-    app = _spawn(streamlit_command(project, port), env)
-    worker = _spawn(worker_command(project), env) if with_worker else None
+    app = _spawn(streamlit_command(project, port), project)
+    worker = _spawn(worker_command(project), project) if with_worker else None
     return Served(app=app, worker=worker, port=port)
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _spawn(command: list[str], project: Project) -> subprocess.Popen:
     # A session of their own: a Ctrl-C in the terminal reaches only ``serve``, which then stops each
     # child once with SIGTERM (a worker that got SIGINT too would take SIGTERM as a second, hard stop).
+    env = {**os.environ, "LABELLER_PROJECT": str(project.root)}
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
@@ -138,9 +138,7 @@ def _run(project: Project, *, port: int | None, with_worker: bool) -> int:
                 else:
                     restarts += 1
                     print(f"the worker exited with code {code}; restarting it", file=sys.stderr)
-                    served.worker = _spawn(
-                        worker_command(project), {**os.environ, "LABELLER_PROJECT": str(project.root)}
-                    )
+                    served.worker = _spawn(worker_command(project), project)
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
