@@ -171,6 +171,72 @@ class TinyConvEncoder(nn.Module):
         return self.layers(x)
 
 
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> hue, saturation, value, each in [0, 1]."""
+    red, green, blue = x.unbind(1)
+    value, brightest = x.max(1)
+    delta = value - x.min(1).values
+    saturation = torch.where(value > 0, delta / value.clamp_min(1e-8), torch.zeros_like(value))
+    safe = delta.clamp_min(1e-8)
+    hue = torch.stack([((green - blue) / safe) % 6, (blue - red) / safe + 2, (red - green) / safe + 4])
+    hue = hue.gather(0, brightest.unsqueeze(0)).squeeze(0) / 6
+    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
+    return torch.stack([hue, saturation, value], 1)
+
+
+class ColourHistogram(nn.Module):
+    """x -> joint hue/saturation/value histograms of the whole image and of its central half, square-rooted
+    (so a linear layer on them compares distributions like the Hellinger distance). No weights: they are
+    fixed features, computed on the fly so augmentation and every device work unchanged.
+
+    Why: photo classes are often told apart by colour and background (bees on flowers, ants on soil), and
+    a CNN trained from scratch on 100 photos learns those statistics worse than it is given them. Measured
+    on hymenoptera (100 random labels, logistic regression, 10 draws): 74.6% against 68.4% for the CNN
+    trained on every label (benchmarks/results/label_efficiency/ANALYSIS.md).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], bins: tuple[int, int, int] = (16, 4, 4)) -> None:
+        super().__init__()
+        if len(input_shape) != 3 or input_shape[0] != 3:
+            raise ValueError(f"colour histograms need RGB images (3, H, W), got {input_shape}")
+        self.bins = bins
+        self.feature_dim = 2 * math.prod(bins)
+        # Bins differ in scale by orders of magnitude; standardising them is worth 2-3 points (measured with
+        # an MLP on 100 hymenoptera labels: 73.7-74.1% against 70.7-72.2% without).
+        self.standardise = nn.BatchNorm1d(self.feature_dim, affine=False)
+
+    def _histogram(self, hsv: torch.Tensor) -> torch.Tensor:
+        levels = torch.tensor(self.bins, device=hsv.device).view(1, 3, 1, 1)
+        index = (hsv * levels).long().clamp_max(levels - 1)  # value 1.0 belongs to the top bin
+        flat = (index[:, 0] * self.bins[1] + index[:, 1]) * self.bins[2] + index[:, 2]
+        flat = flat.flatten(1)
+        counts = torch.zeros(len(flat), math.prod(self.bins), device=hsv.device)
+        counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=counts.dtype))
+        return (counts / flat.shape[1]).sqrt()
+
+    def histograms(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, feature_dim): square-rooted bin frequencies, whole then centre."""
+        hsv = rgb_to_hsv(x.float().clamp(0, 1))
+        height, width = hsv.shape[-2:]
+        centre = hsv[..., height // 4 : height - height // 4, width // 4 : width - width // 4]
+        return torch.cat([self._histogram(hsv), self._histogram(centre)], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardise(self.histograms(x))
+
+
+class CombinedTrunk(nn.Module):
+    """Several trunks side by side: their features concatenated."""
+
+    def __init__(self, *trunks: nn.Module) -> None:
+        super().__init__()
+        self.trunks = nn.ModuleList(trunks)
+        self.feature_dim = sum(trunk.feature_dim for trunk in trunks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([trunk(x) for trunk in self.trunks], 1)
+
+
 class SmallClassifier(nn.Module):
     """q(y|x) as logits over K leaves: an encoder trunk (the table's, or ``trunk``) with dropout (MC
     dropout gives BALD)."""
@@ -252,7 +318,8 @@ def build_classifier(
     dropout: float = 0.3,
     vgg16_weights: Path | str | None = None,
 ) -> nn.Module:
-    """q(y|x): ``cnn`` / ``mlp`` (the small nets of the table) or ``vgg16``."""
+    """q(y|x): ``cnn`` / ``mlp`` (the small nets of the table), ``vgg16``, ``colour`` (an MLP on colour
+    histograms) or ``cnn_colour`` (the CNN's features and the histograms side by side)."""
     if kind == "vgg16":
         if len(input_shape) != 3 or input_shape[1] < 32:
             raise ValueError(f"vgg16 needs images of at least 32x32, got {input_shape}")
@@ -269,4 +336,11 @@ def build_classifier(
             return SmallClassifier(arch_for("conv"), input_shape, num_leaves, dropout)
     if kind == "mlp":
         return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout)
-    raise ValueError(f"unknown classifier {kind!r}; choose cnn, mlp or vgg16")
+    if kind == "colour":
+        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout, ColourHistogram(input_shape))
+    if kind == "cnn_colour":
+        cnn = build_classifier("cnn", input_shape, num_leaves, dropout=dropout)
+        assert isinstance(cnn, SmallClassifier)
+        trunk = CombinedTrunk(cnn.trunk, ColourHistogram(input_shape))
+        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout, trunk)
+    raise ValueError(f"unknown classifier {kind!r}; choose cnn, mlp, vgg16, colour or cnn_colour")

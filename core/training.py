@@ -36,7 +36,7 @@ from core.scoring import LatentDensity
 from core.taxonomy import Taxonomy
 
 MODELS = ("m1", "m2", "m1m2", "supervised")
-CLASSIFIERS = ("auto", "cnn", "mlp", "vgg16")
+CLASSIFIERS = ("auto", "cnn", "mlp", "vgg16", "colour", "cnn_colour")
 AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
 CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
 CHECKPOINT_FORMAT = 1

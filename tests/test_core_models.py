@@ -178,3 +178,47 @@ def test_tiny_images_get_a_convolutional_classifier():
         assert isinstance(classifier.trunk, TinyConvEncoder)
         assert classifier(torch.rand(2, *shape)).shape == (2, 5)
     assert not isinstance(build_classifier("cnn", (32,), 5).trunk, TinyConvEncoder)  # vectors: an MLP
+
+
+def test_hsv_conversion_matches_the_standard_library():
+    import colorsys
+
+    from core.nets import rgb_to_hsv
+
+    pixels = torch.rand(1, 3, 4, 5)
+    pixels[0, :, 0, 0] = torch.tensor([0.5, 0.5, 0.5])  # grey: no hue
+    pixels[0, :, 0, 1] = 0.0  # black: no saturation
+    hsv = rgb_to_hsv(pixels)[0].permute(1, 2, 0).reshape(-1, 3)
+    expected = [colorsys.rgb_to_hsv(*rgb) for rgb in pixels[0].permute(1, 2, 0).reshape(-1, 3).tolist()]
+    assert torch.allclose(hsv, torch.tensor(expected), atol=1e-5)
+
+
+def test_colour_histograms_count_colours_wherever_they_sit():
+    from core.nets import ColourHistogram
+
+    features = ColourHistogram((3, 16, 16))
+    red = torch.zeros(1, 3, 16, 16)
+    red[:, 0] = 1.0
+    whole, centre = features.histograms(red).chunk(2, dim=1)
+    top_bin = (0 * 4 + 3) * 4 + 3  # hue 0, full saturation, full value
+    assert whole[0, top_bin] == 1.0 and centre[0, top_bin] == 1.0 and whole.sum() == 1.0
+    photos = torch.rand(3, 3, 16, 16)
+    # Square-rooted frequencies: unit length per region; unchanged by flips and by moves inside a region.
+    assert torch.allclose(features.histograms(photos).square().sum(1), torch.full((3,), 2.0))
+    assert torch.allclose(features.histograms(photos), features.histograms(photos.flip(-1)))
+    with pytest.raises(ValueError, match="RGB"):
+        ColourHistogram((1, 16, 16))
+
+
+@pytest.mark.parametrize("kind", ["colour", "cnn_colour"])
+def test_colour_classifiers_train_inside_m2(kind):
+    torch.manual_seed(0)
+    taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
+    model = build_model(TrainConfig(model="m2", classifier=kind, latent_dim=4), taxonomy, (3, 32, 32))
+    x = torch.rand(6, 3, 32, 32)
+    admissible = torch.eye(3, dtype=torch.bool)
+    terms = model(x, x[:3], admissible)
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss)
+    assert model.classify(x).shape == (6, 3)
+    assert all(p.grad is not None for p in model.encoder_y.head.parameters())

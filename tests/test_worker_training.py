@@ -173,3 +173,20 @@ def test_a_job_that_cannot_train_fails_with_a_clear_message(tmp_path, layout, me
     assert job.status == JobStatus.FAILED and message in job.error
     with unit_of_work(project.engine) as session:
         assert model_queries.list_model_versions(session) == []
+
+
+@pytest.mark.parametrize(("channels", "error"), [(3, None), (1, "colour histograms need RGB images")], ids=["rgb", "grey"])
+def test_the_project_classifier_setting_reaches_training(tmp_path, channels, error) -> None:
+    project = make_project(tmp_path, labelled_per_class=6, unlabelled=8)
+    project.settings.training.classifier, project.settings.training.channels = "colour", channels
+    project.save_settings()
+    with running_worker(project):
+        result = run_cli("train", str(project.root), "--wait")
+    job = _jobs(project, "train")[0]
+    if error is None:
+        assert result.returncode == 0, result.stderr
+        with unit_of_work(project.engine) as session:
+            assert model_queries.active_model_version(session).config["classifier"] == "colour"
+    else:
+        assert result.returncode != 0 and error in result.stderr
+        assert job.status == JobStatus.FAILED and error in job.error

@@ -120,6 +120,7 @@ def evaluate_command(
             "batch_size": training.batch_size,
             "consistency": training.consistency,
             "balance": training.balance,
+            "classifier": training.classifier,
             "device": device or training.device,
         },
     )

@@ -57,6 +57,7 @@ def train_config(context: JobContext) -> Any:
         "batch_size": int(params.get("batch_size", settings.batch_size)),
         "consistency": float(params.get("consistency", settings.consistency)),
         "balance": float(params.get("balance", settings.balance)),
+        "classifier": params.get("classifier", settings.classifier),
         "device": context.device,
         **dict(params.get("config", {})),
     }
