@@ -175,7 +175,9 @@ def test_a_job_that_cannot_train_fails_with_a_clear_message(tmp_path, layout, me
         assert model_queries.list_model_versions(session) == []
 
 
-@pytest.mark.parametrize(("channels", "error"), [(3, None), (1, "colour histograms need RGB images")], ids=["rgb", "grey"])
+@pytest.mark.parametrize(
+    ("channels", "error"), [(3, None), (1, "colour histograms need RGB images")], ids=["rgb", "grey"]
+)
 def test_the_project_classifier_setting_reaches_training(tmp_path, channels, error) -> None:
     project = make_project(tmp_path, labelled_per_class=6, unlabelled=8)
     project.settings.training.classifier, project.settings.training.channels = "colour", channels
