@@ -63,7 +63,8 @@ class TrainConfig:
     latent_dim: int = 32  # z of M2 (and of M1 when model == "m1")
     m1_latent_dim: int = 32  # M1's z in m1m2
     arch: str = "auto"  # a key of core.nets.ARCHITECTURES, or auto: conv for >= 32 px, else mlp
-    classifier: str = "auto"  # cnn, mlp, vgg16; auto: cnn (under 32 px, a net of 3x3 convolutions)
+    # cnn, mlp, vgg16, colour (colour histograms, for photos), cnn_colour; auto: cnn (3x3 convs under 32 px)
+    classifier: str = "auto"
     vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
     dropout: float = 0.3
     # Weight of the consistency term of M2 (models.consistency_loss): q(y|x) of each unlabelled image is
