@@ -94,6 +94,8 @@ def test_clear_errors_for_bad_arguments(tmp_path: Path) -> None:
     assert code == 1 and "'path' column" in output and "nothing was imported" in output
     code, output = run("taxonomy", tmp_path / "p")
     assert code == 2 and "--file" in output
+    code, output = run("evaluate", tmp_path / "p", "--json", tmp_path / "e.json")
+    assert code == 1 and "no taxonomy yet" in output and "Traceback" not in output
 
 
 def test_demo_project(tmp_path: Path) -> None:

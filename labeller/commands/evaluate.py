@@ -98,6 +98,7 @@ def evaluate_command(
     """Simulate labelling PROJECT's labelled images: for every model, strategy and budget, test accuracy
     (main class, leaf, macro-F1) as mean and std over seeds, with scikit-learn baselines."""
     from core.evaluate import EvaluationConfig, evaluate
+    from labeller.project import ProjectError
     from labeller.training_data import evaluation_data, load_project_pool
 
     opened = load_project(project)
@@ -132,7 +133,10 @@ def evaluate_command(
     size = image_size or training.image_size
     num_channels = int(channels) if channels else training.channels
     click.echo(f"loading images at {size}x{size}x{num_channels} ...")
-    project_pool = load_project_pool(opened, image_size=size, channels=num_channels)
+    try:
+        project_pool = load_project_pool(opened, image_size=size, channels=num_channels)
+    except ProjectError as error:
+        raise click.ClickException(str(error)) from error
     for image_id, reason in list(project_pool.skipped.items())[:5]:
         click.echo(f"skipped image {image_id}: {reason}", err=True)
     data = evaluation_data(project_pool, opened.settings.name)
