@@ -148,6 +148,8 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
         "--initial-selection",
         "diverse",
         "--diversify",
+        "--exploration",
+        "0.4",
         "--epochs",
         "2",
         "--image-size",
@@ -172,6 +174,7 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
     assert all(row["seeds"] == 2 for row in written["summary"])
     assert out.with_suffix(".md").is_file() and out.with_suffix(".html").is_file()
     assert written["config"]["initial_selection"] == "diverse" and written["config"]["diversify"] is True
+    assert written["config"]["exploration"] == 0.4 and written["config"]["coverage"] == "typical"
     assert written["config"]["warm_start"] is False  # every active round retrains unless --warm-epochs
     # Two well-separated classes: label spreading on pixels gets them right.
     spreading = [row for row in written["summary"] if row["model"] == "label_spreading"]

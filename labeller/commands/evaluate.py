@@ -59,6 +59,21 @@ def _csv(kind: type, value: str) -> tuple:
     show_default=True,
     help="k-centre diversification of each active round in latent space.",
 )
+@click.option(
+    "--exploration",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of each active round chosen for coverage instead of uncertainty (0.2 measured best).",
+)
+@click.option(
+    "--coverage",
+    type=click.Choice(["typical", "farthest"]),
+    default="typical",
+    show_default=True,
+    help="How the coverage share is chosen: the most typical image of the least-labelled k-means cluster of "
+    "the latent space, or the image farthest from every label.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs per model. Default: the project setting.")
 @click.option(
     "--warm-epochs",
@@ -88,6 +103,8 @@ def evaluate_command(
     round_size: int,
     initial_selection: str,
     diversify: bool,
+    exploration: float,
+    coverage: str,
     epochs: int | None,
     warm_epochs: int | None,
     image_size: int | None,
@@ -114,6 +131,8 @@ def evaluate_command(
         round_size=round_size,
         initial_selection=initial_selection,
         diversify=diversify,
+        exploration=exploration,
+        coverage=coverage,
         warm_start=warm_epochs is not None,
         warm_epochs=warm_epochs,
         train={
