@@ -311,6 +311,24 @@ def vgg16_classifier(num_leaves: int, weights: Path | str | None = None, dropout
     return nn.Sequential(ImageNetNormalise(), vgg)
 
 
+CLASSIFIER_KINDS = ("cnn", "mlp", "vgg16", "colour", "cnn_colour")
+
+
+def classifier_trunk(kind: str, input_shape: tuple[int, ...]) -> nn.Module:
+    """The features under a small classifier's head, for every kind but ``vgg16``."""
+    if kind == "mlp" or (kind == "cnn" and len(input_shape) != 3):
+        return Encoder(arch_for("mlp"), input_shape)  # latent vectors: an MLP is the CNN's honest equivalent
+    if kind == "cnn":
+        if input_shape[1] < 32:
+            return TinyConvEncoder(input_shape, dense=arch_for("mlp").dense[0])
+        return Encoder(arch_for("conv"), input_shape)
+    if kind == "colour":
+        return ColourHistogram(input_shape)
+    if kind == "cnn_colour":
+        return CombinedTrunk(classifier_trunk("cnn", input_shape), ColourHistogram(input_shape))
+    raise ValueError(f"unknown classifier {kind!r}; choose one of {CLASSIFIER_KINDS}")
+
+
 def build_classifier(
     kind: str,
     input_shape: tuple[int, ...],
@@ -325,23 +343,5 @@ def build_classifier(
         if len(input_shape) != 3 or input_shape[1] < 32:
             raise ValueError(f"vgg16 needs images of at least 32x32, got {input_shape}")
         return vgg16_classifier(num_leaves, vgg16_weights)
-    if kind == "cnn":
-        if len(input_shape) != 3:
-            kind = "mlp"  # latent vectors: an MLP is the CNN's honest equivalent
-        elif input_shape[1] < 32:
-            arch = arch_for("mlp")
-            return SmallClassifier(
-                arch, input_shape, num_leaves, dropout, TinyConvEncoder(input_shape, dense=arch.dense[0])
-            )
-        else:
-            return SmallClassifier(arch_for("conv"), input_shape, num_leaves, dropout)
-    if kind == "mlp":
-        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout)
-    if kind == "colour":
-        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout, ColourHistogram(input_shape))
-    if kind == "cnn_colour":
-        cnn = build_classifier("cnn", input_shape, num_leaves, dropout=dropout)
-        assert isinstance(cnn, SmallClassifier)
-        trunk = CombinedTrunk(cnn.trunk, ColourHistogram(input_shape))
-        return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout, trunk)
-    raise ValueError(f"unknown classifier {kind!r}; choose cnn, mlp, vgg16, colour or cnn_colour")
+    # Every small classifier has the same head; the table's conv and mlp rows share its width.
+    return SmallClassifier(arch_for("mlp"), input_shape, num_leaves, dropout, classifier_trunk(kind, input_shape))

@@ -31,12 +31,12 @@ from core.calibration import expected_calibration_error, fit_temperature, set_nl
 from core.data import LabelledPool, augment, default_augmentation, stratified_split, to_float
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
 from core.models import LIKELIHOODS, M2, VAE, M1Classifier, StackedM1M2, Supervised
-from core.nets import arch_for, build_classifier, default_arch
+from core.nets import CLASSIFIER_KINDS, arch_for, build_classifier, default_arch
 from core.scoring import LatentDensity
 from core.taxonomy import Taxonomy
 
 MODELS = ("m1", "m2", "m1m2", "supervised")
-CLASSIFIERS = ("auto", "cnn", "mlp", "vgg16", "colour", "cnn_colour")
+CLASSIFIERS = ("auto", *CLASSIFIER_KINDS)
 AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
 CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
 CHECKPOINT_FORMAT = 1

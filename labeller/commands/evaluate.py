@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from core.acquisition import COVERAGE_METHODS
+from core.evaluate import INITIAL_SELECTIONS
 from labeller.commands.project import load_project
 
 
@@ -47,7 +49,7 @@ def _csv(kind: type, value: str) -> tuple:
 @click.option("--round-size", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per active round.")
 @click.option(
     "--initial-selection",
-    type=click.Choice(["random", "typical", "diverse"]),
+    type=click.Choice(INITIAL_SELECTIONS),
     default="random",
     show_default=True,
     help="First labels of an active run: uniformly random, the most typical image of each k-means cluster "
@@ -68,11 +70,11 @@ def _csv(kind: type, value: str) -> tuple:
 )
 @click.option(
     "--coverage",
-    type=click.Choice(["typical", "farthest"]),
+    type=click.Choice(COVERAGE_METHODS),
     default="typical",
     show_default=True,
-    help="How the coverage share is chosen: the most typical image of the least-labelled k-means cluster of "
-    "the latent space, or the image farthest from every label.",
+    help="How the coverage share is chosen: the image farthest from every label, or the most typical image of "
+    "the least-labelled k-means cluster of the latent space.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Training epochs per model. Default: the project setting.")
 @click.option(
