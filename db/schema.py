@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -119,12 +120,26 @@ class AnnotationKind(enum.StrEnum):
     UNDO = "undo"  # withdraws the annotation it supersedes
 
 
+CURRENT_ANNOTATION_INDEX = "ux_annotations_one_current"
+
+
 class Annotation(Base):
     __tablename__ = "annotations"
     __table_args__ = (
         # "Is this image labelled?" and "what is its current label?" read only current rows.
         Index("ix_annotations_image_current", "image_id", "superseded"),
         Index("ix_annotations_annotator_created", "annotator_id", "created_at"),
+        # At most one current decision per (image, annotator), enforced by the database: PostgreSQL's
+        # SELECT ... FOR UPDATE locks nothing when no current row exists yet, so two sessions of one
+        # annotator could both insert one. record_annotation retries when it loses that race.
+        Index(
+            CURRENT_ANNOTATION_INDEX,
+            "image_id",
+            "annotator_id",
+            unique=True,
+            sqlite_where=text("NOT superseded"),
+            postgresql_where=text("NOT superseded"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from sqlalchemy import func, select
 
 from db.engine import unit_of_work
+from db.queries.annotators import get_or_create_annotator
 from db.schema import Annotation, Claim
 from tests.db_helpers import add_images, add_model_version, add_taxonomy, claim_and_label, record_many
 
@@ -62,3 +63,35 @@ def test_processes_claiming_next_images_never_get_the_same_image(engine) -> None
     with unit_of_work(engine) as session:
         assert session.scalar(select(func.count()).select_from(Annotation)) == PROCESSES * rounds
         assert session.scalar(select(func.count()).select_from(Claim)) == 0  # every claim fulfilled
+
+
+def test_one_annotator_in_several_processes_keeps_one_current_annotation(engine) -> None:
+    """The same annotator labelling the same few images from several sessions at once (two browser tabs):
+    on PostgreSQL ``SELECT ... FOR UPDATE`` locks nothing when no current row exists yet, so without the
+    partial unique index two current rows appeared and the pair could never be relabelled."""
+    image_ids = add_images(engine, 3)
+    taxonomy = add_taxonomy(engine)
+    with unit_of_work(engine) as session:
+        get_or_create_annotator(session, "twin")
+    url = engine.url.render_as_string(hide_password=False)
+    rounds = 200
+    with _pool() as pool:
+        futures = [
+            pool.submit(record_many, url, "twin", image_ids, [taxonomy.loops, taxonomy.lines], rounds)
+            for _ in range(PROCESSES)
+        ]
+        recorded = sum(future.result(timeout=300) for future in futures)
+    assert recorded == PROCESSES * rounds
+    with unit_of_work(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Annotation)) == PROCESSES * rounds
+        current = session.execute(
+            select(Annotation.image_id, func.count())
+            .where(Annotation.superseded.is_(False))
+            .group_by(Annotation.image_id)
+            .order_by(Annotation.image_id)
+        ).all()
+        assert current == [(image_id, 1) for image_id in image_ids]
+        # Every row but the current one was superseded by exactly one later row: the history is one chain.
+        supersedes = session.scalars(select(Annotation.supersedes_id).where(Annotation.supersedes_id.is_not(None)))
+        chained = list(supersedes)
+        assert len(chained) == len(set(chained)) == PROCESSES * rounds - len(image_ids)

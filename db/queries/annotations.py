@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Select, and_, delete, exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.schema import (
+    CURRENT_ANNOTATION_INDEX,
     Annotation,
     AnnotationKind,
     AnnotationTag,
@@ -139,22 +141,33 @@ def record_annotation(
     tag_ids = _unique(sub_class_ids)
     _validate_decision(session, image_id, annotator_id, kind, main_class_id, tag_ids)
 
-    previous = _current_annotation(session, image_id, annotator_id)
-    if previous is not None:
-        previous.superseded = True
-    annotation = Annotation(
-        image_id=image_id,
-        annotator_id=annotator_id,
-        kind=kind,
-        main_class_id=main_class_id,
-        superseded=False,
-        supersedes_id=previous.id if previous is not None else None,
-        model_version_id=model_version_id,
-        strategy=strategy,
-        source=source,
-        tags=[AnnotationTag(sub_class_id=tag_id) for tag_id in tag_ids],
-    )
-    session.add(annotation)
+    for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+        try:
+            # A savepoint per attempt: losing the race rolls back only this attempt, not the caller's work.
+            with session.begin_nested():
+                previous = _current_annotation(session, image_id, annotator_id)
+                if previous is not None:
+                    previous.superseded = True
+                    session.flush()  # before the insert: the unique index allows one current row at a time
+                annotation = Annotation(
+                    image_id=image_id,
+                    annotator_id=annotator_id,
+                    kind=kind,
+                    main_class_id=main_class_id,
+                    superseded=False,
+                    supersedes_id=previous.id if previous is not None else None,
+                    model_version_id=model_version_id,
+                    strategy=strategy,
+                    source=source,
+                    tags=[AnnotationTag(sub_class_id=tag_id) for tag_id in tag_ids],
+                )
+                session.add(annotation)
+            break
+        except IntegrityError as error:
+            # Another session of this annotator inserted a current row for the image after our read (on
+            # PostgreSQL no row lock covers a row that did not exist yet). Read again and supersede it.
+            if attempt == _CONFLICT_ATTEMPTS or not _is_current_conflict(error):
+                raise
     session.execute(delete(Claim).where(Claim.image_id == image_id, Claim.annotator_id == annotator_id))
     session.flush()
     if kind == AnnotationKind.LABEL:
@@ -162,6 +175,17 @@ def record_annotation(
     elif previous is not None and previous.kind == AnnotationKind.LABEL:
         _sync_labelled_hint(session, image_id)
     return annotation
+
+
+# Each lost race means another session committed a decision meanwhile; a handful of tries is plenty.
+_CONFLICT_ATTEMPTS = 10
+
+
+def _is_current_conflict(error: IntegrityError) -> bool:
+    """The unique index on current annotations refused the row (PostgreSQL names the index, SQLite its
+    columns); any other integrity error is a real error."""
+    message = str(error.orig)
+    return CURRENT_ANNOTATION_INDEX in message or "annotations.image_id, annotations.annotator_id" in message
 
 
 def undo_annotation(session: Session, annotation_id: int, annotator_id: int) -> Annotation:
@@ -180,6 +204,7 @@ def undo_annotation(session: Session, annotation_id: int, annotator_id: int) -> 
         raise AnnotationError(f"annotation {annotation_id} is no longer current: it was corrected or undone")
 
     target.superseded = True
+    session.flush()  # before restoring the row it replaced: the unique index allows one current row
     if target.supersedes_id is not None:
         restored = session.get(Annotation, target.supersedes_id)
         if restored is not None and restored.kind != AnnotationKind.UNDO:
