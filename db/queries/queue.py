@@ -75,8 +75,10 @@ def next_image(
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     audit_every: int = DEFAULT_AUDIT_EVERY,
     now: datetime | None = None,
+    exclude: Sequence[int] = (),
 ) -> int | None:
-    """Claim the next image for the annotator and return its id; None when nothing is left."""
+    """Claim the next image for the annotator and return its id; None when nothing is left. Images in
+    ``exclude`` are passed over (the Label page's look-ahead: the images it already holds)."""
     batch = next_batch(
         session,
         annotator_id=annotator_id,
@@ -86,6 +88,7 @@ def next_image(
         lease_seconds=lease_seconds,
         audit_every=audit_every,
         now=now,
+        exclude=exclude,
     )
     return batch[0] if batch else None
 
@@ -100,9 +103,10 @@ def next_batch(
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     audit_every: int = DEFAULT_AUDIT_EVERY,
     now: datetime | None = None,
+    exclude: Sequence[int] = (),
 ) -> list[int]:
     """Claim up to ``size`` images for the annotator (the grid), best first; one in every
-    ``audit_every`` is an audit image (``audit_every <= 0``: none)."""
+    ``audit_every`` is an audit image (``audit_every <= 0``: none). Images in ``exclude`` are passed over."""
     if strategy not in STRATEGIES:
         raise QueueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if lease_seconds <= 0:
@@ -128,7 +132,7 @@ def next_batch(
     for share, candidates in sources:
         wanted = min(share, size - len(claimed))
         if wanted > 0:
-            claimed += _claim_from(session, candidates, wanted, claimed, annotator_id, now, expires_at)
+            claimed += _claim_from(session, candidates, wanted, [*exclude, *claimed], annotator_id, now, expires_at)
     return claimed
 
 
