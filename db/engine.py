@@ -1,10 +1,12 @@
 """Engine and session set-up, one place for every dialect's pragmas and transaction mode.
 
-SQLite (the default) runs in WAL mode with foreign keys and a busy timeout. Every transaction begins
-with ``BEGIN IMMEDIATE`` so that a read-then-write transaction waits for the write lock up front
-instead of failing with SQLITE_BUSY half-way (SQLite ignores the busy timeout on a lock upgrade).
-PostgreSQL uses the driver's default READ COMMITTED transactions; row claims use
-``FOR UPDATE SKIP LOCKED`` in the query functions.
+SQLite (the default) runs in WAL mode with foreign keys and a busy timeout. A write unit of work
+(``unit_of_work``) begins with ``BEGIN IMMEDIATE`` so that a read-then-write transaction waits for the
+write lock up front instead of failing with SQLITE_BUSY half-way (SQLite ignores the busy timeout on a
+lock upgrade). A read unit of work (``reading``) begins DEFERRED: under WAL it reads a snapshot and takes
+no write lock, so a long export never makes a label wait. PostgreSQL uses the driver's default READ
+COMMITTED transactions (``reading`` makes them READ ONLY); row claims use ``FOR UPDATE SKIP LOCKED`` in
+the query functions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option that marks a connection's transactions as read-only (see ``reading``).
+_READ_ONLY = "labeller_read_only"
+
+
+class ReadOnlyError(RuntimeError):
+    """A write attempted inside ``reading``: use ``unit_of_work`` for anything that writes."""
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -53,7 +61,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")  # deferred: a WAL snapshot, no write lock
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -65,3 +76,24 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
     """One session, one transaction: committed on success, rolled back on any error."""
     with session_factory(engine).begin() as session:
         yield session
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """One read-only session, one transaction, always rolled back: for exports, status and page reads.
+
+    On SQLite the transaction begins DEFERRED, so writers are never blocked by it however long it streams;
+    on PostgreSQL it is a READ ONLY transaction. Flushing ORM changes raises :class:`ReadOnlyError`.
+    """
+    options: dict[str, object] = {_READ_ONLY: True}
+    if not is_sqlite(engine):
+        options["postgresql_readonly"] = True
+    with Session(engine.execution_options(**options), expire_on_commit=False, autoflush=False) as session:
+        event.listen(session, "before_flush", _refuse_flush)
+        session.begin()
+        yield session  # closing the session rolls the transaction back
+
+
+def _refuse_flush(session: Session, _context: object, _instances: object) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise ReadOnlyError("a read-only unit of work (db.engine.reading) tried to write")

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from db.engine import unit_of_work
+from db.engine import reading, unit_of_work
 from db.queries import app_views
 from db.queries.annotations import (
     AnnotationView,
@@ -344,7 +344,7 @@ def image_card(engine: Engine, project: Project, queued: QueuedImage, taxonomy: 
 
 def my_history(engine: Engine, annotator_id: int, limit: int = 10) -> list[AnnotationView]:
     """My newest decisions that still stand (undone and corrected ones drop out), newest first."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return [view for view in recent_annotations(session, annotator_id, limit * 3) if view.current][:limit]
 
 
@@ -370,7 +370,7 @@ def grid_page(
     page_size: int = 24,
 ) -> tuple[list[Tile], int]:
     """One page of the Grid under a filter (see ``app_views.grid_images``) and the filter's total count."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         rows, total = app_views.grid_images(
             session,
             mode=mode,
@@ -407,7 +407,7 @@ class ReviewSummary:
 
 def review_summary(engine: Engine) -> ReviewSummary:
     """Per-annotator counts, Cohen's kappa for every pair of annotators, and images they disagree on."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         annotators = list_annotators(session)
         rows = []
         for a, b in itertools.combinations(annotators, 2):
@@ -423,7 +423,7 @@ def review_summary(engine: Engine) -> ReviewSummary:
 
 def likely_mistakes(engine: Engine, *, min_confidence: float, limit: int = 24) -> list[app_views.ModelDisagreement]:
     """Human labels the active model contradicts with at least ``min_confidence``."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         version_id = active_model_version_id(session)
         if version_id is None:
             return []
@@ -484,13 +484,13 @@ def cancel(engine: Engine, job_id: int) -> JobView:
 
 
 def recent_jobs(engine: Engine, *, limit: int = 10) -> list[JobView]:
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return [_job_view(job) for job in list_jobs(session, limit=limit)]
 
 
 def job_progress(engine: Engine, job_id: int) -> tuple[JobView, list[dict[str, Any]], list[str]]:
     """The job, its progress payloads (each with the event time) and its log messages, oldest first."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         job = _job_view(get_job(session, job_id))
         events = job_events(session, job_id)
         progress = [{**event.payload, "time": event.created_at} for event in events if event.kind == "progress"]
@@ -529,7 +529,7 @@ class VersionView:
 
 
 def model_versions(engine: Engine) -> list[VersionView]:
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return [
             VersionView(
                 v.id,
@@ -556,7 +556,7 @@ def roll_back(engine: Engine) -> int:
 
 
 def counts(engine: Engine) -> LabelCounts:
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return label_counts(session)
 
 
@@ -587,7 +587,7 @@ def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> Em
     """The active version's UMAP points, coloured by one of ``COLOUR_BY``; None without coordinates."""
     if colour_by not in COLOUR_BY:
         raise ValueError(f"unknown colouring {colour_by!r}; expected one of {sorted(COLOUR_BY)}")
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         version_id = active_model_version_id(session)
         if version_id is None:
             return None
@@ -655,7 +655,7 @@ def import_uploads(project: Project, files: Sequence[tuple[str, bytes]]) -> Impo
 def taxonomy_toml(engine: Engine) -> str:
     from labeller.taxonomy_file import taxonomy_to_toml
 
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return taxonomy_to_toml(taxonomy_spec(session))
 
 
@@ -691,7 +691,7 @@ def labels_jsonl(project: Project) -> str:
 
 
 def image_total(engine: Engine) -> int:
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         return image_count(session)
 
 
@@ -700,7 +700,7 @@ def image_total(engine: Engine) -> int:
 
 def active_checkpoint(engine: Engine, project: Project) -> tuple[int, Path] | None:
     """(version id, checkpoint file) of the active model version, if there is one and its file exists."""
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         version = active_model_version(session)
         if version is None:
             return None
@@ -711,7 +711,7 @@ def active_checkpoint(engine: Engine, project: Project) -> tuple[int, Path] | No
 def examples_per_sub_class(engine: Engine, *, per_class: int = 4) -> dict[str, list[int]]:
     """Up to ``per_class`` human-labelled images per sub-class tag (``main/sub``), in label order."""
     examples: dict[str, list[int]] = {}
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         for label in current_labels(session):
             for tag in label.tags or (None,):
                 name = label.main_class if tag is None else f"{label.main_class}/{tag}"
@@ -736,7 +736,7 @@ def reconstructions(
     from core.generation import reconstruct
 
     channels, size, _ = trained.image_shape
-    with unit_of_work(engine) as session:
+    with reading(engine) as session:
         images = {image.id: image for image in app_views.images_by_ids(session, image_ids)}
     ids = [image_id for image_id in image_ids if image_id in images]
     pixels = load_images([project.resolve_image_path(images[i].path) for i in ids], size, channels)

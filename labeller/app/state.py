@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import Engine
 
-from db.engine import unit_of_work
+from db.engine import reading
 from labeller.app import services
 from labeller.project import Project, ProjectError, open_project
 
@@ -64,7 +64,7 @@ def load_model(model_version_id: int, checkpoint_path: str) -> Any:
 
 
 def taxonomy() -> services.TaxonomyView:
-    with unit_of_work(engine()) as session:
+    with reading(engine()) as session:
         return services.load_taxonomy(session)
 
 

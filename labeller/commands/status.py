@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from db.engine import unit_of_work
+from db.engine import reading
 from db.queries.status import project_status
 from labeller.commands.project import load_project
 
@@ -19,7 +19,7 @@ from labeller.commands.project import load_project
 def status_command(project: Path, as_json: bool) -> None:
     """Images, labels per class and sub-class, annotators, model versions and jobs of PROJECT."""
     opened = load_project(project)
-    with unit_of_work(opened.engine) as session:
+    with reading(opened.engine) as session:
         status = project_status(session)
     if as_json:
         click.echo(json.dumps({"project": opened.settings.name, **status}, indent=2))

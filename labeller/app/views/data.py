@@ -3,6 +3,8 @@ download the labels."""
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import streamlit as st
 
@@ -102,14 +104,15 @@ with export_tab:
     downloads = st.container(horizontal=True)
     downloads.download_button(
         "Labels (CSV)",
-        services.labels_csv(project),
+        # A callable: the export is built when the button is clicked, not on every rerun of the page.
+        functools.partial(services.labels_csv, project),
         file_name=f"{project.settings.name}-labels.csv",
         mime="text/csv",
         icon=":material/download:",
     )
     downloads.download_button(
         "Labels (JSON lines)",
-        services.labels_jsonl(project),
+        functools.partial(services.labels_jsonl, project),
         file_name=f"{project.settings.name}-labels.jsonl",
         mime="application/jsonl",
         icon=":material/download:",
