@@ -8,7 +8,6 @@ transaction, so an interrupted import leaves whole rows only; re-running it adds
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import os
@@ -17,7 +16,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
@@ -30,13 +29,16 @@ from db.queries.annotators import get_or_create_annotator
 from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
 from db.queries.taxonomy import ensure_class, list_main_classes
 from db.schema import AnnotationKind, MainClass
+from labeller.files import FileRefused, hash_file, is_utf8_name, printable, read_regular
 from labeller.project import Project
 from labeller.thumbnails import thumbnail_file, write_thumbnail
+
+if TYPE_CHECKING:
+    from labeller.manifest import Manifest
 
 BatchItem = TypeVar("BatchItem")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 IMPORT_ANNOTATOR = "import"
-MANIFEST_TAG_SEPARATOR = ";"
 
 
 class IngestError(Exception):
@@ -87,27 +89,65 @@ class ImportOptions:
 # --- finding files -----------------------------------------------------------------------------------
 
 
-def walk_images(root: Path) -> Iterator[Path | Skipped]:
-    """Image files under ``root`` in a stable order; other files come back as :class:`Skipped`."""
-    if not root.is_dir():
-        yield root if root.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(root), _suffix_reason(root))
+OWN_FOLDER_REASON = "the project's own folder (thumbnails or model checkpoints): never imported"
+
+
+def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[Path | Skipped]:
+    """Image files under ``root`` in a stable order; every other file, and every folder not searched,
+    comes back as :class:`Skipped` with the reason. Symlinked folders are followed, each real folder
+    once (a link loop ends); folders in ``exclude`` (the project's own) and hidden folders are not
+    searched. Hidden files are treated like any other file."""
+    excluded = {folder.resolve() for folder in exclude}
+    resolved = root.resolve()
+    if resolved in excluded or not excluded.isdisjoint(resolved.parents):
+        yield Skipped(printable(root), OWN_FOLDER_REASON)
         return
+    if not root.is_dir():
+        yield _candidate(root)
+        return
+    visited = {_folder_key(root)}
     unreadable: list[OSError] = []  # os.walk would otherwise skip an unreadable folder without a word
-    for directory, subdirectories, files in os.walk(root, onerror=unreadable.append):
+    for directory, subdirectories, files in os.walk(root, onerror=unreadable.append, followlinks=True):
         yield from _unreadable_folders(unreadable)
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in sorted(files):
+        searched = []
+        for name in sorted(subdirectories):
+            folder = Path(directory) / name
             if name.startswith("."):
-                continue  # .DS_Store, editor swap files: never images, not worth a line in the report
-            path = Path(directory) / name
-            yield path if path.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(path), _suffix_reason(path))
+                # .git, .cache, .Trash: rarely images, often thousands of files; one line says so.
+                yield Skipped(printable(folder), "hidden folder (name starts with '.'): not searched")
+            elif folder.resolve() in excluded:
+                yield Skipped(printable(folder), OWN_FOLDER_REASON)
+            elif (key := _folder_key(folder)) in visited:
+                yield Skipped(printable(folder), "a link to a folder already searched (link loop or duplicate)")
+            else:
+                if key is not None:
+                    visited.add(key)
+                searched.append(name)
+        subdirectories[:] = searched
+        for name in sorted(files):
+            yield _candidate(Path(directory) / name)
     yield from _unreadable_folders(unreadable)
+
+
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the real folder behind ``folder``; None when it cannot be read (os.walk reports it)."""
+    try:
+        info = folder.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _candidate(path: Path) -> Path | Skipped:
+    if not is_utf8_name(path):
+        return Skipped(printable(path), "the file name is not valid UTF-8: rename the file to import it")
+    return path if path.suffix.lower() in IMAGE_SUFFIXES else Skipped(str(path), _suffix_reason(path))
 
 
 def _unreadable_folders(errors: list[OSError]) -> Iterator[Skipped]:
     while errors:
         error = errors.pop(0)
-        yield Skipped(str(error.filename), f"unreadable folder: {error.strerror or error}")
+        yield Skipped(printable(error.filename), f"unreadable folder: {error.strerror or error}")
 
 
 def _suffix_reason(path: Path) -> str:
@@ -122,50 +162,22 @@ def folder_label(root: Path, path: Path) -> PreLabel | None:
     return PreLabel(parts[0], tuple(parts[1:2]))
 
 
-def items_from_paths(paths: Sequence[Path], *, labels_from_folders: bool) -> tuple[list[ImportItem], list[Skipped]]:
+def items_from_paths(
+    paths: Sequence[Path], *, labels_from_folders: bool, exclude: Iterable[Path] = ()
+) -> tuple[list[ImportItem], list[Skipped]]:
     items: list[ImportItem] = []
     skipped: list[Skipped] = []
+    exclude = tuple(exclude)
     for root in paths:
         if not root.exists() and not root.is_symlink():
-            skipped.append(Skipped(str(root), "no such file or folder"))
+            skipped.append(Skipped(printable(root), "no such file or folder"))
             continue
-        for found in walk_images(root):
+        for found in walk_images(root, exclude=exclude):
             if isinstance(found, Skipped):
                 skipped.append(found)
             else:
                 label = folder_label(root, found) if labels_from_folders else None
                 items.append(ImportItem(found, label, origin=str(found)))
-    return items, skipped
-
-
-def items_from_manifest(manifest: Path) -> tuple[list[ImportItem], list[Skipped]]:
-    """CSV with a header: ``path`` (relative to the manifest's folder or absolute), optional ``class``
-    (a main class, or ``main/sub``) and ``tags`` (sub-class names separated by ``;``)."""
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise IngestError(f"cannot read the manifest {manifest}: {error}") from error
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "path" not in [name.strip() for name in reader.fieldnames]:
-        raise IngestError(f"{manifest}: the first line must be a header with a 'path' column (path,class,tags)")
-    items: list[ImportItem] = []
-    skipped: list[Skipped] = []
-    for row in reader:
-        where = f"{manifest.name} line {reader.line_num}"
-        row = {(key or "").strip(): (value or "").strip() for key, value in row.items() if isinstance(value, str)}
-        if not row.get("path"):
-            skipped.append(Skipped(where, "manifest row without a path"))
-            continue
-        path = Path(row["path"]).expanduser()
-        path = path if path.is_absolute() else manifest.parent / path
-        main, _, sub = row.get("class", "").partition("/")
-        tags = tuple(t.strip() for t in row.get("tags", "").split(MANIFEST_TAG_SEPARATOR) if t.strip())
-        if sub:
-            tags = (sub, *(t for t in tags if t != sub))
-        if tags and not main:
-            skipped.append(Skipped(f"{where}: {path}", "tags given without a class"))
-            continue
-        items.append(ImportItem(path, PreLabel(main, tags) if main else None, origin=f"{where}: {path}"))
     return items, skipped
 
 
@@ -225,7 +237,7 @@ class ReadFile:
     item: ImportItem
     label: ResolvedLabel | None
     sha256: str
-    data: bytes
+    size: int  # bytes; the content is not kept: a batch of large files would not fit in memory
 
 
 @dataclass(frozen=True)
@@ -237,27 +249,29 @@ class DecodedFile:
 
 
 def read_file(item: ImportItem, label: ResolvedLabel | None) -> ReadFile | Skipped:
+    """Hash the file by streaming it (regular files under the size cap only; see labeller.files)."""
     try:
-        data = item.path.read_bytes()
-    except FileNotFoundError:
-        reason = "broken link" if item.path.is_symlink() else "file vanished or does not exist"
-        return Skipped(item.origin, f"unreadable: {reason}")
-    except PermissionError:
-        return Skipped(item.origin, "unreadable: permission denied")
-    except OSError as error:
-        return Skipped(item.origin, f"unreadable: {error.strerror or error}")
-    if not data:
+        sha256, size = hash_file(item.path)
+    except FileRefused as refused:
+        return Skipped(item.origin, refused.reason)
+    if not size:
         return Skipped(item.origin, "empty file (0 bytes)")
-    return ReadFile(item, label, hashlib.sha256(data).hexdigest(), data)
+    return ReadFile(item, label, sha256, size)
 
 
 def decode(read: ReadFile) -> tuple[DecodedFile, PILImage.Image] | Skipped:
     """Decode every pixel (the first frame of an animation): catches truncation, corruption and bombs."""
     try:
+        data = read_regular(read.item.path)  # one file in memory at a time, only when it is new
+    except FileRefused as refused:
+        return Skipped(read.item.origin, refused.reason)
+    if hashlib.sha256(data).hexdigest() != read.sha256:
+        return Skipped(read.item.origin, "the file changed while it was imported: import it again")
+    try:
         with warnings.catch_warnings():
             # Above PIL's MAX_IMAGE_PIXELS it only warns; above twice that it raises. Both mean "skip".
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            image = PILImage.open(io.BytesIO(read.data))
+            image = PILImage.open(io.BytesIO(data))
             image.load()
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as error:
         return Skipped(read.item.origin, f"too large to decode safely (decompression bomb): {error}")
@@ -286,14 +300,22 @@ def import_images(
     project: Project,
     paths: Sequence[Path] = (),
     *,
-    manifest: Path | None = None,
+    manifest: Path | Manifest | None = None,
     options: ImportOptions = ImportOptions(),
 ) -> ImportReport:
     """Import files and folders (and a manifest's rows) into ``project``; see the module docstring."""
     started = time.perf_counter()
-    items, skipped = items_from_paths([Path(p) for p in paths], labels_from_folders=options.labels_from_folders)
+    items, skipped = items_from_paths(
+        [Path(p) for p in paths],
+        labels_from_folders=options.labels_from_folders,
+        exclude=(project.thumbs_dir, project.models_dir),
+    )
+    parsed = None
     if manifest is not None:
-        manifest_items, manifest_skipped = items_from_manifest(Path(manifest))
+        from labeller.manifest import read_manifest  # labeller.manifest builds on this module
+
+        parsed = read_manifest(manifest)
+        manifest_items, manifest_skipped = parsed.prepare(project, options)
         items += manifest_items
         skipped += manifest_skipped
     labelled_items, label_skips = resolve_labels(project, items, create_classes=options.create_classes)
@@ -305,6 +327,8 @@ def import_images(
         for batch in _batches(labelled_items, options.batch_size):
             _import_batch(project, batch, seen, report, annotator_id)
             bar.update(len(batch))
+    if parsed is not None:
+        report.labelled += parsed.record_labels(project)  # rows with their own annotator and time
     report.seconds = time.perf_counter() - started
     return report
 
@@ -406,7 +430,7 @@ def _new_image(project: Project, decoded: DecodedFile) -> NewImage:
         width=decoded.width,
         height=decoded.height,
         format=decoded.format,
-        file_size=len(decoded.read.data),
+        file_size=decoded.read.size,
     )
 
 
