@@ -95,7 +95,10 @@ def image_ids_by_path(session: Session, stored_paths: Iterable[str]) -> dict[str
     found: dict[str, int] = {}
     for start in range(0, len(wanted), _ID_CHUNK):
         chunk = wanted[start : start + _ID_CHUNK]
-        found.update(session.execute(select(Image.path, Image.id).where(Image.path.in_(chunk))).tuples())
+        found.update(
+            (path, image_id)
+            for path, image_id in session.execute(select(Image.path, Image.id).where(Image.path.in_(chunk)))
+        )
     return found
 
 

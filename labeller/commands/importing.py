@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from labeller.commands.project import load_project
+from labeller.export import EXPORT_FORMATS, TAG_SEPARATOR
 from labeller.ingest import ImportOptions, ImportReport, IngestError, import_images
+from labeller.manifest import ManifestOptions, read_manifest
 
 SKIPPED_LINES_SHOWN = 20  # per reason; the rest are counted
 
@@ -23,9 +25,12 @@ SKIPPED_LINES_SHOWN = 20  # per reason; the rest are counted
 )
 @click.option(
     "--manifest",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV with a header: path,class,tags (class: main or main/sub; tags separated by ';').",
+    type=click.Path(exists=True, path_type=Path),
+    help="Labels to import with their images: a CSV with a header path,class,tags (class: main or main/sub), "
+    "or any `labeller export` output (csv, jsonl, coco or Label Studio JSON, an imagefolder, hf or fiftyone folder).",
 )
+@click.option("--manifest-format", type=click.Choice(EXPORT_FORMATS), help="The manifest's format [default: detected].")
+@click.option("--tag-separator", default=TAG_SEPARATOR, show_default=True, help="Manifest: splits sub-class tags.")
 @click.option("--create-classes", is_flag=True, help="Add unknown class names from folders or the manifest.")
 @click.option("--annotator", default="import", show_default=True, help="Whose name the pre-labels carry.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -34,6 +39,8 @@ def import_command(
     paths: tuple[Path, ...],
     labels_from_folders: bool,
     manifest: Path | None,
+    manifest_format: str | None,
+    tag_separator: str,
     create_classes: bool,
     annotator: str,
     no_progress: bool,
@@ -53,7 +60,10 @@ def import_command(
         progress=not no_progress,
     )
     try:
-        report = import_images(opened, paths, manifest=manifest, options=options)
+        parsed = None
+        if manifest is not None:
+            parsed = read_manifest(manifest, ManifestOptions(tag_separator=tag_separator, format=manifest_format))  # type: ignore[arg-type]
+        report = import_images(opened, paths, manifest=parsed, options=options)
     except IngestError as error:
         raise click.ClickException(f"{error}\nnothing was imported") from error
     print_report(report)
