@@ -37,7 +37,7 @@ from xml.sax.saxutils import quoteattr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.engine import unit_of_work
+from db.engine import reading
 from db.queries.annotations import CurrentLabel, current_labels
 from db.queries.exports import (
     SCORE_COLUMNS,
@@ -209,7 +209,7 @@ def iter_export_rows(
 ) -> Iterator[ExportRow]:
     """Every labelled image (every image with ``include_unlabelled``) with its current label, provenance
     and, with ``predictions``, the model version's prediction; in image id order, streamed."""
-    with unit_of_work(project.engine) as session:
+    with reading(project.engine) as session:
         taxonomy = Taxonomy(taxonomy_mapping(session))
         version = _prediction_version(session, options) if options.predictions else None
         version_names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
@@ -403,7 +403,7 @@ def json_record(row: ExportRow, *, paths: PathStyle = PathStyle(None)) -> dict[s
 
 
 def _taxonomy(project: Project) -> Taxonomy:
-    with unit_of_work(project.engine) as session:
+    with reading(project.engine) as session:
         return Taxonomy(taxonomy_mapping(session))
 
 

@@ -324,3 +324,22 @@ def test_cli_export_and_import(project: Project, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "added 6" in result.output and "pre-labelled 5" in result.output
     assert labels_by_sha(fresh, tmp_path / "a") == labels_by_sha(project, tmp_path / "b")
+
+
+def test_read_project_gives_dataframes_without_writing(project: Project, tmp_path: Path) -> None:
+    import pandas as pd
+
+    import labeller
+
+    database = project.root / "labeller.db"
+    before = database.stat().st_mtime_ns
+    frames = labeller.read_project(project.root)
+    assert database.stat().st_mtime_ns == before
+    assert len(frames.images) == 6 and len(frames.labels) == 5 and len(frames.versions) == 1
+    merged = frames.labels.merge(frames.images, on="image_id")
+    by_name = {Path(p).name: row for p, row in zip(merged["path"], merged.itertuples(), strict=True)}
+    assert (by_name["h1.png"].annotator, by_name["h1.png"].sub_classes) == ("alice", ["red", "black"])
+    assert by_name["a1.png"].leaf == "ants/red" and pd.isna(by_name["a2.jpg"].leaf)  # partial: no leaf
+    assert len(frames.predictions) == 6
+    assert frames.predictions[["p_leaf:ants/red", "p_leaf:ants/black", "p_leaf:bees"]].sum(axis=1).round(6).eq(1).all()
+    assert bool(frames.versions.loc[0, "active"]) and frames.versions.loc[0, "name"] == "m2-v1"
