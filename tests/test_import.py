@@ -79,6 +79,7 @@ def messy_folder(root: Path) -> dict[str, str]:
         "corrupt.png": "corrupt or truncated",
         "bomb.png": "decompression bomb",
         "notes.txt": "not an image file type",
+        ".DS_Store": "not an image file type",  # hidden files are reported like any other
         "broken_link.jpg": "unreadable: broken link",
     }
 

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -644,12 +644,27 @@ def import_uploads(project: Project, files: Sequence[tuple[str, bytes]]) -> Impo
     folder = project.root / UPLOADS_FOLDER / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     folder.mkdir(parents=True)
     for index, (name, data) in enumerate(files):
-        safe = Path(name).name or f"upload-{index}"
-        target = folder / safe
-        if target.exists():
-            target = folder / f"{index}-{safe}"
-        target.write_bytes(data)
+        save_upload(folder, name, data, index=index)
     return import_images(project, [folder], options=ImportOptions(progress=False))
+
+
+def save_upload(folder: Path, name: str, data: bytes, *, index: int = 0) -> Path:
+    """Write one upload into ``folder`` under its own name's last component, never over another file:
+    several uploads may share a name (``x.png`` from two folders), so a taken name gets `` (2)``,
+    `` (3)``... The file is created exclusively, so nothing already there is ever replaced."""
+    # Browsers send a bare name, but a Windows path or a NUL must not reach the file system either.
+    safe = PureWindowsPath(name.replace("\x00", "")).name
+    safe = Path(safe).name if safe not in ("", ".", "..") else ""
+    stem, suffix = (Path(safe).stem, Path(safe).suffix) if safe else (f"upload-{index}", "")
+    for attempt in itertools.count(1):
+        target = folder / (f"{stem}{suffix}" if attempt == 1 else f"{stem} ({attempt}){suffix}")
+        try:
+            with target.open("xb") as stream:
+                stream.write(data)
+            return target
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def taxonomy_toml(engine: Engine) -> str:
