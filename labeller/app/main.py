@@ -18,6 +18,8 @@ from labeller.app import state
 from labeller.app.components import identity_picker, wellbeing_panel
 
 VIEWS = Path(__file__).parent / "views"
+# A local file: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
+FAVICON = Path(__file__).parent / "assets" / "favicon.png"
 
 # Hidden images: a CSS filter on the container, so the cached file is served as is (no re-encoding)
 # and revealing it costs nothing.
@@ -51,7 +53,7 @@ def build_navigation() -> StreamlitPage:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Latent Labeller", page_icon=":material/label:", layout="wide")
+    st.set_page_config(page_title="Latent Labeller", page_icon=str(FAVICON), layout="wide")
     st.html(STYLE)
     project = state.current_project()
     # The project's image-safety defaults, before any page draws an image.

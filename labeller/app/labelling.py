@@ -1,0 +1,580 @@
+"""The Label page's services: the decision rules, the card's protocol, and the look-ahead window.
+
+No Streamlit here. The card (``labeller/app/label_card``) makes decisions in the browser and sends
+them as *ops*; ``LabelSession`` (kept in the page's session state) applies them in order, each to the
+image it names, exactly once, and keeps a window of claimed images for the card to show next.
+
+An op names its place in the annotator's append-only history of its image: ``after`` (the newest row
+when the image was handed out, 0 for none) and ``step`` (1 for the first op on it after that, 2 for
+the next...). An op whose row is already there was applied before (a resend after a rerun, a reconnect
+or a server restart) and is acknowledged without writing anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from db.engine import unit_of_work
+from db.queries import app_views, label_history
+from db.queries.annotations import (
+    AnnotationError,
+    label_counts,
+    recent_annotations,
+    record_annotation,
+    undo_annotation,
+)
+from db.queries.queue import DEFAULT_AUDIT_EVERY, STRATEGIES, claimed_images, next_image, release_claim
+from db.schema import Annotation, AnnotationKind, ModelVersion, utcnow
+from labeller.app.keys import PAGE_KEYS
+from labeller.app.services import Decision, TaxonomyView, active_model_version_id, large_view_file
+from labeller.project import Project
+
+WINDOW_SIZE = 16  # images the card holds: the one on screen and the next ones, preloaded
+RESULTS_KEPT = 2000
+PROBABILITY_BARS = 4
+DECISION_KINDS = ("label", "skip", "unsure")
+OP_KINDS = (*DECISION_KINDS, "undo", "undo_annotation")
+
+
+class DecisionError(ValueError):
+    """A decision the rules refuse (a tag of another main class, a label without a class...)."""
+
+
+# ----------------------------------------------------------------------------------------- rules
+
+
+def resolve_decision(taxonomy: TaxonomyView, kind: str, main_class_id: int | None, tag_ids: Sequence[int]) -> Decision:
+    """The decision a key press means, or :class:`DecisionError`.
+
+    - ``label`` names a main class and any of *its* sub-class tags;
+    - ``unsure`` may carry a tentative main class and its tags; tags alone name their main class when
+      they all belong to one;
+    - ``skip`` carries nothing.
+    """
+    if kind not in DECISION_KINDS:
+        raise DecisionError(f"unknown decision {kind!r}")
+    tags = tuple(dict.fromkeys(int(t) for t in tag_ids))
+    owners = set()
+    for tag in tags:
+        sub = taxonomy.sub_class(tag)
+        if sub is None:
+            raise DecisionError(f"no sub-class with id {tag}: the taxonomy changed, reload the page")
+        owners.add(sub.main_class_id)
+    if main_class_id is not None and taxonomy.main_class(main_class_id) is None:
+        raise DecisionError(f"no main class with id {main_class_id}: the taxonomy changed, reload the page")
+    if kind == "skip":
+        if main_class_id is not None or tags:
+            raise DecisionError("a skip carries no class")
+        return Decision(AnnotationKind.SKIP)
+    if kind == "unsure" and main_class_id is None and tags:
+        if len(owners) != 1:
+            raise DecisionError("tentative tags must belong to one main class")
+        main_class_id = owners.pop()
+        owners = {main_class_id}
+    if kind == "label" and main_class_id is None:
+        raise DecisionError("a label needs a main class")
+    if owners - {main_class_id}:
+        raise DecisionError("a tag of another main class cannot go with this main class")
+    return Decision(AnnotationKind(kind), main_class_id, tuple(sorted(tags)))
+
+
+# ----------------------------------------------------------------------------------------- ops
+
+
+@dataclass(frozen=True)
+class CardOp:
+    """One decision or undo from the card, on one image."""
+
+    op_id: str
+    kind: str
+    image_id: int
+    after: int = 0
+    step: int = 0
+    main_class_id: int | None = None
+    tags: tuple[int, ...] = ()
+    target_step: int | None = None  # undo: the step of the decision it withdraws
+    annotation_id: int | None = None  # undo_annotation: the row it withdraws (an undo with no local history)
+    strategy: str | None = None
+    model_version_id: int | None = None
+
+
+def _int(value: object, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < minimum:
+        raise ValueError(f"not an integer >= {minimum}: {value!r}")
+    return int(value)
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else _int(value, minimum=1)
+
+
+def parse_card_ops(raw: object) -> tuple[list[CardOp], list[str]]:
+    """The ops in the card's outbox, in the order sent, and a problem line for each one that is malformed
+    (dropped: nothing the browser sends can write anything the rules do not allow)."""
+    ops: list[CardOp] = []
+    problems: list[str] = []
+    entries = raw.get("ops") if isinstance(raw, Mapping) else None
+    if not isinstance(entries, list):
+        return ops, problems
+    for entry in entries:
+        try:
+            if not isinstance(entry, Mapping):
+                raise ValueError("not an object")
+            op_id = entry.get("op")
+            if not isinstance(op_id, str) or not 0 < len(op_id) <= 64:
+                raise ValueError("no op id")
+            kind = entry.get("kind")
+            if kind not in OP_KINDS:
+                raise ValueError(f"unknown kind {kind!r}")
+            tags = entry.get("tags") or []
+            if not isinstance(tags, list):
+                raise ValueError("tags must be a list")
+            strategy = entry.get("strategy")
+            op = CardOp(
+                op_id=op_id,
+                kind=str(kind),
+                image_id=_int(entry.get("image"), minimum=1),
+                after=_int(entry.get("after", 0)),
+                step=_int(entry.get("step", 0)),
+                main_class_id=_optional_int(entry.get("main")),
+                tags=tuple(_int(t, minimum=1) for t in tags),
+                target_step=_optional_int(entry.get("target")),
+                annotation_id=_optional_int(entry.get("annotation")),
+                strategy=strategy if strategy in STRATEGIES else None,
+                model_version_id=_optional_int(entry.get("mv")),
+            )
+            if kind in DECISION_KINDS and op.step < 1:
+                raise ValueError("a decision needs a step")
+            if kind == "undo" and (op.target_step is None or op.step <= op.target_step):
+                raise ValueError("an undo needs the step it withdraws, before its own")
+            if kind == "undo_annotation" and op.annotation_id is None:
+                raise ValueError("an undo needs an annotation id")
+            ops.append(op)
+        except ValueError as error:
+            problems.append(f"ignored a malformed op from the card ({error})")
+    return ops, problems
+
+
+@dataclass(frozen=True)
+class OpResult:
+    op_id: str
+    status: str  # applied | duplicate | rejected
+    image_id: int
+    kind: str
+    annotation_id: int | None = None
+    message: str = ""
+
+    @property
+    def decided(self) -> bool:
+        """True when the image is decided for this annotator (it leaves the window)."""
+        return self.kind in DECISION_KINDS and self.status in ("applied", "duplicate")
+
+    @property
+    def reopened(self) -> bool:
+        """True when an undo brought the image back."""
+        return self.kind in ("undo", "undo_annotation") and self.status in ("applied", "duplicate")
+
+
+def _same_decision(row: Annotation, op: CardOp, decision: Decision | None) -> bool:
+    if op.kind == "undo":
+        return row.kind == AnnotationKind.UNDO
+    return (
+        decision is not None
+        and row.kind == decision.kind
+        and row.main_class_id == decision.main_class_id
+        and tuple(sorted(tag.sub_class_id for tag in row.tags)) == decision.sub_class_ids
+    )
+
+
+def apply_op(
+    session: Session, *, annotator_id: int, op: CardOp, taxonomy: TaxonomyView, lease_seconds: int
+) -> OpResult:
+    """Apply one op in the caller's transaction (see the module's docstring for when it is a duplicate)."""
+
+    def result(status: str, annotation_id: int | None = None, message: str = "") -> OpResult:
+        return OpResult(op.op_id, status, op.image_id, op.kind, annotation_id, message)
+
+    if op.kind == "undo_annotation":
+        target = session.get(Annotation, op.annotation_id)
+        if target is None or target.annotator_id != annotator_id or target.image_id != op.image_id:
+            return result("rejected", message="Nothing of yours to undo there.")
+        if target.superseded:
+            undone = any(
+                row.kind == AnnotationKind.UNDO and row.supersedes_id == target.id for row in target.image.annotations
+            )
+            if not undone:
+                return result("rejected", message="That decision was changed since: nothing undone.")
+            app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+            return result("duplicate", target.id)
+        undo = undo_annotation(session, target.id, annotator_id)
+        app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+        return result("applied", undo.id)
+
+    decision = None
+    if op.kind in DECISION_KINDS:
+        try:
+            decision = resolve_decision(taxonomy, op.kind, op.main_class_id, op.tags)
+        except DecisionError as error:
+            return result("rejected", message=f"Image {op.image_id}: {error}.")
+    rows = label_history.rows_after(session, image_id=op.image_id, annotator_id=annotator_id, after=op.after)
+    if len(rows) >= op.step:
+        row = rows[op.step - 1]
+        if _same_decision(row, op, decision):
+            return result("duplicate", row.id)
+        return result("rejected", message=f"Image {op.image_id} was changed elsewhere meanwhile: nothing applied.")
+    if len(rows) < op.step - 1:
+        return result("rejected", message=f"Image {op.image_id}: an earlier decision on it is missing.")
+
+    if op.kind == "undo":
+        assert op.target_step is not None
+        target = rows[op.target_step - 1] if op.target_step <= len(rows) else None
+        if target is None or target.kind == AnnotationKind.UNDO or target.superseded:
+            return result("rejected", message=f"Image {op.image_id}: that decision is no longer current.")
+        undo = undo_annotation(session, target.id, annotator_id)
+        app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+        return result("applied", undo.id)
+
+    assert decision is not None
+    version_id = op.model_version_id
+    if version_id is not None and session.get(ModelVersion, version_id) is None:
+        version_id = None
+    annotation = record_annotation(
+        session,
+        image_id=op.image_id,
+        annotator_id=annotator_id,
+        kind=decision.kind,
+        main_class_id=decision.main_class_id,
+        sub_class_ids=decision.sub_class_ids,
+        model_version_id=version_id,
+        strategy=op.strategy,
+        source="app",
+    )
+    return result("applied", annotation.id)
+
+
+def apply_ops(
+    engine: Engine, *, annotator_id: int, ops: Sequence[CardOp], taxonomy: TaxonomyView, lease_seconds: int
+) -> list[OpResult]:
+    """Apply ops in order, each in its own transaction (one refused op never undoes the others)."""
+    results = []
+    for op in ops:
+        try:
+            with unit_of_work(engine) as session:
+                results.append(
+                    apply_op(session, annotator_id=annotator_id, op=op, taxonomy=taxonomy, lease_seconds=lease_seconds)
+                )
+        except AnnotationError as error:
+            results.append(OpResult(op.op_id, "rejected", op.image_id, op.kind, None, str(error)))
+    return results
+
+
+# ----------------------------------------------------------------------------------------- window
+
+
+@dataclass(frozen=True)
+class WindowItem:
+    image_id: int
+    strategy: str
+    model_version_id: int | None
+    audit: bool = False
+
+
+@functools.lru_cache(maxsize=512)
+def _data_url(path: str) -> str:
+    # Display files are named by content hash, so a path's bytes never change.
+    data = Path(path).read_bytes()
+    mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png" if data[:4] == b"\x89PNG" else "image/webp"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+@dataclass
+class LabelSession:
+    """One browser session's Label page: the window of claimed images and the ops already answered."""
+
+    annotator_id: int
+    strategy: str
+    window: list[WindowItem] = field(default_factory=list)
+    results: dict[str, OpResult] = field(default_factory=dict)
+    reset: int = 0
+    epoch: str | None = None
+    sent: set[int] = field(default_factory=set)
+    payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    started: datetime = field(default_factory=utcnow)
+
+    # --- ops
+
+    def receive(
+        self, engine: Engine, outbox: Mapping[str, Any], taxonomy: TaxonomyView, *, lease_seconds: int
+    ) -> list[OpResult]:
+        """Apply the outbox's ops not answered yet, in order; returns the answers to every op in it."""
+        ops, problems = parse_card_ops(outbox)
+        self.messages += problems
+        epoch = outbox.get("epoch") if isinstance(outbox, Mapping) else None
+        if isinstance(epoch, str) and epoch != self.epoch:
+            self.epoch = epoch
+            self.sent = set()  # a new card instance: it has none of the images yet
+        new = [op for op in ops if op.op_id not in self.results]
+        for result in apply_ops(
+            engine, annotator_id=self.annotator_id, ops=new, taxonomy=taxonomy, lease_seconds=lease_seconds
+        ):
+            self.results[result.op_id] = result
+            self._follow(result)
+            if result.status == "rejected" and result.message:
+                self.messages.append(result.message)
+        while len(self.results) > RESULTS_KEPT:
+            self.results.pop(next(iter(self.results)))
+        return [self.results[op.op_id] for op in ops if op.op_id in self.results]
+
+    def _follow(self, result: OpResult) -> None:
+        if result.decided:
+            self.window = [item for item in self.window if item.image_id != result.image_id]
+        elif result.reopened:
+            self.put_in_front(result.image_id, announce=result.kind == "undo_annotation")
+
+    def put_in_front(self, image_id: int, *, announce: bool = True) -> None:
+        """Show ``image_id`` next (an undo, a link); ``announce`` makes the card switch to it at once."""
+        rest = [item for item in self.window if item.image_id != image_id]
+        self.window = [WindowItem(image_id, self.strategy, None), *rest]
+        self.payloads.pop(image_id, None)
+        if announce:
+            self.reset += 1
+
+    def change_strategy(self, engine: Engine, strategy: str) -> None:
+        """A new queue order: give back the window's claims and start again."""
+        with unit_of_work(engine) as session:
+            for item in self.window:
+                release_claim(session, item.image_id, self.annotator_id)
+        self.strategy = strategy
+        self.window = []
+        self.reset += 1
+
+    # --- window
+
+    def refill(self, engine: Engine, *, lease_seconds: int, size: int = WINDOW_SIZE) -> None:
+        """Keep the window's claims and fill it up to ``size`` images (what I already hold first)."""
+        with unit_of_work(engine) as session:
+            version_id = active_model_version_id(session)
+            kept = []
+            for item in self.window:
+                # Renews my lease; fails only when the lease ran out and someone else took the image.
+                if app_views.claim_image(
+                    session, image_id=item.image_id, annotator_id=self.annotator_id, lease_seconds=lease_seconds
+                ):
+                    kept.append(item)
+            if not self.window:
+                held = claimed_images(session, self.annotator_id)[:size]
+                kept = [WindowItem(image_id, self.strategy, version_id) for image_id in held]
+            while len(kept) < size:
+                has_audit = any(item.audit for item in kept)
+                image_id = next_image(
+                    session,
+                    annotator_id=self.annotator_id,
+                    strategy=self.strategy,
+                    model_version_id=version_id,
+                    lease_seconds=lease_seconds,
+                    audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
+                    exclude=[item.image_id for item in kept],
+                )
+                if image_id is None:
+                    break
+                kept.append(WindowItem(image_id, self.strategy, version_id))
+            audit = label_history.audit_flags(session, [item.image_id for item in kept])
+            self.window = [
+                WindowItem(
+                    item.image_id,
+                    item.strategy,
+                    item.model_version_id if item.model_version_id is not None else version_id,
+                    bool(audit.get(item.image_id)),
+                )
+                for item in kept
+                if item.image_id in audit
+            ]
+
+    def current_image(self) -> int | None:
+        return self.window[0].image_id if self.window else None
+
+    # --- what the card gets
+
+    def card_data(
+        self,
+        engine: Engine,
+        project: Project,
+        taxonomy: TaxonomyView,
+        *,
+        acks: Sequence[OpResult],
+        hide: str,
+        storage: str,
+    ) -> dict[str, Any]:
+        with unit_of_work(engine) as session:
+            after = label_history.newest_rows(
+                session, image_ids=[item.image_id for item in self.window], annotator_id=self.annotator_id
+            )
+            items = []
+            for item in self.window:
+                payload = self.payloads.get(item.image_id)
+                if payload is None:
+                    payload = _item_payload(session, project, taxonomy, item)
+                    self.payloads[item.image_id] = payload
+                entry = {**payload, "after": after.get(item.image_id, 0)}
+                if item.image_id not in self.sent or self.epoch is None:
+                    entry["src"] = _data_url(str(payload["file"]))
+                entry.pop("file")
+                items.append(entry)
+            undoable = _newest_current(session, self.annotator_id)
+        self.sent.update(item.image_id for item in self.window)
+        for image_id in [i for i in self.payloads if i not in {item.image_id for item in self.window}]:
+            del self.payloads[image_id]
+        return {
+            "items": items,
+            "acks": [
+                {
+                    "op": r.op_id,
+                    "status": r.status,
+                    "image": r.image_id,
+                    "annotation": r.annotation_id,
+                    "message": r.message,
+                }
+                for r in acks
+            ],
+            "reset": self.reset,
+            "exhausted": len(self.window) == 0,
+            "hide": hide,
+            "storage": storage,
+            "undoable": undoable,
+            "keys": card_keys(taxonomy),
+            "taxonomy": card_taxonomy(taxonomy),
+        }
+
+
+def _item_payload(session: Session, project: Project, taxonomy: TaxonomyView, item: WindowItem) -> dict[str, Any]:
+    image = app_views.image_by_id(session, item.image_id)
+    if image is None:
+        raise LookupError(f"no image {item.image_id}")
+    prediction = app_views.prediction_for(session, item.model_version_id, item.image_id)
+    pred = None
+    score = None
+    if prediction is not None:
+        probabilities = dict((prediction.probabilities or {}).get("main", {}))
+        bars = sorted(probabilities.items(), key=lambda kv: -kv[1])[:PROBABILITY_BARS]
+        pred = {
+            "main": taxonomy.main_name(prediction.main_class_id),
+            "sub": taxonomy.sub_name(prediction.sub_class_id) if prediction.sub_class_id else None,
+            "bars": [[name, float(p)] for name, p in bars],
+        }
+        if item.strategy != "random":
+            value = getattr(prediction, item.strategy, None)
+            score = None if value is None else float(value)
+    return {
+        "id": image.id,
+        "name": Path(image.path).name,
+        "w": image.width,
+        "h": image.height,
+        "strategy": item.strategy,
+        "mv": item.model_version_id,
+        "reason": item.strategy if item.model_version_id is not None else "cold start",
+        "score": score,
+        "audit": bool(image.audit),
+        "pred": pred,
+        "file": large_view_file(project, image),
+    }
+
+
+def _newest_current(session: Session, annotator_id: int) -> dict[str, int] | None:
+    for view in recent_annotations(session, annotator_id, 5):
+        if view.current:
+            return {"annotation": view.id, "image": view.image_id}
+    return None
+
+
+def card_keys(taxonomy: TaxonomyView) -> dict[str, Any]:
+    """The key map as the card reads it: main key -> main id; tag key -> [(main id, sub id), ...]."""
+    tags: dict[str, list[list[int]]] = {}
+    for main_id, subs in taxonomy.keys.tags.items():
+        for sub in subs:
+            if sub.key:
+                tags.setdefault(sub.key, []).append([main_id, sub.class_id])
+    return {
+        "mainByKey": {k.key: k.class_id for k in taxonomy.keys.main if k.key},
+        "tagsByKey": tags,
+        "page": {
+            "skip": PAGE_KEYS.skip,
+            "unsure": PAGE_KEYS.unsure,
+            "undo": PAGE_KEYS.undo,
+            "reveal": PAGE_KEYS.reveal,
+        },
+        "described": [list(pair) for pair in PAGE_KEYS.described()],
+    }
+
+
+def card_taxonomy(taxonomy: TaxonomyView) -> list[dict[str, Any]]:
+    main_keys = {k.class_id: k for k in taxonomy.keys.main}
+    out = []
+    for main in taxonomy.main_classes:
+        sub_keys = {k.class_id: k for k in taxonomy.keys.tags.get(main.id, ())}
+        key = main_keys.get(main.id)
+        out.append(
+            {
+                "id": main.id,
+                "name": main.name,
+                "key": key.key if key else None,
+                "assigned": bool(key and key.assigned),
+                "subs": [
+                    {
+                        "id": sub.id,
+                        "name": sub.name,
+                        "key": sub_keys[sub.id].key if sub.id in sub_keys else None,
+                        "assigned": bool(sub.id in sub_keys and sub_keys[sub.id].assigned),
+                    }
+                    for sub in main.sub_classes
+                ],
+            }
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class Progress:
+    session: int  # my labels since this browser session began
+    today: int  # my labels since midnight UTC
+    per_hour: float  # my labels in the last hour
+    left: int  # images nobody has labelled yet
+    by_main_class: dict[str, int]
+
+
+def progress(engine: Engine, *, annotator_id: int, session_started: datetime) -> Progress:
+    now = utcnow()
+    midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=now.tzinfo)
+    with unit_of_work(engine) as session:
+        mine_session = label_history.decisions_since(session, annotator_id=annotator_id, since=session_started)
+        mine_today = label_history.decisions_since(session, annotator_id=annotator_id, since=midnight)
+        last_hour = label_history.decisions_since(session, annotator_id=annotator_id, since=now - timedelta(hours=1))
+        left = label_history.unlabelled_count(session)
+        counts = label_counts(session)
+    return Progress(
+        session=mine_session.get("label", 0),
+        today=mine_today.get("label", 0),
+        per_hour=float(last_hour.get("label", 0)),
+        left=left,
+        by_main_class=dict(counts.by_main_class),
+    )
+
+
+def undo_from_history(engine: Engine, *, annotator_id: int, annotation_id: int, lease_seconds: int) -> int:
+    """The Recent list's Undo: withdraw one of my annotations and claim its image again; returns the image."""
+    with unit_of_work(engine) as session:
+        undone = undo_annotation(session, annotation_id, annotator_id)
+        app_views.claim_image(session, image_id=undone.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+        return undone.image_id
