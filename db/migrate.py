@@ -44,3 +44,11 @@ def make_revision(engine: Engine, message: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.revision(config, message=message, autogenerate=True)
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether this code has the migration ``revision``: a database from a newer release has one it lacks."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except Exception:  # alembic raises its own ResolutionError / CommandError subclasses for unknown ids
+        return False

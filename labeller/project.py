@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,12 +15,16 @@ from typing import Any
 
 import tomli_w
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from db.engine import make_engine, sqlite_url
 
 SETTINGS_FILE = "labeller.toml"
 DATABASE_FILE = "labeller.db"
 DATABASE_URL_ENV = "LABELLER_DATABASE_URL"
+# The PostgreSQL password, kept out of labeller.toml (and out of the process list, unlike a URL flag).
+DATABASE_PASSWORD_ENV = "LABELLER_DATABASE_PASSWORD"
 
 
 class ProjectError(Exception):
@@ -70,6 +76,12 @@ class ProjectSettings:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> ProjectSettings:
+        from labeller.settings_check import settings_problems
+
+        problems = settings_problems(data, {"labelling": LabellingSettings, "training": TrainingSettings})
+        if problems:
+            listed = "\n".join(f"  - {problem}" for problem in problems)
+            raise ProjectError(f"{SETTINGS_FILE} has {len(problems)} problem(s); fix them and try again:\n{listed}")
         try:
             return cls(
                 name=data["name"],
@@ -96,7 +108,21 @@ class Project:
 
     @property
     def database_url(self) -> str:
-        return os.environ.get(DATABASE_URL_ENV) or self.settings.database_url or sqlite_url(self.root / DATABASE_FILE)
+        url = os.environ.get(DATABASE_URL_ENV) or self.settings.database_url or sqlite_url(self.root / DATABASE_FILE)
+        password = os.environ.get(DATABASE_PASSWORD_ENV)
+        if password and not url.startswith("sqlite"):
+            with contextlib.suppress(ArgumentError):  # open_project reports a malformed URL
+                url = make_url(url).set(password=password).render_as_string(hide_password=False)
+        return url
+
+    @property
+    def database_url_source(self) -> str:
+        """Where the database URL comes from, for error messages."""
+        if os.environ.get(DATABASE_URL_ENV):
+            return f"${DATABASE_URL_ENV}"
+        if self.settings.database_url:
+            return f"database_url in {self.root / SETTINGS_FILE}"
+        return f"the project's database file {self.root / DATABASE_FILE}"
 
     @cached_property
     def engine(self) -> Engine:
@@ -115,9 +141,13 @@ class Project:
             return str(path)
 
     def save_settings(self) -> None:
+        """Write ``labeller.toml`` readable by its owner only (0600): it may hold the database password."""
         target = self.root / SETTINGS_FILE
         tmp = target.with_suffix(".toml.tmp")
-        tmp.write_text(self.settings.to_toml())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale temporary file keeps its old mode otherwise
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(self.settings.to_toml())
         tmp.replace(target)
 
 
@@ -146,9 +176,73 @@ def open_project(root: Path | str) -> Project:
     if not settings_path.is_file():
         raise ProjectError(f"{root} is not a Latent Labeller project: run `labeller init {root}` first")
     try:
-        data = tomllib.loads(settings_path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ProjectError(f"{settings_path}: {error}") from error
+        data = tomllib.loads(settings_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ProjectError(f"{settings_path} is not valid TOML: {error}") from error
+    except OSError as error:
+        raise ProjectError(f"cannot read {settings_path}: {error.strerror or error}") from error
     project = Project(root, ProjectSettings.from_mapping(data))
-    upgrade_to_head(project.engine)
+    open_database(project, upgrade_to_head)
     return project
+
+
+def open_database(project: Project, upgrade: Callable[[Engine], None]) -> None:
+    """Connect and bring the schema to head, turning every way this fails into one ProjectError line that
+    says what to do. A missing or empty SQLite file is refused: creating it afresh would show an empty
+    project as if every label were gone."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+
+    from db.migrate import current_revision, is_known_revision
+
+    source = project.database_url_source
+    try:
+        parsed = make_url(project.database_url)
+    except ArgumentError as error:
+        raise ProjectError(
+            f"{source} is not a database URL (like postgresql+psycopg://user@host/db): {error}"
+        ) from error
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if not path.exists():
+            raise ProjectError(
+                f"the database {path} is missing: restore it from a backup (nothing was created, so no label is "
+                f"hidden behind an empty database), or start afresh with `labeller init` in a new folder"
+            )
+        if path.is_file() and path.stat().st_size == 0:
+            raise ProjectError(f"the database {path} is empty (0 bytes): restore it from a backup")
+    try:
+        revision = current_revision(project.engine)
+        if revision is not None and not is_known_revision(revision):
+            raise ProjectError(
+                f"the database {shown} was written by a newer Latent Labeller (schema revision {revision}): "
+                f"upgrade labeller to open it"
+            )
+        upgrade(project.engine)
+    except NoSuchModuleError as error:
+        raise ProjectError(f"{source}: unknown database driver in {shown}: {error}") from error
+    except CommandError as error:
+        raise ProjectError(f"cannot update the schema of {shown}: {error}") from error
+    except DBAPIError as error:
+        raise ProjectError(_database_error(shown, error)) from error
+
+
+def _database_error(shown: str, error: Exception) -> str:
+    detail = str(getattr(error, "orig", error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lowered = detail.lower()
+    if "file is not a database" in lowered:
+        hint = "the file is not a SQLite database: restore labeller.db from a backup"
+    elif "readonly" in lowered or "read-only" in lowered:
+        hint = "the database or its folder is read-only: SQLite needs to write the file and a -wal file beside it"
+    elif "unable to open" in lowered:
+        hint = "check that the folder exists and that you may write to it"
+    elif "password" in lowered or "authentication" in lowered:
+        hint = f"check the user and password (the password may come from ${DATABASE_PASSWORD_ENV})"
+    elif "connection refused" in lowered or "could not connect" in lowered or "timeout" in lowered:
+        hint = "is the database server running and reachable?"
+    elif "does not exist" in lowered:
+        hint = "create the database first, or fix its name in the URL"
+    else:
+        hint = "check the database URL and the server"
+    return f"cannot open the database {shown}: {detail} ({hint})"

@@ -1,0 +1,115 @@
+"""Checks on ``labeller.toml`` before a project opens: one clear line per problem, all at once.
+
+A wrong value used to surface later as a crash for everyone (a lease of 0 s on the Label page, a string
+where a number belongs) or as silent damage (a heartbeat timeout below the worker's heartbeat period
+fails healthy jobs; an audit fraction of 7). Types come from the settings dataclasses' defaults, so a
+new setting is type-checked without a line here; the ranges that matter are listed in ``_RULES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# The worker heartbeats every 5 s (labeller.worker.WorkerConfig.heartbeat_seconds); a timeout under three
+# periods declares healthy jobs dead after one late beat.
+MIN_HEARTBEAT_TIMEOUT_SECONDS = 15
+MIN_CLAIM_LEASE_SECONDS = 10
+MAX_CLAIM_LEASE_SECONDS = 7 * 24 * 3600
+
+
+def _strategies() -> tuple[str, ...]:
+    from core.acquisition import STRATEGY_NAMES  # numpy only; imported late so `labeller --help` stays fast
+
+    return STRATEGY_NAMES
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else f"must be at least {low}, got {value}"
+
+
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}, got {value}"
+
+
+def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        names = choices()
+        return None if value in names else f"must be one of {', '.join(names)}; got {value!r}"
+
+    return check
+
+
+_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("labelling", "default_strategy"): _one_of(_strategies),
+    ("labelling", "claim_lease_seconds"): _between(MIN_CLAIM_LEASE_SECONDS, MAX_CLAIM_LEASE_SECONDS),
+    ("labelling", "audit_fraction"): _between(0, 1),
+    ("labelling", "break_reminder_minutes"): _at_least(0),
+    ("training", "epochs"): _at_least(1),
+    ("training", "batch_size"): _at_least(1),
+    ("training", "auto_retrain_every"): _at_least(0),
+    ("training", "consistency"): _at_least(0),
+    ("training", "balance"): _at_least(0),
+    ("training", "heartbeat_timeout_seconds"): lambda value: (
+        None
+        if value >= MIN_HEARTBEAT_TIMEOUT_SECONDS
+        else f"must be at least {MIN_HEARTBEAT_TIMEOUT_SECONDS} (the worker heartbeats every 5 s), got {value}"
+    ),
+}
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    """None if ``value`` fits the type of ``default``; TOML gives bool, int, float, str, tables, arrays."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if isinstance(default, int):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return None if whole else f"must be a whole number, got {value!r}"
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number, got {value!r}"
+        return None if math.isfinite(value) else f"must be a finite number, got {value!r}"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    return None
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def settings_problems(data: Mapping[str, Any], sections: Mapping[str, type]) -> list[str]:
+    """Every problem in the parsed ``labeller.toml``, one line each, naming the setting (``[section] key``)."""
+    problems: list[str] = []
+    known_top = {"name", "database_url", *sections}
+    for key in data:
+        if key not in known_top:
+            problems.append(f"unknown setting {key!r} (known: {', '.join(sorted(known_top))})")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append("name must be a non-empty string")
+    if "database_url" in data and not isinstance(data["database_url"], str):
+        problems.append(f"database_url must be a string, got {data['database_url']!r}")
+    for section, settings_type in sections.items():
+        values = data.get(section, {})
+        if not isinstance(values, Mapping):
+            problems.append(f"[{section}] must be a table, got {values!r}")
+            continue
+        fields = {field.name: field for field in dataclasses.fields(settings_type)}  # type: ignore[arg-type]
+        for key, value in values.items():
+            where = f"[{section}] {key}"
+            if key not in fields:
+                problems.append(f"{where}: unknown setting (known: {', '.join(fields)})")
+                continue
+            problem = _type_problem(value, _default(fields[key]))
+            if problem is None and (rule := _RULES.get((section, key))) is not None:
+                problem = rule(value)
+            if problem is not None:
+                problems.append(f"{where} {problem}")
+    return problems
