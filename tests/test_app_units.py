@@ -11,21 +11,26 @@ from labeller.app.selection import selected_image_ids
 from labeller.app.services import UnsafePathError, check_servable, flatten_progress, parse_image_id
 
 
-def test_key_map_keeps_usable_wishes_and_fills_the_rest() -> None:
+def test_key_map_keeps_the_files_keys_and_fills_the_rest() -> None:
     keys = build_key_map(
         [(1, "a", "1"), (2, "b", "c"), (3, "c", None), (4, "d", "1")],
-        {1: [(10, "a1", "q"), (11, "a2", "s"), (12, "a3", None)], 2: [(20, "b1", "Q")]},
+        {1: [(10, "a1", "q"), (11, "a2", "s"), (12, "a3", None)], 2: [(20, "b1", "Q"), (21, "b2", "1")]},
     )
-    main = {k.class_id: k.key for k in keys.main}
-    assert main[1] == "1"
-    # "c" is Streamlit's, "1" is taken: both get the next free digits.
-    assert main[2] == "2" and main[3] == "3" and main[4] == "4"
-    tags = {k.class_id: k.key for subs in keys.tags.values() for k in subs}
-    assert tags[10] == "q"
-    assert tags[11] not in PAGE_KEYS.as_set()  # "s" is the skip key
-    assert tags[20] != "q"  # duplicates across main classes are not allowed
-    every_key = list(main.values()) + list(tags.values())
-    assert len(every_key) == len(set(every_key))
+    main = {k.class_id: k for k in keys.main}
+    assert main[1].key == "1" and not main[1].assigned
+    # "c" is Streamlit's, "1" is taken: both get the next free digits, marked as assigned.
+    assert [main[i].key for i in (2, 3, 4)] == ["2", "3", "4"]
+    assert all(main[i].assigned for i in (2, 3, 4))
+    tags = {k.class_id: k for subs in keys.tags.values() for k in subs}
+    # Sub-class keys are live once their main class is chosen: the file may repeat one across main classes.
+    assert tags[10].key == "q" and tags[20].key == "q" and not tags[20].assigned
+    assert keys.tag_owners("q") == [1, 2]
+    # "s" is the skip key and "1" a main-class key: replaced, and never by a key the file uses elsewhere.
+    assert tags[11].assigned and tags[11].key not in PAGE_KEYS.as_set() | {"q"}
+    assert tags[21].assigned and tags[21].key not in {"1", "2", "3", "4", "q"}
+    assigned = [k.key for k in keys.assigned if k.class_id >= 10]
+    assert len(assigned) == len(set(assigned))  # assigned keys are never ambiguous
+    every_key = [k.key for k in keys.main] + [k.key for k in tags.values()]
     assert not set(every_key) & (STREAMLIT_RESERVED | PAGE_KEYS.as_set())
 
 
