@@ -45,6 +45,11 @@ NAMING_CONVENTION = {
 }
 
 
+# The largest id an Integer primary key holds on every dialect (PostgreSQL's int4): ids from users (URLs,
+# command lines) are checked against it, so that a huge one is "not found", not an overflow traceback.
+MAX_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

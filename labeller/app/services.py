@@ -38,7 +38,7 @@ from db.queries.jobs import enqueue_job, get_job, job_events, list_jobs, request
 from db.queries.models import active_model_version, list_model_versions, promote_model_version, rollback_model_version
 from db.queries.queue import next_image
 from db.queries.taxonomy import apply_taxonomy_spec, taxonomy_spec
-from db.schema import AnnotationKind, Image, Job
+from db.schema import MAX_ID, AnnotationKind, Image, Job
 from labeller.app.keys import KeyMap, build_key_map
 from labeller.ingest import ImportReport
 from labeller.project import Project
@@ -148,9 +148,13 @@ def large_view_file(project: Project, image: Image) -> Path:
 
 
 def parse_image_id(value: object) -> int | None:
-    """An image id from a URL parameter: a positive integer or nothing (never a path)."""
+    """An image id from a URL parameter: a positive integer that fits an id column, or nothing (never a path).
+    ASCII digits only: ``str.isdigit`` accepts "²", which ``int`` then refuses."""
     text = str(value).strip() if value is not None else ""
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_ID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID else None
 
 
 # ----------------------------------------------------------------------------------------- labelling

@@ -12,7 +12,7 @@ from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.queries.models import ModelVersionError
-from labeller.commands.project import load_project
+from labeller.commands.project import ROW_ID, load_project
 
 HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "val_main_accuracy", "val_ece")
 
@@ -53,8 +53,8 @@ def list_command(project) -> None:
 
 
 @models_command.command("compare")
-@click.argument("first", type=int)
-@click.argument("second", type=int)
+@click.argument("first", type=ROW_ID)
+@click.argument("second", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole comparison as JSON.")
 @click.pass_obj
 def compare_command(project, first: int, second: int, as_json: bool) -> None:
@@ -94,7 +94,7 @@ def _ensure_scored(session, version_id: int) -> str:
 
 
 @models_command.command("promote")
-@click.argument("version_id", type=int)
+@click.argument("version_id", type=ROW_ID)
 @click.pass_obj
 def promote_command(project, version_id: int) -> None:
     """Make a version the active one (the one the labelling queue ranks by)."""

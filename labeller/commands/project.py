@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
+from db.schema import MAX_ID
 from labeller.project import Project, ProjectError, init_project, open_project
+
+# A row id on the command line: a clean usage error for 0, negatives and ids no database can hold.
+ROW_ID = click.IntRange(1, MAX_ID)
 
 
 def load_project(root: Path) -> Project:

@@ -10,7 +10,7 @@ import click
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries.jobs import JobError
-from labeller.commands.project import load_project
+from labeller.commands.project import ROW_ID, load_project
 
 PROJECT_ARGUMENT = click.argument("project", type=click.Path(file_okay=False, exists=True, path_type=Path))
 
@@ -73,7 +73,7 @@ def list_jobs_command(project, limit: int = 20) -> None:
 
 
 @jobs_command.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @click.pass_obj
 def cancel_job_command(project, job_id: int) -> None:
     """Cancel a queued job at once, or ask a running job's worker to stop at its next step."""
