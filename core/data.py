@@ -1,5 +1,6 @@
-"""Images as the models see them: a uint8 pool with one admissible-leaf mask per image, image loading,
-augmentation that fits the kind of image, and the stratified validation split."""
+"""Inputs as the models see them: a pool of uint8 images or of backbone feature vectors with one
+admissible-leaf mask per row, image loading, augmentation that fits the kind of image, feature scaling,
+and the stratified validation split."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ AugmentKind = Literal["none", "shift", "crop_flip"]
 class LabelledPool:
     """Every image the model may learn from.
 
-    images: uint8 (N, C, H, W); admissible: bool (N, K), the leaves each image's label admits (all True
-    for an unlabelled image); labelled: bool (N,), which images carry a human label (exact or partial).
+    images: what the model sees of each image: uint8 pixels (N, C, H, W), or a pretrained backbone's
+    feature vectors (N, D) as float16/float32 (``core.features``); admissible: bool (N, K), the leaves each
+    image's label admits (all True for an unlabelled image); labelled: bool (N,), which images carry a
+    human label (exact or partial).
     """
 
     images: np.ndarray
@@ -28,8 +31,13 @@ class LabelledPool:
     labelled: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+        pixels = self.images.ndim == 4 and self.images.dtype == np.uint8
+        vectors = self.images.ndim == 2 and np.issubdtype(self.images.dtype, np.floating)
+        if not (pixels or vectors):
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W) or float feature vectors (N, D), "
+                f"got {self.images.dtype} {self.images.shape}"
+            )
         n = len(self.images)
         if self.admissible.ndim != 2 or self.admissible.shape[0] != n or self.admissible.dtype != bool:
             raise ValueError(f"admissible must be bool (N={n}, K), got {self.admissible.dtype} {self.admissible.shape}")
@@ -48,9 +56,13 @@ class LabelledPool:
         return self.admissible.shape[1]
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) for pixels, (D,) for feature vectors: the shape of one model input."""
+        return tuple(int(v) for v in self.images.shape[1:])
+
+    @property
+    def is_features(self) -> bool:
+        return self.images.ndim == 2
 
     @classmethod
     def from_leaf_labels(cls, images: np.ndarray, leaves: np.ndarray, num_leaves: int) -> LabelledPool:
@@ -89,17 +101,66 @@ def load_images(paths: Sequence[Path | str], size: int, channels: int = 3) -> np
 
 
 def to_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float in [0, 1]."""
-    return batch.float().div_(255.0)
+    """uint8 pixels -> float in [0, 1]; feature vectors -> float32 as they are."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255.0)
+    return batch.float()
 
 
-def default_augmentation(image_shape: tuple[int, int, int]) -> AugmentKind:
-    """None for tiny images, crops and flips for photos.
+def default_augmentation(image_shape: tuple[int, ...]) -> AugmentKind:
+    """None for tiny images and feature vectors, crops and flips for photos.
 
     Measured on scikit-learn's 8x8 digits (50 labels, M2): 1-pixel shifts cost 3-4 points of accuracy
     (an 8x8 digit moved by one pixel is a different-looking digit), and flips change the class."""
+    if len(image_shape) != 3:
+        return "none"
     _, height, _ = image_shape
     return "none" if height <= 16 else "crop_flip"
+
+
+@dataclass
+class FeatureScaler:
+    """Backbone features -> model inputs: each row scaled to unit length, then each dimension standardised
+    with the training pool's mean and spread. Kept with the model, so scoring scales new images exactly
+    as training did. Unit length first: pooled activations differ in overall magnitude between images
+    (lighting, texture) in ways that say nothing about the class."""
+
+    mean: np.ndarray  # (D,) float32
+    scale: np.ndarray  # (D,) float32
+
+    @classmethod
+    def fit(cls, features: np.ndarray, chunk: int = 65_536) -> FeatureScaler:
+        """Streaming mean and variance, so a memory-mapped million-row pool is never copied whole."""
+        total = np.zeros(features.shape[1], dtype=np.float64)
+        squares = np.zeros(features.shape[1], dtype=np.float64)
+        for start in range(0, len(features), chunk):
+            rows = unit_rows(np.asarray(features[start : start + chunk], dtype=np.float32)).astype(np.float64)
+            total += rows.sum(0)
+            squares += (rows**2).sum(0)
+        count = max(len(features), 1)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        return cls(mean.astype(np.float32), np.maximum(std, 1e-4 * max(float(std.max()), 1e-12)).astype(np.float32))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.float()
+        batch = batch / batch.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        mean = torch.from_numpy(self.mean).to(batch.device)
+        scale = torch.from_numpy(self.scale).to(batch.device)
+        return (batch - mean) / scale
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        return {"mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> FeatureScaler:
+        return cls(mean=state["mean"].numpy(), scale=state["scale"].numpy())
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32): what the linear baselines and the kNN graph see of features."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def augment(batch: torch.Tensor, kind: AugmentKind, generator: torch.Generator) -> torch.Tensor:

@@ -83,10 +83,12 @@ INITIAL_SELECTIONS = ("random", "typical", "diverse")
 class EvaluationData:
     """Images with known labels, as the oracle sees them.
 
-    images: uint8 (N, C, H, W); admissible: bool (N, K), each image's true label as a set of leaves (one
-    leaf for an exact label, several for a partial one); features: float (N, F) for the scikit-learn
-    baselines and the cold start (default: pixels scaled to [0, 1]); extra_unlabelled: uint8 images with
-    no label that the semi-supervised learners may use as unlabelled data (never queried, never tested).
+    images: what the models see: uint8 pixels (N, C, H, W) or a backbone's feature vectors (N, D);
+    admissible: bool (N, K), each image's true label as a set of leaves (one leaf for an exact label,
+    several for a partial one); features: float (N, F) for the scikit-learn baselines and the cold start
+    (default: pixels scaled to [0, 1], or the feature vectors scaled to unit length); extra_unlabelled:
+    rows like ``images`` with no label that the semi-supervised learners may use as unlabelled data (never
+    queried, never tested).
     """
 
     name: str
@@ -97,8 +99,13 @@ class EvaluationData:
     extra_unlabelled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+        pixels = self.images.ndim == 4 and self.images.dtype == np.uint8
+        vectors = self.images.ndim == 2 and np.issubdtype(self.images.dtype, np.floating)
+        if not (pixels or vectors):
+            raise ValueError(
+                "images must be uint8 (N, C, H, W) or feature vectors (N, D), "
+                f"got {self.images.dtype} {self.images.shape}"
+            )
         expected = (len(self.images), self.taxonomy.num_leaves)
         if self.admissible.shape != expected or self.admissible.dtype != bool:
             raise ValueError(f"admissible must be bool {expected}, got {self.admissible.dtype} {self.admissible.shape}")
@@ -108,7 +115,12 @@ class EvaluationData:
         if ((main_sets > 0).sum(axis=1) != 1).any():
             raise ValueError("a label admits leaves of more than one main class")
         if self.features is None:
-            self.features = self.images.reshape(len(self.images), -1).astype(np.float32) / 255.0
+            if vectors:
+                from core.data import unit_rows
+
+                self.features = unit_rows(self.images)
+            else:
+                self.features = self.images.reshape(len(self.images), -1).astype(np.float32) / 255.0
         if self.extra_unlabelled is not None and self.extra_unlabelled.shape[1:] != self.images.shape[1:]:
             raise ValueError("extra unlabelled images must have the labelled images' shape")
 

@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from core.registry import CLASSIFIER_KINDS
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -311,7 +313,20 @@ def vgg16_classifier(num_leaves: int, weights: Path | str | None = None, dropout
     return nn.Sequential(ImageNetNormalise(), vgg)
 
 
-CLASSIFIER_KINDS = ("cnn", "mlp", "vgg16", "colour", "cnn_colour")
+class LinearClassifier(nn.Module):
+    """q(y|x) as one linear layer (with input dropout) on feature vectors: a linear probe. On a pretrained
+    backbone's features it is the classifier that few labels can fit; M2 and the consistency term add what
+    the unlabelled images know."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_leaves: int, dropout: float) -> None:
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ValueError(f"a linear classifier takes feature vectors (D,), got {input_shape}")
+        self.dropout = nn.Dropout(dropout)
+        self.linear = small_init_(nn.Linear(input_shape[0], num_leaves), std=1e-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(x))
 
 
 def classifier_trunk(kind: str, input_shape: tuple[int, ...]) -> nn.Module:
@@ -337,8 +352,11 @@ def build_classifier(
     dropout: float = 0.3,
     vgg16_weights: Path | str | None = None,
 ) -> nn.Module:
-    """q(y|x): ``cnn`` / ``mlp`` (the small nets of the table), ``vgg16``, ``colour`` (an MLP on colour
-    histograms) or ``cnn_colour`` (the CNN's features and the histograms side by side)."""
+    """q(y|x): ``cnn`` / ``mlp`` (the small nets of the table), ``linear`` (feature vectors), ``vgg16``,
+    ``colour`` (an MLP on colour histograms) or ``cnn_colour`` (the CNN's features and the histograms side
+    by side)."""
+    if kind == "linear":
+        return LinearClassifier(input_shape, num_leaves, dropout)
     if kind == "vgg16":
         if len(input_shape) != 3 or input_shape[1] < 32:
             raise ValueError(f"vgg16 needs images of at least 32x32, got {input_shape}")

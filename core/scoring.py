@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.data import to_float
 from core.device import autocast, eval_mode, resolve_device
 
 if TYPE_CHECKING:
@@ -114,11 +113,12 @@ def score_pool(
     device: str | torch.device | None = None,
     mc_samples: int = 8,
 ) -> PoolScores:
-    """Score uint8 images (N, C, H, W) shaped like the training images, in batches."""
+    """Score rows shaped like the training rows, in batches: uint8 images (N, C, H, W), or the backbone's
+    raw feature vectors (N, D) for a model trained on features (its scaler is applied here)."""
     expected = tuple(trained.image_shape)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(f"images must be (N, {expected[0]}, {expected[1]}, {expected[2]}), got {images.shape}")
-    if images.dtype != np.uint8:
+    if tuple(images.shape[1:]) != expected:
+        raise ValueError(f"inputs must be (N, {', '.join(map(str, expected))}), got {images.shape}")
+    if len(expected) == 3 and images.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {images.dtype}")
     if device is None:
         device = resolve_device(trained.config.device)
@@ -133,7 +133,7 @@ def score_pool(
     logits_out, latent_out, recon_out, gen_out, bald_out = [], [], [], [], []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = to_float(torch.from_numpy(images[start : start + batch_size]).to(device))
+            x = trained.inputs(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device))
             with autocast(device, use_amp):
                 logits = model.classify(x).float()
                 latent_out.append(model.latent(x).float().cpu())

@@ -28,15 +28,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.calibration import expected_calibration_error, fit_temperature, set_nll
-from core.data import LabelledPool, augment, default_augmentation, stratified_split, to_float
+from core.data import FeatureScaler, LabelledPool, augment, default_augmentation, stratified_split, to_float
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
+from core.features import VIEWS
 from core.models import LIKELIHOODS, M2, VAE, M1Classifier, StackedM1M2, Supervised
-from core.nets import CLASSIFIER_KINDS, arch_for, build_classifier, default_arch
+from core.nets import arch_for, build_classifier, default_arch
+from core.registry import AUTO, CLASSIFIER_KINDS, DEFAULT_MODEL, INPUT_KINDS, MODEL_KINDS, PIXELS
 from core.scoring import LatentDensity
 from core.taxonomy import Taxonomy
 
-MODELS = ("m1", "m2", "m1m2", "supervised")
-CLASSIFIERS = ("auto", *CLASSIFIER_KINDS)
+CLASSIFIERS = (AUTO, *CLASSIFIER_KINDS)
 AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
 CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
 CHECKPOINT_FORMAT = 1
@@ -52,7 +53,12 @@ class TrainingCancelled(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    model: str = "m1m2"  # m1, m2, m1m2 or supervised
+    model: str = DEFAULT_MODEL  # core.registry.MODEL_KINDS
+    # What the pool's rows are: "pixels" (uint8 images) or the backbone whose pooled features they are
+    # (core.backbones; computed by core.features before fit). Recorded so that scoring feeds the same input.
+    backbone: str = PIXELS
+    backbone_weights: str | None = None  # a local weights file the features were computed with
+    feature_view: str = "centre"  # core.features.VIEWS
     epochs: int = 30  # semi-supervised (or supervised) phase
     m1_epochs: int | None = None  # VAE pre-training of m1 / m1m2; None: same as epochs
     batch_size: int = 64  # unlabelled images per step (and per rank under DDP)
@@ -63,8 +69,8 @@ class TrainConfig:
     latent_dim: int = 32  # z of M2 (and of M1 when model == "m1")
     m1_latent_dim: int = 32  # M1's z in m1m2
     arch: str = "auto"  # a key of core.nets.ARCHITECTURES, or auto: conv for >= 32 px, else mlp
-    # cnn, mlp, vgg16, colour (colour histograms, for photos), cnn_colour; auto: cnn (3x3 convs under 32 px)
-    classifier: str = "auto"
+    # core.registry.CLASSIFIER_KINDS; auto: linear on features, cnn on pixels (3x3 convs under 32 px)
+    classifier: str = AUTO
     vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
     dropout: float = 0.3
     # Weight of the consistency term of M2 (models.consistency_loss): q(y|x) of each unlabelled image is
@@ -92,8 +98,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         problems = []
-        if self.model not in MODELS:
-            problems.append(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.model not in MODEL_KINDS:
+            problems.append(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
+        if self.backbone not in INPUT_KINDS:
+            problems.append(f"backbone must be one of {INPUT_KINDS}, got {self.backbone!r}")
+        if self.feature_view not in VIEWS:
+            problems.append(f"feature_view must be one of {VIEWS}, got {self.feature_view!r}")
         if self.classifier not in CLASSIFIERS:
             problems.append(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
         if self.likelihood not in ("auto", *LIKELIHOODS):
@@ -146,22 +156,30 @@ class TrainedModel:
     config: TrainConfig
     metrics: dict[str, Any]
     temperature: float
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # (C, H, W) for pixels, (D,) for features
     latent_density: LatentDensity | None = None
+    scaler: FeatureScaler | None = None  # features -> model inputs (None for pixels)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def inputs(self, batch: torch.Tensor) -> torch.Tensor:
+        """Stored rows (uint8 pixels or raw features) -> what the model takes."""
+        x = to_float(batch)
+        return self.scaler(x) if self.scaler is not None else x
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building
 
 
-def _resolved(config: TrainConfig, image_shape: tuple[int, int, int]) -> dict[str, str]:
-    tiny = image_shape[1] < 32
+def _resolved(config: TrainConfig, image_shape: tuple[int, ...]) -> dict[str, str]:
+    vectors = len(image_shape) == 1
+    tiny = vectors or image_shape[1] < 32
     return {
         "arch": default_arch(image_shape) if config.arch == "auto" else config.arch,
         # Tiny images get the 3x3-conv net: active M2 on digits reached 98.0 / 98.6% at 50 / 100 labels with
-        # it, 96.9 / 97.2% with the MLP (benchmarks/results/label_efficiency/ANALYSIS.md).
-        "classifier": "cnn" if config.classifier == "auto" else config.classifier,
+        # it, 96.9 / 97.2% with the MLP (benchmarks/results/label_efficiency/ANALYSIS.md). Features get a
+        # linear q(y|x): a pretrained backbone already did the non-linear work, and few labels fit few weights.
+        "classifier": ("linear" if vectors else "cnn") if config.classifier == "auto" else config.classifier,
         # Measured on digits (50 labels, M2, one seed): gaussian 90.0% vs bernoulli 88.2%.
         "likelihood": "gaussian" if config.likelihood == "auto" else config.likelihood,
         "augment": default_augmentation(image_shape) if config.augment == "auto" else config.augment,
@@ -172,10 +190,12 @@ def _resolved(config: TrainConfig, image_shape: tuple[int, int, int]) -> dict[st
 
 
 def build_model(
-    config: TrainConfig, taxonomy: Taxonomy, image_shape: tuple[int, int, int], *, load_vgg_weights: bool = True
+    config: TrainConfig, taxonomy: Taxonomy, image_shape: tuple[int, ...], *, load_vgg_weights: bool = True
 ) -> nn.Module:
-    """A freshly initialised model as ``config`` describes it."""
+    """A freshly initialised model as ``config`` describes it. For feature vectors (``image_shape == (D,)``)
+    the likelihood is an unbounded Gaussian (standardised features are not pixels in [0, 1])."""
     chosen = _resolved(config, image_shape)
+    bounded = len(image_shape) == 3
     arch = arch_for(chosen["arch"])
     k = taxonomy.num_leaves
     weights = config.vgg16_weights if load_vgg_weights else None
@@ -194,13 +214,14 @@ def build_model(
             chosen["likelihood"],
             classifier(image_shape, chosen["classifier"]),
             config.alpha,
+            bounded=bounded,
             consistency=config.consistency,
             balance=config.balance,
         )
     if config.model == "m1":
-        vae = VAE(arch, image_shape, config.latent_dim, chosen["likelihood"])
+        vae = VAE(arch, image_shape, config.latent_dim, chosen["likelihood"], bounded=bounded)
         return M1Classifier(vae, k, config.dropout, config.alpha)
-    vae = VAE(arch, image_shape, config.m1_latent_dim, chosen["likelihood"])
+    vae = VAE(arch, image_shape, config.m1_latent_dim, chosen["likelihood"], bounded=bounded)
     latent_shape = (config.m1_latent_dim,)
     m2 = M2(
         arch_for("mlp_small"),
@@ -275,7 +296,9 @@ class _Fitter:
         self.device = resolve_device(config.device)
         self.use_amp = config.amp and self.device.type == "cuda"
         self.chosen = _resolved(config, pool.image_shape)
-        self.images = torch.from_numpy(pool.images).to(self.device)  # uint8; floats made per batch
+        # Stored rows (uint8 pixels, or float16 features) stay compact on the device; inputs are made per batch.
+        self.feature_scaler = FeatureScaler.fit(pool.images) if pool.is_features else None
+        self.images = torch.from_numpy(np.ascontiguousarray(pool.images)).to(self.device)
         self.admissible = torch.from_numpy(pool.admissible).to(self.device)
         # Model init uses the global seed (identical on every rank); the data streams are per rank.
         self.generator = torch.Generator().manual_seed(config.seed * 1009 + self.dist.rank)
@@ -291,7 +314,9 @@ class _Fitter:
         # Images whose label is used for training are not in the unlabelled stream; validation images are.
         self.unlabelled = np.setdiff1d(np.arange(pool.num_images), self.train_labelled)
         self.neighbours = (
-            nearest_neighbours(self.images, config.neighbours, rng=np.random.default_rng([config.seed, 13]))
+            nearest_neighbours(
+                self.images, config.neighbours, rng=np.random.default_rng([config.seed, 13]), scaler=self.feature_scaler
+            )
             if config.consistency > 0 and self.chosen["consistency_view"] == "neighbour"
             else None
         )
@@ -304,6 +329,8 @@ class _Fitter:
     # -- batches -------------------------------------------------------------------------------------
     def batch(self, indices: np.ndarray, train: bool) -> torch.Tensor:
         x = to_float(self.images[torch.from_numpy(indices).to(self.device)])
+        if self.feature_scaler is not None:
+            x = self.feature_scaler(x)
         if train:
             x = augment(x, self.chosen["augment"], self.generator)
         return x
@@ -581,6 +608,7 @@ def fit(
         temperature=temperature,
         image_shape=pool.image_shape,
         latent_density=density,
+        scaler=fitter.feature_scaler,
     )
 
 
@@ -592,12 +620,16 @@ def nearest_neighbours(
     chunk: int = 1024,
     max_reference: int = 50_000,
     rng: np.random.Generator | None = None,
+    scaler: FeatureScaler | None = None,
 ) -> np.ndarray:
-    """(N, k) indices of each image's k nearest other images by Euclidean pixel distance.
+    """(N, k) indices of each image's k nearest other images by Euclidean distance between model inputs
+    (pixels, or scaled features).
 
     Beyond ``max_reference`` images the neighbours are sought among a random sample of that many, so the
     cost grows as N x max_reference rather than N squared."""
     flat = to_float(images.flatten(1))
+    if scaler is not None:
+        flat = scaler(flat)
     count = len(flat)
     k = min(k, count - 1)
     if k < 1:
@@ -653,6 +685,7 @@ def save_checkpoint(trained: TrainedModel, path: Path | str) -> Path:
         "metrics": trained.metrics,
         "temperature": float(trained.temperature),
         "latent_density": trained.latent_density.to_state() if trained.latent_density else None,
+        "scaler": trained.scaler.to_state() if trained.scaler else None,
         "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
     }
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -687,6 +720,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device | None = None) 
     # Default "auto", not the config's device: a model trained on a GPU box must load on a laptop.
     device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
     density = payload.get("latent_density")
+    scaler = payload.get("scaler")
     return TrainedModel(
         model=model.to(device).eval(),
         taxonomy=taxonomy,
@@ -695,4 +729,5 @@ def load_checkpoint(path: Path | str, device: str | torch.device | None = None) 
         temperature=float(payload["temperature"]),
         image_shape=image_shape,  # type: ignore[arg-type]
         latent_density=LatentDensity.from_state(density) if density else None,
+        scaler=FeatureScaler.from_state(scaler) if scaler else None,
     )

@@ -1,0 +1,74 @@
+"""The vocabulary of Latent Labeller, defined once: model kinds, classifier kinds, input kinds (backbones),
+query strategies, and the defaults a fresh project gets.
+
+Everything else (TrainConfig, the project settings, the CLI's choices, the app's selectors, the job
+parameters, the database's queue) imports these names from here. The module imports nothing heavy, so
+``db`` and the CLI may use it without loading torch.
+"""
+
+from __future__ import annotations
+
+from core.backbones import BACKBONES
+
+AUTO = "auto"
+
+# -- models ----------------------------------------------------------------------------------------------
+# m2: Kingma et al.'s M2 over the taxonomy's leaves; on a pretrained backbone's features it is the paper's
+# M1+M2 with M1 = the pretrained encoder. m1m2: M2 on the latent means of a pixel VAE. m1: a VAE, then a
+# classifier on its latent means. supervised: the same classifier on the labelled images alone.
+MODEL_KINDS: tuple[str, ...] = ("m2", "m1m2", "m1", "supervised")
+DEFAULT_MODEL = "m2"
+
+# -- q(y|x) ----------------------------------------------------------------------------------------------
+# cnn, mlp, colour and cnn_colour are built in core.nets; vgg16 is torchvision's VGG16 (a local checkpoint);
+# linear is a single layer (with dropout) on feature vectors.
+CLASSIFIER_KINDS: tuple[str, ...] = ("cnn", "mlp", "linear", "vgg16", "colour", "cnn_colour")
+
+# -- what the model sees -----------------------------------------------------------------------------------
+# pixels: the image itself, resized (the pixel VAEs); any other name: that pretrained network's pooled
+# features (core.backbones). auto decides per project from its images (core.registry.choose_backbone).
+PIXELS = "pixels"
+BACKBONE_NAMES: tuple[str, ...] = tuple(BACKBONES)
+INPUT_KINDS: tuple[str, ...] = (PIXELS, *BACKBONE_NAMES)
+# Measured on the hymenoptera photos (benchmarks/results/label_efficiency/ANALYSIS.md, session 4).
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# Below this side, or for greyscale images, pixels measured best (digits: 98.0% active at 50 labels).
+SMALL_IMAGE_SIDE = 32
+
+# -- acquisition -------------------------------------------------------------------------------------------
+# Uncertainty strategies read a score column of the same name (core.scoring.PoolScores, db predictions);
+# larger = label sooner.
+SCORE_STRATEGIES: tuple[str, ...] = (
+    "entropy",
+    "leaf_entropy",
+    "margin",
+    "least_confidence",
+    "bald",
+    "disagreement",
+    "novelty",
+)
+STRATEGIES: tuple[str, ...] = ("random", *SCORE_STRATEGIES)
+DEFAULT_STRATEGY = "entropy"
+COVERAGE_METHODS: tuple[str, ...] = ("farthest", "typical")
+# The product's active setting: entropy, k-centre diversified, 20% of each batch for typical coverage
+# (measured best on digits and hymenoptera; benchmarks/results/label_efficiency/ANALYSIS.md).
+DEFAULT_EXPLORATION = 0.2
+DEFAULT_COVERAGE = "typical"
+
+
+def choose_backbone(requested: str, *, channels: int, image_side: int | None) -> tuple[str, str]:
+    """(input kind, why) for a project: ``requested`` unless it is ``auto``; auto picks pixels for small or
+    greyscale images (where the pixel VAEs measured best) and the default pretrained backbone for colour
+    photos (where pixels from scratch lost by 16-20 points to a linear probe on its features)."""
+    if requested != AUTO:
+        if requested not in INPUT_KINDS:
+            raise ValueError(f"unknown backbone {requested!r}; choose auto or one of {', '.join(INPUT_KINDS)}")
+        return requested, "set in the project settings"
+    if channels == 1:
+        return PIXELS, "auto: greyscale images, where the pixel VAEs measured best (digits)"
+    if image_side is not None and image_side < SMALL_IMAGE_SIDE:
+        return PIXELS, f"auto: tiny images ({image_side} px), where the pixel VAEs measured best (digits)"
+    return DEFAULT_BACKBONE, (
+        f"auto: colour photos, so features of the pretrained {DEFAULT_BACKBONE} "
+        "(hymenoptera: 16-20 points above learning from pixels)"
+    )
