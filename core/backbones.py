@@ -176,7 +176,10 @@ def _load_into(model: nn.Module, state: dict[str, Any], spec: BackboneSpec, orig
     """Load ``state`` leaving out the classification head (a fine-tuned model's has other classes)."""
     head_prefix = f"{spec.head}."
     body = {key: value for key, value in state.items() if not key.startswith(head_prefix)}
-    missing, unexpected = model.load_state_dict(body, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as error:  # shapes that differ: another architecture
+        raise ValueError(f"{origin} does not fit {spec.name}: {str(error).splitlines()[1:3]}") from error
     missing = [key for key in missing if not key.startswith(head_prefix)]
     if missing or unexpected:
         raise ValueError(

@@ -38,6 +38,10 @@ from core.scoring import LatentDensity
 from core.taxonomy import Taxonomy
 
 CLASSIFIERS = (AUTO, *CLASSIFIER_KINDS)
+# The prior-matching weight that measured best on balanced leaves (digits: with consistency, 89.9% -> 94.0%).
+AUTO_BALANCE = 20.0
+# Leaves count as balanced when the rarest labelled leaf has at least this share of the commonest's labels.
+BALANCED_RATIO = 1 / 3
 AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
 CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
 CHECKPOINT_FORMAT = 1
@@ -80,8 +84,9 @@ class TrainConfig:
     consistency_view: str = "auto"
     neighbours: int = 7
     # Weight of M2's prior-matching term (models.prior_mismatch): the mean q(y|x) of each unlabelled batch
-    # is pulled towards p(y), uniform over the leaves. Use it when the leaves are roughly balanced.
-    balance: float = 0.0
+    # is pulled towards p(y), uniform over the leaves. Use it when the leaves are roughly balanced; "auto":
+    # AUTO_BALANCE when the labelled leaves are balanced (balanced_leaves), else 0.
+    balance: float | str = 0.0
     likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
     augment: str = "auto"  # none, shift, crop_flip; auto: none for tiny images, crop_flip for photos
     device: str = "auto"
@@ -112,9 +117,10 @@ class TrainConfig:
             problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.consistency_view not in CONSISTENCY_VIEWS:
             problems.append(f"consistency_view must be one of {CONSISTENCY_VIEWS}, got {self.consistency_view!r}")
-        for name in ("consistency", "balance"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.consistency < 0:
+            problems.append(f"consistency must be >= 0, got {self.consistency}")
+        if self.balance != AUTO and not (isinstance(self.balance, int | float) and self.balance >= 0):
+            problems.append(f"balance must be auto or a number >= 0, got {self.balance!r}")
         for name in ("epochs", "batch_size", "labelled_batch_size", "latent_dim", "m1_latent_dim", "neighbours"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -187,6 +193,21 @@ def _resolved(config: TrainConfig, image_shape: tuple[int, ...]) -> dict[str, st
         if config.consistency_view == "auto"
         else config.consistency_view,
     }
+
+
+def balanced_leaves(pool: LabelledPool) -> bool:
+    """Every leaf has exact labels, and the rarest has at least BALANCED_RATIO of the commonest's: then a
+    uniform p(y) is about right and the prior-matching term helps rather than distorts."""
+    exact = pool.labelled & (pool.admissible.sum(axis=1) == 1)
+    counts = pool.admissible[exact].sum(axis=0)
+    return bool(counts.min() > 0 and counts.min() >= BALANCED_RATIO * counts.max())
+
+
+def resolve_balance(config: TrainConfig, pool: LabelledPool) -> TrainConfig:
+    """``config`` with ``balance = "auto"`` decided from the pool's labels."""
+    if config.balance != AUTO:
+        return config
+    return dataclasses.replace(config, balance=AUTO_BALANCE if balanced_leaves(pool) else 0.0)
 
 
 def build_model(
@@ -542,6 +563,7 @@ def fit(
     ValueError on a pool or config that cannot be trained.
     """
     config.validate()
+    config = resolve_balance(config, pool)
     if pool.num_leaves != taxonomy.num_leaves:
         raise ValueError(f"pool has {pool.num_leaves} leaves per image, taxonomy has {taxonomy.num_leaves}")
     if not pool.labelled.any():
@@ -578,6 +600,8 @@ def fit(
         "model": config.model,
         **fitter.chosen,
         "alpha": config.alpha,
+        "consistency": config.consistency,
+        "balance": config.balance,
         "num_images": pool.num_images,
         "num_labelled": int(pool.labelled.sum()),
         "num_train_labels": len(fitter.train_labelled),

@@ -20,10 +20,33 @@ MIN_CLAIM_LEASE_SECONDS = 10
 MAX_CLAIM_LEASE_SECONDS = 7 * 24 * 3600
 
 
-def _strategies() -> tuple[str, ...]:
-    from core.acquisition import STRATEGY_NAMES  # numpy only; imported late so `labeller --help` stays fast
+def _names(name: str) -> Callable[[], tuple[str, ...]]:
+    """A tuple of names from core.registry (torch-free), read when a check runs."""
 
-    return STRATEGY_NAMES
+    def names() -> tuple[str, ...]:
+        from core import registry
+
+        return tuple(getattr(registry, name))
+
+    return names
+
+
+def _auto_or_at_least(low: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"must be auto or a number, got {value!r}"
+        return None if value >= low else f"must be auto or at least {low}, got {value}"
+
+    return check
+
+
+def _zero_or_between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value == 0 or low <= value <= high else f"must be 0 (auto) or {low}-{high}, got {value}"
+
+    return check
 
 
 def _at_least(low: float) -> Callable[[Any], str | None]:
@@ -43,7 +66,12 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | Non
 
 
 _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    ("labelling", "default_strategy"): _one_of(_strategies),
+    ("labelling", "default_strategy"): _one_of(_names("STRATEGIES")),
+    ("training", "model"): _one_of(_names("MODEL_KINDS")),
+    ("training", "backbone"): _one_of(lambda: ("auto", *_names("INPUT_KINDS")())),
+    ("training", "feature_view"): _one_of(lambda: ("centre", "centre_flip")),
+    ("training", "image_size"): _zero_or_between(4, 1024),
+    ("training", "channels"): lambda value: None if value in (0, 1, 3) else f"must be 0 (auto), 1 or 3, got {value}",
     ("labelling", "claim_lease_seconds"): _between(MIN_CLAIM_LEASE_SECONDS, MAX_CLAIM_LEASE_SECONDS),
     ("labelling", "audit_fraction"): _between(0, 1),
     ("labelling", "break_reminder_minutes"): _at_least(0),
@@ -51,13 +79,16 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("training", "batch_size"): _at_least(1),
     ("training", "auto_retrain_every"): _at_least(0),
     ("training", "consistency"): _at_least(0),
-    ("training", "balance"): _at_least(0),
+    ("training", "balance"): _auto_or_at_least(0),
     ("training", "heartbeat_timeout_seconds"): lambda value: (
         None
         if value >= MIN_HEARTBEAT_TIMEOUT_SECONDS
         else f"must be at least {MIN_HEARTBEAT_TIMEOUT_SECONDS} (the worker heartbeats every 5 s), got {value}"
     ),
 }
+
+
+_AUTO_OR_NUMBER = {("training", "balance")}
 
 
 def _type_problem(value: Any, default: Any) -> str | None:
@@ -107,7 +138,9 @@ def settings_problems(data: Mapping[str, Any], sections: Mapping[str, type]) -> 
             if key not in fields:
                 problems.append(f"{where}: unknown setting (known: {', '.join(fields)})")
                 continue
-            problem = _type_problem(value, _default(fields[key]))
+            # Settings that take "auto" or a number are typed by their rule alone.
+            typed_by_rule = (section, key) in _AUTO_OR_NUMBER
+            problem = None if typed_by_rule else _type_problem(value, _default(fields[key]))
             if problem is None and (rule := _RULES.get((section, key))) is not None:
                 problem = rule(value)
             if problem is not None:

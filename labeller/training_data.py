@@ -1,4 +1,4 @@
-"""A project's images and current labels as the models see them.
+"""A project's images and current labels as the models see them: pixels, or a backbone's features.
 
 ``load_project_pool`` reads every image and its current label through ``db.queries`` and turns each label
 into the set of taxonomy leaves it admits (``core.taxonomy.Taxonomy.admissible``): a main class with tags
@@ -7,7 +7,9 @@ without a current label (never labelled, skipped, unsure, undone) admits every l
 unlabelled.
 
 Decoding photos is the slow part, so pixels are cached under ``project/models/cache``: one folder per
-(size, channels), holding shard files of (sha256, pixels) written atomically. An image is decoded once per
+(size, channels), holding shard files of (sha256, pixels) written atomically. Backbone features are cached
+beside them by ``core.features.FeatureCache`` and computed by ``ensure_features`` for the images that lack
+them (the features job, and the train, score and evaluate paths before they read). An image is decoded once per
 size, whoever asks (worker, evaluation, scoring); a re-imported file with the same content reuses its
 pixels. Several processes may fill the cache at once: each writes its own shard, and duplicates are
 harmless.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.data import LabelledPool, load_image
+from core.features import ExtractionProgress, FeatureCache, FeatureSpec
 from core.taxonomy import Taxonomy
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels
@@ -72,12 +75,7 @@ class _ImageRow:
     audit: bool
 
 
-def load_project_pool(
-    project: Project, *, image_size: int, channels: int = 3, workers: int | None = None
-) -> ProjectPool:
-    """Pixels (uint8, ``channels`` x ``image_size`` x ``image_size``) and labels of every project image."""
-    if image_size < 1 or channels not in (1, 3):
-        raise ValueError(f"need image_size >= 1 and channels 1 or 3, got {image_size} and {channels}")
+def _project_rows(project: Project) -> tuple[list[_ImageRow], dict[int, tuple[str, list[str]]], Taxonomy]:
     with unit_of_work(project.engine) as session:
         mapping = taxonomy_mapping(session)
         rows = [
@@ -87,17 +85,23 @@ def load_project_pool(
         labels = {label.image_id: (label.main_class, label.tags) for label in current_labels(session)}
     if not mapping:
         raise ProjectError("the project has no taxonomy yet: define its classes with `labeller taxonomy`")
-    taxonomy = Taxonomy.from_dict(mapping)
+    return rows, labels, Taxonomy.from_dict(mapping)
 
-    cache = PixelCache(project.models_dir / CACHE_FOLDER, image_size=image_size, channels=channels)
-    pixels, failures = cache.get([row.sha256 for row in rows], [row.path for row in rows], workers=workers)
+
+def _project_pool(
+    rows: list[_ImageRow],
+    labels: dict[int, tuple[str, list[str]]],
+    taxonomy: Taxonomy,
+    inputs: np.ndarray,
+    failures: dict[str, str],
+) -> ProjectPool:
+    """The readable rows of ``inputs`` (one per image row) with their labels as admissible-leaf masks."""
     readable = [i for i, row in enumerate(rows) if row.sha256 not in failures]
     skipped = {row.image_id: failures[row.sha256] for row in rows if row.sha256 in failures}
     if skipped:
         log.warning(
             "%d image(s) could not be read and are left out, e.g. %s", len(skipped), next(iter(skipped.values()))
         )
-
     admissible = np.ones((len(readable), taxonomy.num_leaves), dtype=bool)
     labelled = np.zeros(len(readable), dtype=bool)
     for position, index in enumerate(readable):
@@ -110,14 +114,84 @@ def load_project_pool(
         except (KeyError, ValueError) as error:
             raise ProjectError(f"image {rows[index].image_id}: its label does not fit the taxonomy: {error}") from error
         labelled[position] = True
-    images = pixels[readable] if len(readable) else np.empty((0, channels, image_size, image_size), dtype=np.uint8)
+    kept = inputs[readable] if len(readable) < len(rows) else inputs
     return ProjectPool(
         image_ids=np.array([rows[i].image_id for i in readable], dtype=np.int64),
-        pool=LabelledPool(images=images, admissible=admissible, labelled=labelled),
+        pool=LabelledPool(images=kept, admissible=admissible, labelled=labelled),
         taxonomy=taxonomy,
         audit=np.array([rows[i].audit for i in readable], dtype=bool),
         skipped=skipped,
     )
+
+
+def load_project_pool(
+    project: Project, *, image_size: int, channels: int = 3, workers: int | None = None
+) -> ProjectPool:
+    """Pixels (uint8, ``channels`` x ``image_size`` x ``image_size``) and labels of every project image."""
+    if image_size < 1 or channels not in (1, 3):
+        raise ValueError(f"need image_size >= 1 and channels 1 or 3, got {image_size} and {channels}")
+    rows, labels, taxonomy = _project_rows(project)
+    cache = PixelCache(project.models_dir / CACHE_FOLDER, image_size=image_size, channels=channels)
+    pixels, failures = cache.get([row.sha256 for row in rows], [row.path for row in rows], workers=workers)
+    return _project_pool(rows, labels, taxonomy, pixels, failures)
+
+
+def feature_cache(project: Project, spec: FeatureSpec) -> FeatureCache:
+    return FeatureCache(project.models_dir / CACHE_FOLDER, spec)
+
+
+def ensure_features(
+    project: Project,
+    spec: FeatureSpec,
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    on_progress: Callable[[ExtractionProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int, dict[str, str]]:
+    """Compute and cache the features of every project image that lacks them; a batch is written as soon
+    as it is computed. Returns (images computed, sha256 -> why an image could not be read)."""
+    from core.features import extract_features
+
+    rows, _, _ = _project_rows(project)
+    cache = feature_cache(project, spec)
+    unique = {row.sha256: row.path for row in rows}
+    hashes = list(unique)
+    todo = [hashes[i] for i in cache.missing(hashes)]
+    failures: dict[str, str] = {}
+    if not todo:
+        return 0, failures
+    for batch in extract_features(
+        [unique[sha] for sha in todo],
+        spec,
+        device=device,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    ):
+        good = [i for i, position in enumerate(batch.positions) if int(position) not in batch.failures]
+        cache.put([todo[int(batch.positions[i])] for i in good], batch.features[good])
+        failures.update({todo[position]: error for position, error in batch.failures.items()})
+    return len(todo) - len(failures), failures
+
+
+def load_project_features(
+    project: Project,
+    spec: FeatureSpec,
+    *,
+    device: str = "auto",
+    on_progress: Callable[[ExtractionProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ProjectPool:
+    """Backbone features (float16 (N, D)) and labels of every project image; missing features are computed
+    first (only those), so a retrain never decodes the pool again."""
+    _, failures = ensure_features(project, spec, device=device, on_progress=on_progress, should_stop=should_stop)
+    rows, labels, taxonomy = _project_rows(project)
+    features, found = feature_cache(project, spec).get([row.sha256 for row in rows])
+    for row, present in zip(rows, found, strict=True):
+        if not present and row.sha256 not in failures:
+            failures[row.sha256] = f"{row.path}: no features (imported while they were computed)"
+    return _project_pool(rows, labels, taxonomy, features, failures)
 
 
 def evaluation_data(project_pool: ProjectPool, name: str) -> EvaluationData:

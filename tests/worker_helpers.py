@@ -37,11 +37,11 @@ def shape_image(path: Path, shape: str, rng: np.random.Generator, size: int = 24
     image.save(path)
 
 
-def write_shapes(folder: Path, shape: str, count: int, seed: int) -> Path:
+def write_shapes(folder: Path, shape: str, count: int, seed: int, size: int = 24) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for index in range(count):
-        shape_image(folder / f"{shape}-{seed}-{index:03d}.png", shape, rng)
+        shape_image(folder / f"{shape}-{seed}-{index:03d}.png", shape, rng, size)
     return folder
 
 

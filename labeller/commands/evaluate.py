@@ -6,12 +6,20 @@ figure (.html) are written beside the JSON.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
-from core.acquisition import COVERAGE_METHODS
-from core.evaluate import INITIAL_SELECTIONS
+from core.evaluate import BASELINES, INITIAL_SELECTIONS
+from core.registry import (
+    AUTO,
+    COVERAGE_METHODS,
+    DEFAULT_COVERAGE,
+    DEFAULT_EXPLORATION,
+    DEFAULT_STRATEGY,
+    INPUT_KINDS,
+)
 from labeller.commands.project import load_project
 
 
@@ -26,13 +34,19 @@ def _csv(kind: type, value: str) -> tuple:
 @click.command("evaluate")
 @click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--budgets", default="20,50,100", show_default=True, help="Label budgets, comma-separated.")
-@click.option("--strategies", default="random,entropy", show_default=True, help="Query strategies.")
-@click.option("--models", default="m2,m1m2,supervised", show_default=True, help="m1, m2, m1m2, supervised.")
+@click.option("--strategies", default=f"random,{DEFAULT_STRATEGY}", show_default=True, help="Query strategies.")
+@click.option("--models", help="m1, m2, m1m2, supervised. Default: the project's model (training.model).")
 @click.option(
     "--baselines",
-    default="label_spreading",
+    default=",".join(BASELINES),
     show_default=True,
-    help="scikit-learn baselines on pixels: label_spreading, logistic_regression; '' for none.",
+    help="scikit-learn baselines on the same input (features or pixels); '' for none.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice([AUTO, *INPUT_KINDS]),
+    help="What the models learn from: pixels or a pretrained backbone's features. Default: the project's "
+    "setting (auto decides from the images).",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
@@ -57,21 +71,21 @@ def _csv(kind: type, value: str) -> tuple:
 )
 @click.option(
     "--diversify/--no-diversify",
-    default=False,
+    default=True,
     show_default=True,
     help="k-centre diversification of each active round in latent space.",
 )
 @click.option(
     "--exploration",
     type=click.FloatRange(0, 1),
-    default=0.0,
+    default=DEFAULT_EXPLORATION,
     show_default=True,
-    help="Share of each active round chosen for coverage instead of uncertainty (0.2 measured best).",
+    help="Share of each active round chosen for coverage instead of uncertainty.",
 )
 @click.option(
     "--coverage",
     type=click.Choice(COVERAGE_METHODS),
-    default="typical",
+    default=DEFAULT_COVERAGE,
     show_default=True,
     help="How the coverage share is chosen: the image farthest from every label, or the most typical image of "
     "the least-labelled k-means cluster of the latent space.",
@@ -97,8 +111,9 @@ def evaluate_command(
     project: Path,
     budgets: str,
     strategies: str,
-    models: str,
+    models: str | None,
     baselines: str,
+    backbone: str | None,
     seeds: int,
     test_fraction: float,
     initial_labels: int,
@@ -116,16 +131,30 @@ def evaluate_command(
 ) -> None:
     """Simulate labelling PROJECT's labelled images: for every model, strategy and budget, test accuracy
     (main class, leaf, macro-F1) as mean and std over seeds, with scikit-learn baselines."""
+    from core.backbones import BackboneUnavailable
     from core.evaluate import EvaluationConfig, evaluate
+    from core.registry import choose_backbone
+    from labeller.inputs import choose_input
     from labeller.project import ProjectError
-    from labeller.training_data import evaluation_data, load_project_pool
+    from labeller.training_data import evaluation_data, load_project_features, load_project_pool
 
     opened = load_project(project)
     training = opened.settings.training
+    choice = choose_input(opened)
+    if backbone is not None and backbone != choice.backbone:
+        try:
+            chosen, why = choose_backbone(backbone, channels=choice.channels, image_side=None)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from error
+        choice = dataclasses.replace(choice, backbone=chosen, reason="--backbone" if backbone != AUTO else why)
+    if image_size or channels:
+        choice = dataclasses.replace(
+            choice, image_size=image_size or choice.image_size, channels=int(channels or choice.channels)
+        )
     config = EvaluationConfig(
         budgets=_csv(int, budgets),
         strategies=_csv(str, strategies),
-        models=_csv(str, models),
+        models=_csv(str, models) if models is not None else (training.model,),
         baselines=_csv(str, baselines),
         seeds=seeds,
         test_fraction=test_fraction,
@@ -144,6 +173,9 @@ def evaluate_command(
             "balance": training.balance,
             "classifier": training.classifier,
             "device": device or training.device,
+            "backbone": choice.backbone,
+            "backbone_weights": choice.weights,
+            "feature_view": choice.view,
         },
     )
     try:
@@ -151,12 +183,14 @@ def evaluate_command(
     except ValueError as error:
         raise click.UsageError(str(error)) from error
 
-    size = image_size or training.image_size
-    num_channels = int(channels) if channels else training.channels
-    click.echo(f"loading images at {size}x{size}x{num_channels} ...")
+    click.echo(f"input: {choice.backbone} ({choice.reason})")
     try:
-        project_pool = load_project_pool(opened, image_size=size, channels=num_channels)
-    except ProjectError as error:
+        if choice.uses_features:
+            project_pool = load_project_features(opened, choice.feature_spec(), device=device or training.device)
+        else:
+            click.echo(f"loading images at {choice.image_size}x{choice.image_size}x{choice.channels} ...")
+            project_pool = load_project_pool(opened, image_size=choice.image_size, channels=choice.channels)
+    except (ProjectError, BackboneUnavailable, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     for image_id, reason in list(project_pool.skipped.items())[:5]:
         click.echo(f"skipped image {image_id}: {reason}", err=True)

@@ -27,6 +27,7 @@ from labeller.project import Project
 # Handlers are imported when a job of that kind runs, so that a worker that only scores never imports
 # umap and ``labeller --help`` never imports torch.
 JOB_HANDLERS: dict[str, str] = {
+    "features": "labeller.jobs.features",
     "train": "labeller.jobs.train",
     "score": "labeller.jobs.score",
     "embed": "labeller.jobs.embed",

@@ -21,7 +21,6 @@ from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.schema import MainClass, SubClass
 from labeller.jobs import JobContext, JobFailed
-from labeller.project import ProjectError
 
 SCORE_BATCH_SIZE = 256
 PROBABILITY_DIGITS = 4
@@ -92,7 +91,8 @@ def prediction_rows(
 
 def run(context: JobContext) -> None:
     from core.training import load_checkpoint
-    from labeller.training_data import load_project_pool
+    from labeller.inputs import InputChoice
+    from labeller.jobs.train import load_inputs
 
     project = context.project
     with unit_of_work(project.engine) as session:
@@ -109,13 +109,18 @@ def run(context: JobContext) -> None:
     if not checkpoint.is_file():
         raise JobFailed(f"model version {version_id}: checkpoint {checkpoint} is missing")
     trained = load_checkpoint(checkpoint, device="cpu")
-    channels, size, _ = trained.image_shape
-    context.report_progress({"stage": "loading images", "model_version_id": version_id}, force=True)
-    try:
-        data = load_project_pool(project, image_size=size, channels=channels)
-    except ProjectError as error:
-        raise JobFailed(str(error)) from error
-    context.raise_if_stopped()
+    config = trained.config
+    pixels = len(trained.image_shape) == 3
+    # The version's own input: the pixels it was trained at, or its backbone's features.
+    choice = InputChoice(
+        backbone=config.backbone,
+        image_size=trained.image_shape[1] if pixels else 0,
+        channels=trained.image_shape[0] if pixels else 3,
+        view=config.feature_view,
+        weights=config.backbone_weights,
+        reason=f"model version {version_id}'s input",
+    )
+    data = load_inputs(context, choice)
     if not len(data.image_ids):
         raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")
     context.report_progress({"stage": "scoring", "images": len(data.image_ids)}, force=True)

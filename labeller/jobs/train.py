@@ -24,6 +24,8 @@ from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.queries.annotations import label_counts
+from db.queries.queue import mark_labelled_predictions
+from labeller.inputs import InputChoice
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
 from labeller.project import ProjectError
 
@@ -46,17 +48,43 @@ class AuditResult:
         }
 
 
-def train_config(context: JobContext) -> Any:
+def input_choice(context: JobContext) -> InputChoice:
+    """What the model learns from: the job's ``backbone`` param, else the project's (auto: from its images)."""
+    from labeller.inputs import choose_input
+
+    project, params = context.project, context.params
+    choice = choose_input(project)
+    if "backbone" in params and params["backbone"] != choice.backbone:
+        from core.registry import choose_backbone
+
+        try:
+            backbone, _ = choose_backbone(str(params["backbone"]), channels=choice.channels, image_side=None)
+        except ValueError as error:
+            raise JobFailed(str(error)) from error
+        choice = dataclasses.replace(choice, backbone=backbone, reason="chosen for this job")
+    if "image_size" in params or "channels" in params:
+        choice = dataclasses.replace(
+            choice,
+            image_size=int(params.get("image_size", choice.image_size)),
+            channels=int(params.get("channels", choice.channels)),
+        )
+    return choice
+
+
+def train_config(context: JobContext, choice: InputChoice) -> Any:
     """The TrainConfig for this job: project settings, then the job's params on top."""
     from core.training import TrainConfig
 
     settings, params = context.project.settings.training, context.params
     fields = {
         "model": params.get("model", settings.model),
+        "backbone": choice.backbone,
+        "backbone_weights": choice.weights,
+        "feature_view": choice.view,
         "epochs": int(params.get("epochs", settings.epochs)),
         "batch_size": int(params.get("batch_size", settings.batch_size)),
         "consistency": float(params.get("consistency", settings.consistency)),
-        "balance": float(params.get("balance", settings.balance)),
+        "balance": params.get("balance", settings.balance),
         "classifier": params.get("classifier", settings.classifier),
         "device": context.device,
         **dict(params.get("config", {})),
@@ -153,29 +181,63 @@ def checkpoint_name(config: Any, context: JobContext) -> str:
     return f"{config.model}-{stamp}-job{context.job.id}-a{context.job.attempt}.pt"
 
 
+def load_inputs(context: JobContext, choice: InputChoice) -> Any:
+    """The project's pool as ``choice`` says: pixels, or backbone features (computing the missing ones with
+    progress events, stage "features")."""
+    from core.backbones import BackboneUnavailable
+    from core.features import ExtractionProgress
+    from labeller.training_data import load_project_features, load_project_pool
+
+    def on_features(progress: ExtractionProgress) -> None:
+        context.report_progress(
+            {
+                "stage": "features",
+                "backbone": choice.backbone,
+                "done": progress.done,
+                "total": progress.total,
+                "images_per_second": progress.images_per_second,
+                "eta_seconds": progress.eta_seconds,
+            },
+            force=progress.done == progress.total,
+        )
+
+    context.report_progress({"stage": "loading images", "input": choice.as_dict()}, force=True)
+    try:
+        if choice.uses_features:
+            data = load_project_features(
+                context.project,
+                choice.feature_spec(),
+                device=context.device,
+                on_progress=on_features,
+                should_stop=context.should_stop,
+            )
+        else:
+            data = load_project_pool(context.project, image_size=choice.image_size, channels=choice.channels)
+    except (ProjectError, BackboneUnavailable, FileNotFoundError) as error:
+        raise JobFailed(str(error)) from error
+    context.raise_if_stopped()
+    return data
+
+
 def run(context: JobContext) -> None:
     from core.device import resolve_device
     from core.training import Progress, TrainingCancelled, fit, save_checkpoint
-    from labeller.training_data import load_project_pool
+    from labeller.jobs.score import class_ids, prediction_rows, score_in_chunks
 
     project, params = context.project, context.params
     promote = params.get("promote", "auto")
     if promote not in PROMOTE_CHOICES:
         raise JobFailed(f"promote must be one of {PROMOTE_CHOICES}, got {promote!r}")
-    config = train_config(context)
+    choice = input_choice(context)
+    config = train_config(context, choice)
     device = resolve_device(config.device)
-    image_size = int(params.get("image_size", project.settings.training.image_size))
-    channels = int(params.get("channels", project.settings.training.channels))
+    image_size, channels = choice.image_size, choice.channels
 
     with unit_of_work(project.engine) as session:
         newest_annotation_id = job_queries.newest_annotation_id(session)
         counts = label_counts(session)
-    context.report_progress({"stage": "loading images"}, force=True)
-    try:
-        data = load_project_pool(project, image_size=image_size, channels=channels)
-    except ProjectError as error:
-        raise JobFailed(str(error)) from error
-    context.raise_if_stopped()
+    data = load_inputs(context, choice)
+    context.log(f"input: {choice.backbone} ({choice.reason})")
     audit = np.asarray(data.audit, dtype=bool)
     train_pool, held_out = hold_out_audit(data.pool, audit)
     check_trainable(train_pool, data.taxonomy, len(held_out))
@@ -219,7 +281,7 @@ def run(context: JobContext) -> None:
     active_audit, active_val = None, None
     if active_summary is not None:
         active_val = active_summary["metrics"].get("val_main_accuracy")
-        active_audit = _evaluate_active(project, active_summary, data, held_out, audit_admissible, device)
+        active_audit = _evaluate_active(project, active_summary, config, data, held_out, audit_admissible, device)
     promoted, reason = promotion_decision(
         promote, new_audit, active_audit, trained.metrics.get("val_main_accuracy"), active_val
     )
@@ -232,6 +294,11 @@ def run(context: JobContext) -> None:
     }
     context.raise_if_stopped()
 
+    # The pool is scored before the version is registered, so a promoted version never lacks predictions:
+    # annotators never see a queue without an order.
+    context.report_progress({"stage": "scoring", "images": int(data.pool.num_images)}, force=True)
+    scores = score_in_chunks(context, trained, data.pool.images)
+
     checkpoint = project.models_dir / checkpoint_name(config, context)
     save_checkpoint(trained, checkpoint)
     try:
@@ -241,7 +308,7 @@ def run(context: JobContext) -> None:
                 name=f"{config.model} #{context.job.id}",
                 model_kind=config.model,
                 checkpoint_path=project.stored_image_path(checkpoint),
-                config={**config.to_dict(), "image_size": image_size, "channels": channels},
+                config={**config.to_dict(), "image_size": image_size, "channels": channels, "input": choice.as_dict()},
                 data_snapshot={
                     "newest_annotation_id": newest_annotation_id,
                     "labelled_images": counts.labelled_images,
@@ -255,10 +322,15 @@ def run(context: JobContext) -> None:
                 metrics=metrics,
                 label_count=int(data.pool.labelled.sum()),
             )
+            main_ids, sub_ids = class_ids(session)
+            model_queries.write_predictions(
+                session, version.id, prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids)
+            )
+            mark_labelled_predictions(session, version.id)
             if promoted:
                 model_queries.promote_model_version(session, version.id)
             job_queries.set_job_model_version(session, context.job.id, version.id)
-            job_queries.enqueue_job(session, "score", {"model_version_id": version.id, "then_embed": True})
+            job_queries.enqueue_job(session, "embed", {"model_version_id": version.id})
     except BaseException:
         checkpoint.unlink(missing_ok=True)  # no version points at it
         raise
@@ -266,7 +338,13 @@ def run(context: JobContext) -> None:
 
 
 def _evaluate_active(
-    project: Any, active: dict[str, Any], data: Any, held_out: np.ndarray, admissible: np.ndarray, device: Any
+    project: Any,
+    active: dict[str, Any],
+    config: Any,
+    data: Any,
+    held_out: np.ndarray,
+    admissible: np.ndarray,
+    device: Any,
 ) -> Any:
     """The active version measured on the same audit images, or None when it cannot read them."""
     from core.training import load_checkpoint
@@ -278,12 +356,21 @@ def _evaluate_active(
         trained = load_checkpoint(path, device=device)
     except (FileNotFoundError, ValueError):
         return None
-    if trained.taxonomy.to_dict() != data.taxonomy.to_dict() or tuple(trained.image_shape) != data.pool.image_shape:
+    same_input = (trained.config.backbone, trained.config.backbone_weights, trained.config.feature_view) == (
+        config.backbone,
+        config.backbone_weights,
+        config.feature_view,
+    )
+    if (
+        not same_input
+        or trained.taxonomy.to_dict() != data.taxonomy.to_dict()
+        or tuple(trained.image_shape) != data.pool.image_shape
+    ):
         return None
     return evaluate_on_audit(trained, data.pool.images[held_out], admissible, device)
 
 
-def warm_start_model(context: JobContext, config: Any, taxonomy: Any, image_shape: tuple[int, int, int]) -> Any:
+def warm_start_model(context: JobContext, config: Any, taxonomy: Any, image_shape: tuple[int, ...]) -> Any:
     """The active version's model to start from, or None (logged) when it does not fit this job."""
     from core.training import load_checkpoint
 
@@ -302,6 +389,7 @@ def warm_start_model(context: JobContext, config: Any, taxonomy: Any, image_shap
         what
         for what, same in (
             ("model kind", trained.config.model == config.model),
+            ("input", trained.config.backbone == config.backbone),
             ("taxonomy", trained.taxonomy.to_dict() == taxonomy.to_dict()),
             ("image size", tuple(trained.image_shape) == tuple(image_shape)),
         )
