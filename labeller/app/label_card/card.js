@@ -224,11 +224,19 @@ class Card {
     op.at = Date.now();
     this.outbox.push(op);
     this.save();
-    this.flush(false);
-    if (this.inFlight && !this.inFlight.ids.has(op.op)) {
-      clearTimeout(this.retry);
-      this.retry = setTimeout(() => this.flush(false), RESEND_MS + 50);
-    }
+    if (this.sendScheduled) return;
+    // Send after the next image is painted: handing the state to Streamlit costs a render of its own.
+    this.sendScheduled = true;
+    requestAnimationFrame(() =>
+      setTimeout(() => {
+        this.sendScheduled = false;
+        this.flush(false);
+        if (this.inFlight && this.outbox.some((o) => !this.inFlight.ids.has(o.op))) {
+          clearTimeout(this.retry);
+          this.retry = setTimeout(() => this.flush(false), RESEND_MS + 50);
+        }
+      }, 0),
+    );
   }
 
   // ------------------------------------------------------------------------------- decisions
@@ -257,14 +265,13 @@ class Card {
       strategy: item.strategy,
       mv: item.mv,
     };
-    this.history.push({ image, after: chain.after, step: chain.steps, op: null });
+    this.send(op); // queued now, sent once the next image is painted
+    this.history.push({ image, after: chain.after, step: chain.steps, op: op.op });
     if (this.history.length > HISTORY_LIMIT) this.history.shift();
     this.queue.shift();
     this.clearTags();
     this.revealed = null;
     this.show();
-    this.send(op);
-    this.history[this.history.length - 1].op = op.op;
   }
 
   undo() {

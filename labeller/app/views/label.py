@@ -14,6 +14,8 @@ from labeller.app.label_card import label_card, sent_outbox
 from labeller.app.labelling import LabelSession
 from labeller.app.services import Decision
 
+PROGRESS_EVERY_S = 5  # the progress row and the Recent list refresh on their own, not on every key press
+
 project = state.current_project()
 engine = project.engine
 who = state.require_identity()
@@ -57,6 +59,7 @@ def undo(annotation_id: int) -> None:
         return
     session.put_in_front(image_id)
     session.messages.append("Undone: the image is back on screen.")
+    st.session_state["label_rerun"] = True
 
 
 # ----------------------------------------------------------------------------------------- decisions
@@ -74,14 +77,6 @@ if requested is not None:
         else:
             session.put_in_front(requested)
 
-acks = session.receive(engine, sent_outbox(), taxonomy, lease_seconds=lease)
-session.refill(engine, lease_seconds=lease)
-for result in acks:
-    if result.decided:
-        state.count_exposure(result.image_id)
-if (shown := session.current_image()) is not None:
-    state.count_exposure(shown)
-
 # ----------------------------------------------------------------------------------------- layout
 
 header = st.columns([5, 2], vertical_alignment="bottom")
@@ -93,56 +88,79 @@ header[1].selectbox(
     on_change=change_strategy,
     help="Which images come first: the active model's uncertainty under this score (cold start before a model).",
 )
-while session.messages:
-    st.toast(session.messages.pop(0), icon=":material/info:")
 
-progress_box = st.container(key="label-progress")  # filled after the card, which goes out first
 
-storage = "latent-labeller:" + hashlib.sha256(str(project.root.resolve()).encode()).hexdigest()[:12]
-label_card(
-    session.card_data(
-        engine,
-        project,
-        taxonomy,
-        acks=acks,
-        hide=state.image_filter_class(project),
-        storage=f"{storage}:{who.annotator_id}",
+@st.fragment(run_every=PROGRESS_EVERY_S)
+def progress_row() -> None:
+    done = labelling.progress(engine, annotator_id=who.annotator_id, session_started=session.started)
+    with st.container(key="label-progress", horizontal=True):
+        st.metric("Labels this session", done.session)
+        st.metric("Labels today", done.today)
+        st.metric("Labels in the last hour", f"{done.per_hour:.0f}")
+        st.metric("Images left to label", done.left)
+    per_class = " · ".join(f"{name} **{n}**" for name, n in done.by_main_class.items())
+    st.caption(f"Labelled images per class: {per_class or 'none'}")
+
+
+@st.fragment
+def card() -> None:
+    """The card reruns only this fragment when it sends decisions: a key press costs no full page."""
+    acks = session.receive(engine, sent_outbox(), taxonomy, lease_seconds=lease)
+    session.refill(engine, lease_seconds=lease)
+    for result in acks:
+        if result.decided:
+            state.count_exposure(result.image_id)
+    if (shown := session.current_image()) is not None:
+        state.count_exposure(shown)
+    while session.messages:
+        st.toast(session.messages.pop(0), icon=":material/info:")
+    storage = "latent-labeller:" + hashlib.sha256(str(project.root.resolve()).encode()).hexdigest()[:12]
+    label_card(
+        session.card_data(
+            engine,
+            project,
+            taxonomy,
+            acks=acks,
+            hide=state.image_filter_class(project),
+            storage=f"{storage}:{who.annotator_id}",
+        )
     )
-)
 
-done = labelling.progress(engine, annotator_id=who.annotator_id, session_started=session.started)
-with progress_box, st.container(horizontal=True):
-    st.metric("Labels this session", done.session)
-    st.metric("Labels today", done.today)
-    st.metric("Labels in the last hour", f"{done.per_hour:.0f}")
-    st.metric("Images left to label", done.left)
-progress_box.caption(
-    "Labelled images per class: " + (" · ".join(f"{name} **{n}**" for name, n in done.by_main_class.items()) or "none")
-)
 
+@st.fragment(run_every=PROGRESS_EVERY_S)
+def recent() -> None:
+    if st.session_state.pop("label_rerun", False):
+        st.rerun()  # an undo here brings its image back to the card
+    st.markdown("**Recent** · change a label here or undo it")
+    history = services.my_history(engine, who.annotator_id, limit=8)
+    if not history:
+        st.caption("Your labels appear here.")
+    thumbs = services.display_files(engine, project, [item.image_id for item in history]) if history else {}
+    main_names = [m.name for m in taxonomy.main_classes]
+    hidden = state.image_filter_class(project)
+    for item in history:
+        row = st.columns([1, 1, 3, 3, 1], vertical_alignment="center")
+        if item.image_id in thumbs:
+            with row[0].container(key=f"hide-{hidden}-recent-{item.id}"):
+                st.image(str(thumbs[item.image_id]), width=56)
+        row[1].caption(item.created_at.strftime("%H:%M:%S"))
+        row[2].markdown(f"image {item.image_id} · {item.kind}" + (f" · {', '.join(item.tags)}" if item.tags else ""))
+        row[3].selectbox(
+            "Main class",
+            main_names,
+            index=main_names.index(item.main_class) if item.main_class in main_names else None,
+            key=f"history-main-{item.id}",
+            on_change=correct,
+            args=(item.id, item.image_id, item.main_class),
+            label_visibility="collapsed",
+            placeholder="no class",
+        )
+        row[4].button("Undo", key=f"undo-{item.id}", on_click=undo, args=(item.id,))
+
+
+# A full run applies what the card sent first, so that the progress row above the card counts it.
+session.receive(engine, sent_outbox(), taxonomy, lease_seconds=lease)
+progress_row()
+card()
 st.divider()
-st.markdown("**Recent** · change a label here or undo it")
-history = services.my_history(engine, who.annotator_id, limit=8)
-if not history:
-    st.caption("Your labels appear here.")
-thumbs = services.display_files(engine, project, [item.image_id for item in history]) if history else {}
-main_names = [m.name for m in taxonomy.main_classes]
-for item in history:
-    row = st.columns([1, 1, 3, 3, 1], vertical_alignment="center")
-    if item.image_id in thumbs:
-        state_class = state.image_filter_class(project)
-        with row[0].container(key=f"hide-{state_class}-recent-{item.id}"):
-            st.image(str(thumbs[item.image_id]), width=56)
-    row[1].caption(item.created_at.strftime("%H:%M:%S"))
-    row[2].markdown(f"image {item.image_id} · {item.kind}" + (f" · {', '.join(item.tags)}" if item.tags else ""))
-    row[3].selectbox(
-        "Main class",
-        main_names,
-        index=main_names.index(item.main_class) if item.main_class in main_names else None,
-        key=f"history-main-{item.id}",
-        on_change=correct,
-        args=(item.id, item.image_id, item.main_class),
-        label_visibility="collapsed",
-        placeholder="no class",
-    )
-    row[4].button("Undo", key=f"undo-{item.id}", on_click=undo, args=(item.id,))
+recent()
