@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +87,27 @@ def start(project: Project, *, port: int | None = None, with_worker: bool = True
 def _spawn(command: list[str], project: Project) -> subprocess.Popen:
     # A session of their own: a Ctrl-C in the terminal reaches only ``serve``, which then stops each
     # child once with SIGTERM (a worker that got SIGINT too would take SIGTERM as a second, hard stop).
+    # Being in their own session, they would outlive a ``serve`` killed with SIGKILL (the port stays
+    # taken); on Linux the kernel sends them SIGTERM when it dies.
     env = {**os.environ, "LABELLER_PROJECT": str(project.root)}
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel for SIGTERM when ``parent`` dies (Linux's PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child should only make calls
+
+    def request() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # it died between fork and prctl: no signal will come
+            os._exit(1)
+
+    return request
 
 
 def _terminate(process: subprocess.Popen | None) -> None:
@@ -116,7 +137,9 @@ def serve(project: Project, *, port: int | None = None, with_worker: bool = True
     Both signals are handled explicitly: a process started in the background inherits an ignored SIGINT,
     and a plain SIGTERM (``docker stop``, systemd) would otherwise leave the app and worker, which run in
     sessions of their own, behind."""
-    previous = {sig: signal.signal(sig, _stop_requested) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal or SSH session stops the children instead of orphaning them.
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _stop_requested) for sig in stop_signals}
     try:
         return _run(project, port=port, with_worker=with_worker)
     finally:

@@ -13,9 +13,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# The worker heartbeats every 5 s (labeller.worker.WorkerConfig.heartbeat_seconds); a timeout under three
-# periods declares healthy jobs dead after one late beat.
-MIN_HEARTBEAT_TIMEOUT_SECONDS = 15
+# Positive; each worker also refuses a timeout under three of its own heartbeat periods (labeller.worker),
+# since the period is a worker option (5 s by default), not a project setting.
+MIN_HEARTBEAT_TIMEOUT_SECONDS = 1
 MIN_CLAIM_LEASE_SECONDS = 10
 MAX_CLAIM_LEASE_SECONDS = 7 * 24 * 3600
 
@@ -83,7 +83,7 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("training", "heartbeat_timeout_seconds"): lambda value: (
         None
         if value >= MIN_HEARTBEAT_TIMEOUT_SECONDS
-        else f"must be at least {MIN_HEARTBEAT_TIMEOUT_SECONDS} (the worker heartbeats every 5 s), got {value}"
+        else f"must be at least {MIN_HEARTBEAT_TIMEOUT_SECONDS}, got {value}"
     ),
 }
 

@@ -26,7 +26,7 @@ from db.queries import jobs as job_queries
 from db.queries.jobs import ClaimedJob, HeartbeatState
 from db.schema import Job, JobStatus, ModelVersion
 from labeller.jobs import JobContext, JobFailed, JobInterrupted, StopFlags, job_handler
-from labeller.project import Project
+from labeller.project import Project, ProjectError
 
 log = logging.getLogger("labeller.worker")
 
@@ -109,6 +109,10 @@ def _job_id_of(path: Path) -> int | None:
     return None
 
 
+# A job is declared dead after this many missed heartbeats at the least: one late beat is not a death.
+MISSED_HEARTBEATS_BEFORE_STALE = 3
+
+
 class Worker:
     def __init__(self, project: Project, config: WorkerConfig | None = None) -> None:
         self.project = project
@@ -125,6 +129,14 @@ class Worker:
 
     def run(self) -> int:
         """Loop until shut down (or, with drain_and_exit, until the queue is empty); returns jobs run."""
+        timeout = self.project.settings.training.heartbeat_timeout_seconds
+        if timeout < MISSED_HEARTBEATS_BEFORE_STALE * self.config.heartbeat_seconds:
+            # Otherwise this worker would fail healthy jobs (its own included) as dead.
+            raise ProjectError(
+                f"[training] heartbeat_timeout_seconds = {timeout} is below {MISSED_HEARTBEATS_BEFORE_STALE} of this "
+                f"worker's {self.config.heartbeat_seconds:g} s heartbeats: raise it in labeller.toml "
+                f"(or start the worker with a shorter --heartbeat)"
+            )
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = {}
         if in_main_thread:

@@ -87,7 +87,7 @@ def test_bad_settings_are_listed_one_line_each(tmp_path: Path) -> None:
         'blur_images = "yes"\n'
         "[training]\n"
         'epochs = "ten"\n'
-        "heartbeat_timeout_seconds = 3\n"
+        "heartbeat_timeout_seconds = 0\n"
         "learning_rat = 0.1\n"
     )
     with pytest.raises(ProjectError) as raised:
@@ -113,10 +113,16 @@ def test_the_settings_init_writes_pass_the_checks(tmp_path: Path) -> None:
     assert open_project(project.root).settings == project.settings
 
 
-def test_heartbeat_floor_leaves_room_for_the_workers_heartbeat() -> None:
-    from labeller.worker import WorkerConfig
-
-    assert MIN_HEARTBEAT_TIMEOUT_SECONDS >= 3 * WorkerConfig.heartbeat_seconds
+def test_a_worker_refuses_a_heartbeat_timeout_below_three_of_its_heartbeats(tmp_path: Path) -> None:
+    project = init_project(tmp_path / "p")
+    project.settings.training.heartbeat_timeout_seconds = 3
+    project.save_settings()
+    result = CliRunner().invoke(cli, ["worker", str(project.root), "--once"])
+    assert result.exit_code == 1 and "heartbeat_timeout_seconds = 3 is below 3 of this worker's 5 s" in result.output
+    assert "Traceback" not in result.output
+    # With heartbeats every 0.3 s (as the worker tests run), 3 s is fine.
+    result = CliRunner().invoke(cli, ["worker", str(project.root), "--once", "--heartbeat", "0.3"])
+    assert result.exit_code == 0, result.output
 
 
 # --- item 16: unusable databases ----------------------------------------------------------------------

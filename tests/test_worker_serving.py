@@ -33,7 +33,8 @@ def _ignore_sigint() -> None:
     ids=["ctrl-c", "ctrl-c-background", "sigterm"],
 )
 def test_serve_runs_the_app_and_a_worker_and_a_signal_stops_both(tmp_path, stop_signal, started_in_background) -> None:
-    project = make_project(tmp_path, labelled_per_class=0, unlabelled=0)
+    # serve's worker heartbeats every 5 s: a timeout under 15 s would be refused (and fail healthy jobs).
+    project = make_project(tmp_path, labelled_per_class=0, unlabelled=0, heartbeat_timeout_seconds=60)
     port = free_port()
     served = subprocess.Popen(
         [

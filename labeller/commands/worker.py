@@ -11,6 +11,7 @@ from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries.jobs import JobError
 from labeller.commands.project import ROW_ID, load_project
+from labeller.project import ProjectError
 
 PROJECT_ARGUMENT = click.argument("project", type=click.Path(file_okay=False, exists=True, path_type=Path))
 
@@ -38,7 +39,10 @@ def worker_command(
         kinds=kinds or None,
     )
     click.echo(f"worker {config.worker_id} on {project}", err=True)
-    count = run_worker(load_project(project), config)
+    try:
+        count = run_worker(load_project(project), config)
+    except ProjectError as error:
+        raise click.ClickException(str(error)) from error
     click.echo(f"worker {config.worker_id} stopped after {count} job(s)", err=True)
 
 
