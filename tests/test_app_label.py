@@ -396,3 +396,24 @@ def test_break_reminder_after_the_set_minutes(project: Project) -> None:
     app.button(key="took_break").click().run()
     assert not app.warning
     assert app.session_state["exposures"] == 0
+
+
+def test_data_page_and_card_show_the_taxonomy_files_keys(project: Project) -> None:
+    import tomllib
+
+    text = services.taxonomy_toml(project.engine).replace('key = "2"', 'key = "9"')
+    services.apply_taxonomy_toml(project.engine, text)
+    spec = tomllib.loads(services.taxonomy_toml(project.engine))  # what `labeller taxonomy --show` prints
+    from_file = {main["name"]: main.get("key") for main in spec["main"]}
+    assert from_file["strokes"] == "9"
+    app = page_for(project, "ann")
+    app.switch_page("views/data.py").run()
+    assert not app.exception
+    table = next(frame.value for frame in app.dataframe if "source" in frame.value.columns)
+    shown = {row["class"]: row["key"] for _, row in table.iterrows() if " / " not in row["class"]}
+    assert shown == from_file
+    session = new_session(project, "ann")
+    data = session.card_data(project.engine, project, taxonomy(project), acks=[], hide="plain", storage="k")
+    assert {main["name"]: main["key"] for main in data["taxonomy"]} == from_file
+    # The test taxonomy gives its sub-classes no keys: the table says which keys the app assigned.
+    assert set(table.loc[table["class"].str.contains(" / "), "source"]) == {"assigned"}

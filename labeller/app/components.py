@@ -10,6 +10,8 @@ import streamlit as st
 from db.engine import unit_of_work
 from db.queries.annotators import AnnotatorError, get_or_create_annotator, list_annotators
 from labeller.app import state
+from labeller.app.keys import key_rows
+from labeller.app.services import TaxonomyView
 from labeller.project import Project
 
 NEW_NAME = "New annotator..."
@@ -105,3 +107,16 @@ def probability_bars(probabilities: Mapping[str, float], *, limit: int = 5) -> N
     """The top classes and their probabilities, largest first."""
     for name, value in sorted(probabilities.items(), key=lambda item: -item[1])[:limit]:
         st.progress(min(max(float(value), 0.0), 1.0), text=f"{name}: {value:.0%}")
+
+
+def key_table(taxonomy: TaxonomyView) -> None:
+    """The Label page's keys, from the taxonomy file; a key the app had to assign says so."""
+    names = {m.id: m.name for m in taxonomy.main_classes}
+    rows = key_rows(taxonomy.keys, names)
+    st.dataframe(rows, hide_index=True, width="content", key="key-table")
+    assigned = [row for row in rows if row["source"] == "assigned"]
+    if assigned:
+        st.caption(
+            f"{len(assigned)} key(s) assigned by the app: the file gives none or one the Label page keeps for itself "
+            '(s, u, z, v, ?, and Streamlit\'s c and r). Add `key = "..."` to choose.'
+        )

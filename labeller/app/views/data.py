@@ -10,6 +10,7 @@ import streamlit as st
 
 from db.queries.taxonomy import TaxonomyError
 from labeller.app import services, state
+from labeller.app.components import key_table
 from labeller.ingest import ImportReport
 
 project = state.current_project()
@@ -76,6 +77,8 @@ with taxonomy_tab:
             st.rerun()
     if flash := st.session_state.pop("taxonomy_flash", None):
         st.success(flash)
+    st.markdown("**Keys on the Label page** (the same on its `?` list)")
+    key_table(state.taxonomy())
 
 with counts_tab:
     counts = services.counts(engine)
