@@ -210,6 +210,10 @@ class Card {
 
   flush(force) {
     const now = Date.now();
+    // Until the server has answered everything, look again now and then: an answer can be lost (a
+    // reconnect, a restarted server), and then the outbox goes again.
+    clearTimeout(this.retry);
+    if (this.outbox.length) this.retry = setTimeout(() => this.flush(false), RESEND_MS + 50);
     if (this.inFlight && !force && now - this.inFlight.at < RESEND_MS) return;
     if (!this.outbox.length && !force) return;
     this.inFlight = this.outbox.length ? { ids: new Set(this.outbox.map((op) => op.op)), at: now } : null;
@@ -231,10 +235,6 @@ class Card {
       setTimeout(() => {
         this.sendScheduled = false;
         this.flush(false);
-        if (this.inFlight && this.outbox.some((o) => !this.inFlight.ids.has(o.op))) {
-          clearTimeout(this.retry);
-          this.retry = setTimeout(() => this.flush(false), RESEND_MS + 50);
-        }
       }, 0),
     );
   }
