@@ -90,6 +90,7 @@ def wellbeing_panel(project: Project) -> None:
         st.toggle("Blur images until revealed", key="blur", help="Press V on the Label page to reveal one image.")
         st.toggle("Greyscale images", key="greyscale")
     shown, minutes = state.exposure()
+    st.session_state["exposures_drawn"] = shown  # the Label page redraws the sidebar when this falls behind
     st.caption(f"Images seen since your last break: **{shown}** ({minutes:.0f} min)")
     reminder = settings.break_reminder_minutes
     if reminder and minutes >= reminder:

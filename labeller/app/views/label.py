@@ -129,8 +129,14 @@ def card() -> None:
 
 @st.fragment(run_every=PROGRESS_EVERY_S)
 def recent() -> None:
-    if st.session_state.pop("label_rerun", False):
-        st.rerun()  # an undo here brings its image back to the card
+    full_runs = st.session_state.get("label_full_runs", 0)
+    alone = st.session_state.get("recent_saw_full_run") == full_runs  # a rerun of this fragment only
+    st.session_state["recent_saw_full_run"] = full_runs
+    # An undo here brings its image back to the card; the sidebar's exposure count (drawn by full runs only)
+    # catches up with the images the card has shown.
+    behind = st.session_state.get("exposures", 0) != st.session_state.get("exposures_drawn", 0)
+    if st.session_state.pop("label_rerun", False) or (alone and behind):
+        st.rerun()
     st.markdown("**Recent** · change a label here or undo it")
     history = services.my_history(engine, who.annotator_id, limit=8)
     if not history:
@@ -158,6 +164,7 @@ def recent() -> None:
         row[4].button("Undo", key=f"undo-{item.id}", on_click=undo, args=(item.id,))
 
 
+st.session_state["label_full_runs"] = st.session_state.get("label_full_runs", 0) + 1
 # A full run applies what the card sent first, so that the progress row above the card counts it.
 session.receive(engine, sent_outbox(), taxonomy, lease_seconds=lease)
 progress_row()
