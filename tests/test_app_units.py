@@ -91,3 +91,19 @@ def test_only_image_files_inside_the_roots_are_served(tmp_path: Path) -> None:
         check_servable(tmp_path / "labeller.toml", [tmp_path])  # not an image
     with pytest.raises(FileNotFoundError):
         check_servable(root / "missing.webp", [root])
+
+
+def test_labels_conflict_only_when_no_sub_class_fits_them_all() -> None:
+    from labeller.app.services import labels_conflict
+
+    assert not labels_conflict([("a", "loops", ()), ("b", "loops", ("6",))])  # a partial label fits any tag
+    assert not labels_conflict([("a", "loops", ("6", "8")), ("b", "loops", ("8",))])
+    assert labels_conflict([("a", "loops", ("6",)), ("b", "loops", ("8",))])
+    assert labels_conflict([("a", "loops", ()), ("b", "strokes", ())])
+
+
+def test_kappa_text_says_why_there_is_none() -> None:
+    from labeller.app.services import kappa_text
+
+    assert kappa_text(float("nan"), 1) == "undefined (1 shared image, one class)"
+    assert kappa_text(0.4567, 12) == "0.46"

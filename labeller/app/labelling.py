@@ -288,6 +288,11 @@ class WindowItem:
     audit: bool = False
 
 
+def image_data_url(path: Path) -> str:
+    """A cached display file (thumbnail or large view) as a data URL, for the card and image columns."""
+    return _data_url(str(path))
+
+
 @functools.lru_cache(maxsize=512)
 def _data_url(path: str) -> str:
     # Display files are named by content hash, so a path's bytes never change.

@@ -8,6 +8,7 @@ tests can call exactly the code a key press runs.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -409,6 +410,24 @@ class ReviewSummary:
     disagreements: list[Disagreement]
 
 
+def kappa_text(kappa: float, images: int) -> str:
+    """Cohen's kappa for a table: a number, or why there is none (it is undefined when both annotators
+    used one class throughout, as on a single shared image)."""
+    if math.isnan(kappa):
+        return f"undefined ({images} shared image{'s' if images != 1 else ''}, one class)"
+    return f"{kappa:.2f}"
+
+
+def labels_conflict(labels: Sequence[tuple[str, str, tuple[str, ...]]]) -> bool:
+    """True when no sub-class fits every label: different main classes, or tag sets with nothing in common.
+    A label without tags stands for all its main class's sub-classes (a partial label), so it fits any tag;
+    "loops" and "loops / 6" agree."""
+    if len({main for _, main, _ in labels}) > 1:
+        return True
+    tag_sets = [set(tags) for _, _, tags in labels if tags]
+    return bool(tag_sets) and not set.intersection(*tag_sets)
+
+
 def review_summary(engine: Engine) -> ReviewSummary:
     """Per-annotator counts, Cohen's kappa for every pair of annotators, and images they disagree on."""
     with reading(engine) as session:
@@ -421,7 +440,7 @@ def review_summary(engine: Engine) -> ReviewSummary:
         return ReviewSummary(
             counts=app_views.annotation_counts_by_annotator(session),
             agreements=rows,
-            disagreements=disagreements(session),
+            disagreements=[d for d in disagreements(session) if labels_conflict(d.labels)],
         )
 
 

@@ -3,7 +3,6 @@ and per-annotator counts with Cohen's kappa on doubly labelled images."""
 
 from __future__ import annotations
 
-import math
 from urllib.parse import quote
 
 import pandas as pd
@@ -11,6 +10,8 @@ import streamlit as st
 
 from labeller.app import services, state
 from labeller.app.components import image_tile
+from labeller.app.labelling import image_data_url
+from labeller.app.services import kappa_text
 
 project = state.current_project()
 engine = project.engine
@@ -20,6 +21,18 @@ taxonomy = state.taxonomy()
 st.title("Review")
 mine, mistakes, between, team = st.tabs(["My labels", "Likely mistakes", "Disagreements", "Annotators"])
 
+THUMBNAIL = st.column_config.ImageColumn("image", width="small")
+# Hidden images stay hidden in the tables: no thumbnail unless the annotator shows images plainly.
+plain = state.image_filter_class(project) == "plain"
+
+
+def thumbnails(image_ids: list[int]) -> list[str | None]:
+    if not plain:
+        return [None] * len(image_ids)
+    files = services.display_files(engine, project, image_ids)
+    return [image_data_url(files[i]) if i in files else None for i in image_ids]
+
+
 with mine:
     history = services.my_history(engine, who.annotator_id, limit=50)
     if not history:
@@ -28,6 +41,7 @@ with mine:
         st.dataframe(
             pd.DataFrame(
                 {
+                    "thumbnail": thumbnails([h.image_id for h in history]),
                     "time": [h.created_at for h in history],
                     "image": [h.image_id for h in history],
                     "decision": [str(h.kind) for h in history],
@@ -38,6 +52,8 @@ with mine:
             ),
             hide_index=True,
             width="stretch",
+            column_config={"thumbnail": THUMBNAIL},
+            row_height=48,
         )
         st.caption("Change or undo a label from the Label page's Recent list, or relabel it on the Grid page.")
 
@@ -70,9 +86,11 @@ with between:
     if not summary.disagreements:
         st.info("No image has conflicting labels from different annotators.")
     else:
+        st.caption("Labels conflict when no sub-class fits them all: a main class alone agrees with any of its tags.")
         st.dataframe(
             pd.DataFrame(
                 {
+                    "thumbnail": thumbnails([d.image_id for d in summary.disagreements]),
                     "image": [d.image_id for d in summary.disagreements],
                     "labels": [
                         "; ".join(f"{a}: {m}" + (f" ({', '.join(t)})" if t else "") for a, m, t in d.labels)
@@ -83,6 +101,8 @@ with between:
             ),
             hide_index=True,
             width="stretch",
+            column_config={"thumbnail": THUMBNAIL},
+            row_height=48,
         )
 
 with team:
@@ -100,15 +120,12 @@ with team:
                     "annotators": [f"{r.annotator_a} / {r.annotator_b}" for r in summary.agreements],
                     "shared images": [r.images for r in summary.agreements],
                     "agreement": [r.observed_agreement for r in summary.agreements],
-                    "Cohen's kappa": [None if math.isnan(r.cohen_kappa) else r.cohen_kappa for r in summary.agreements],
+                    "Cohen's kappa": [kappa_text(r.cohen_kappa, r.images) for r in summary.agreements],
                 }
             ),
             hide_index=True,
             width="stretch",
-            column_config={
-                "agreement": st.column_config.NumberColumn(format="percent"),
-                "Cohen's kappa": st.column_config.NumberColumn(format="%.2f"),
-            },
+            column_config={"agreement": st.column_config.NumberColumn(format="percent")},
         )
     else:
         st.caption("Cohen's kappa appears once two annotators have labelled the same images.")
