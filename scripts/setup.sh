@@ -21,7 +21,7 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 .venv/bin/python -m pip install --quiet --editable "$spec"
 # Record what is installed now; with extras, the plain install is there too.
-{
-    echo "$wanted"
-    [ -n "$extras" ] && echo "$(sha256sum pyproject.toml | cut -d' ' -f1) extras="
-} > "$stamp"
+echo "$wanted" > "$stamp"
+if [ -n "$extras" ]; then
+    echo "$(sha256sum pyproject.toml | cut -d' ' -f1) extras=" >> "$stamp"
+fi
