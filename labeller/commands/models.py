@@ -42,7 +42,11 @@ def list_command(project) -> None:
         if not versions:
             click.echo("no model versions yet: labeller train PROJECT")
             return
-        click.echo(f"  {'id':>4}  {'kind':<10} {'labels':>6}  " + "  ".join(f"{m:>19}" for m in HEADLINE_METRICS))
+        click.echo(
+            f"  {'id':>4}  {'kind':<10} {'labels':>6}  "
+            + "  ".join(f"{m:>19}" for m in HEADLINE_METRICS)
+            + f"  {'created (UTC)':<16}"
+        )
         for version in versions:
             metrics = version.metrics or {}
             click.echo(
