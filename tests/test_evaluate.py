@@ -167,7 +167,7 @@ def test_cli_evaluates_a_generated_project(tmp_path: Path) -> None:
     combos = {(row["model"], row["strategy"], row["budget"]) for row in written["summary"]}
     assert combos == {
         (model, strategy, budget)
-        for model in ("supervised", "label_spreading")
+        for model in ("supervised", "label_spreading", "logistic_regression")
         for strategy in ("random", "least_confidence")
         for budget in (6, 10)
     }

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
@@ -65,11 +65,14 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
         embed = wait_for_status(project, embed.id, (JobStatus.SUCCEEDED, JobStatus.FAILED), timeout=240)
         assert embed.status == JobStatus.SUCCEEDED, embed.error
 
-    train_job, score_job = _jobs(project, "train")[0], _jobs(project, "score")[0]
-    assert train_job.status == score_job.status == JobStatus.SUCCEEDED
+    train_job = _jobs(project, "train")[0]
+    # The train job scores the pool before it registers and promotes: no separate score job, no version
+    # without predictions.
+    assert train_job.status == JobStatus.SUCCEEDED and not _jobs(project, "score")
     with unit_of_work(project.engine) as session:
         version = model_queries.active_model_version(session)
-        assert version is not None and version.id == train_job.model_version_id == score_job.model_version_id
+        assert version is not None and version.id == train_job.model_version_id
+        assert version.config["input"]["backbone"] == "pixels"  # 24 px images: auto keeps pixels
         assert version.model_kind == "m2" and version.label_count == 20
         uses_cuda = train_device() != "cpu" and torch.cuda.is_available()
         assert version.metrics["device"].startswith("cuda" if uses_cuda else "cpu")
@@ -111,6 +114,37 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
     assert rolled.returncode == 0 and "model version 1 is active" in rolled.stdout
     compared = run_cli("models", str(project.root), "compare", "1", "2")
     assert compared.returncode == 0 and "val_main_accuracy" in compared.stdout
+
+
+def test_a_photo_project_trains_on_pretrained_features_computed_once(tmp_path) -> None:
+    """Colour images of 48 px with default settings: auto picks the pretrained backbone, the features are
+    computed in the train job (with progress) and cached, and a second training computes none."""
+    from core.registry import DEFAULT_BACKBONE
+
+    project = make_project(tmp_path, labelled_per_class=6, unlabelled=8, image_size=48)
+    training = project.settings.training
+    training.image_size = training.channels = 0  # as a fresh project has them: read from the images
+    project.save_settings()
+    with running_worker(project, log=tmp_path / "worker.log"):
+        first = run_cli("train", str(project.root), "--wait")
+        assert first.returncode == 0, first.stderr + (tmp_path / "worker.log").read_text()
+        assert f"input: {DEFAULT_BACKBONE} (auto: colour photos" in first.stdout
+        second = run_cli("train", str(project.root), "--wait", "--promote", "never")
+        assert second.returncode == 0, second.stderr
+    train_jobs = _jobs(project, "train")
+    with unit_of_work(project.engine) as session:
+        progress = [
+            [e.payload for e in job_queries.job_events(session, job.id, kinds=["progress"])] for job in train_jobs
+        ]
+        version = model_queries.get_model_version(session, train_jobs[-1].model_version_id)
+        assert version.config["backbone"] == DEFAULT_BACKBONE and version.metrics["classifier"] == "linear"
+        scored = session.scalar(select(func.count()).where(Prediction.model_version_id == version.id))
+        assert scored == session.scalar(select(func.count(Image.id))) == 20
+    features = {tuple(p.get(k) for k in ("stage", "total")) for p in progress[-1]}  # the first job: newest last
+    assert ("features", 20) in features and "images_per_second" in next(
+        p for p in progress[-1] if p.get("stage") == "features"
+    )
+    assert not any(p.get("stage") == "features" for p in progress[0])  # the second job found them cached
 
 
 def test_cancel_running_training_leaves_no_model_and_sigkill_is_recovered(tmp_path) -> None:

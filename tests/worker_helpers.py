@@ -61,6 +61,7 @@ def make_project(
     audit_fraction: float = 0.0,
     database_url: str | None = None,
     heartbeat_timeout_seconds: int = 3,
+    image_size: int = 24,
 ) -> Project:
     """A project of generated PNGs: ``labelled_per_class`` pre-labelled per class (from folder names),
     ``unlabelled`` more of both shapes unlabelled; tiny images and one epoch so training takes seconds."""
@@ -76,7 +77,7 @@ def make_project(
             ensure_class(session, name)
     source = root / "images"
     for seed, shape in enumerate(classes):
-        write_shapes(source / "labelled" / shape, shape, labelled_per_class, seed)
+        write_shapes(source / "labelled" / shape, shape, labelled_per_class, seed, image_size)
     if labelled_per_class:
         import_images(
             project,
@@ -84,7 +85,7 @@ def make_project(
             options=ImportOptions(labels_from_folders=True, create_classes=True, progress=False),
         )
     for seed, shape in enumerate(("circle", "square"), start=10):
-        write_shapes(source / "pool", shape, unlabelled // 2, seed)
+        write_shapes(source / "pool", shape, unlabelled // 2, seed, image_size)
     if unlabelled:
         import_images(project, [source / "pool"], options=ImportOptions(progress=False))
     return project

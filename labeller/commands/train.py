@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from core.registry import AUTO, INPUT_KINDS, MODEL_KINDS
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -15,7 +16,6 @@ from db.schema import JobStatus
 from labeller.commands.project import load_project
 from labeller.project import Project
 
-MODELS = ("m1m2", "m2", "m1", "supervised")
 POLL_SECONDS = 0.5
 # Say so when nothing has picked the job up after this long: the usual cause is no running worker.
 NO_WORKER_HINT_SECONDS = 15.0
@@ -23,7 +23,13 @@ NO_WORKER_HINT_SECONDS = 15.0
 
 @click.command("train")
 @click.argument("project", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--model", type=click.Choice(MODELS), help="Default: the project setting (training.model).")
+@click.option("--model", type=click.Choice(MODEL_KINDS), help="Default: the project setting (training.model).")
+@click.option(
+    "--backbone",
+    type=click.Choice([AUTO, *INPUT_KINDS]),
+    help="pixels, or the pretrained backbone whose features the model learns from. Default: the project "
+    "setting (training.backbone; auto decides from the images).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Default: the project setting (training.epochs).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. Default: the project setting.")
 @click.option(
@@ -43,6 +49,7 @@ NO_WORKER_HINT_SECONDS = 15.0
 def train_command(
     project: Path,
     model: str | None,
+    backbone: str | None,
     epochs: int | None,
     device: str | None,
     promote: str,
@@ -52,7 +59,7 @@ def train_command(
     """Queue a training job for a worker (start one with `labeller worker PROJECT`)."""
     opened = load_project(project)
     params: dict[str, Any] = {"promote": promote, "reason": "cli", "warm_start": warm_start}
-    for key, value in (("model", model), ("epochs", epochs), ("device", device)):
+    for key, value in (("model", model), ("backbone", backbone), ("epochs", epochs), ("device", device)):
         if value is not None:
             params[key] = value
     with unit_of_work(opened.engine) as session:
