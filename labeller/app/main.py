@@ -29,15 +29,26 @@ STYLE = """
 [class*="st-key-hide-grey"] img { filter: grayscale(1) contrast(0.9); }
 [class*="st-key-tile-"] img { border-radius: 6px; }
 [class*="label-image"] img { max-height: 62vh; object-fit: contain; }
-.block-container { padding-top: 2.2rem; }
+.block-container { padding-top: 4.2rem; }  /* clear of the top bar (3.75rem) */
 </style>
 """
+
+
+class _DefaultPageWithPath(st.Page):
+    """The default page that also answers at its own URL: Streamlit serves a default page only at the root
+    and answers "Page not found" for ``/label``, which is a URL people bookmark and share."""
+
+    @property
+    def url_path(self) -> str:
+        return self._url_path
 
 
 def build_navigation() -> StreamlitPage:
     pages = {
         "Annotate": [
-            st.Page(VIEWS / "label.py", title="Label", icon=":material/label:", url_path="label", default=True),
+            _DefaultPageWithPath(
+                VIEWS / "label.py", title="Label", icon=":material/label:", url_path="label", default=True
+            ),
             st.Page(VIEWS / "grid.py", title="Grid", icon=":material/grid_view:", url_path="grid"),
             st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:", url_path="review"),
         ],

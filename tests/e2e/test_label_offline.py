@@ -35,3 +35,19 @@ def test_no_page_fetches_anything_from_another_host(app_server: AppServer, page:
     outside = sorted(url for url in requested if urlsplit(url).hostname not in LOCAL_HOSTS | {None})
     assert len(requested) > 20 and "127.0.0.1" in hosts  # the recorder saw the app's own traffic
     assert outside == [], f"requests to other hosts: {outside}"
+
+
+def test_label_opens_by_url_and_nothing_hides_under_the_top_bar(app_server: AppServer, page: Page) -> None:
+    page.goto(f"{app_server.url}/label")
+    wait_idle(page)
+    prompt = page.get_by_text("Pick or enter your name in the sidebar")
+    expect(prompt).to_be_visible()
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    header = page.get_by_test_id("stHeader").bounding_box()
+    assert header is not None and prompt.bounding_box()["y"] >= header["y"] + header["height"]
+    page.goto(f"{app_server.url}/label?annotator=offline-olga")
+    wait_idle(page)
+    expect(page.get_by_test_id("label-card-caption")).to_contain_text("image ", timeout=20_000)
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    label = page.get_by_text("Queue order", exact=True)
+    assert label.bounding_box()["y"] >= header["y"] + header["height"]
