@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,13 +33,21 @@ from db.queries.annotations import (
     record_annotation,
     undo_annotation,
 )
-from db.queries.queue import DEFAULT_AUDIT_EVERY, STRATEGIES, claimed_images, next_image, release_claim
+from db.queries.queue import (
+    DEFAULT_AUDIT_EVERY,
+    STRATEGIES,
+    claimed_images,
+    next_image,
+    release_claim,
+    release_claims,
+)
 from db.schema import Annotation, AnnotationKind, ModelVersion, utcnow
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services import Decision, TaxonomyView, active_model_version_id, large_view_file
 from labeller.project import Project
 
 WINDOW_SIZE = 16  # images the card holds: the one on screen and the next ones, preloaded
+LEFT_REFRESH_S = 30.0
 RESULTS_KEPT = 2000
 PROBABILITY_BARS = 4
 DECISION_KINDS = ("label", "skip", "unsure")
@@ -315,6 +324,7 @@ class LabelSession:
     payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=utcnow)
+    left: tuple[float, int] | None = None  # (when, images left to label) for the window's size
 
     # --- ops
 
@@ -365,9 +375,27 @@ class LabelSession:
 
     # --- window
 
+    def release_window(self, engine: Engine) -> None:
+        """Give back the annotator's claims (they left the Label page); the window refills on their return."""
+        if not self.window:
+            return
+        with unit_of_work(engine) as session:
+            release_claims(session, self.annotator_id)
+        self.window = []
+        self.reset += 1
+
+    def window_size(self, session: Session, size: int) -> int:
+        """``size``, but never more than a quarter of the images left (at least 2): on a small project the
+        look-ahead must not keep images from the other annotators. The count is refreshed every 30 s."""
+        now = time.monotonic()
+        if self.left is None or now - self.left[0] > LEFT_REFRESH_S:
+            self.left = (now, label_history.unlabelled_count(session))
+        return max(2, min(size, self.left[1] // 4))
+
     def refill(self, engine: Engine, *, lease_seconds: int, size: int = WINDOW_SIZE) -> None:
         """Keep the window's claims and fill it up to ``size`` images (what I already hold first)."""
         with unit_of_work(engine) as session:
+            size = self.window_size(session, size)
             version_id = active_model_version_id(session)
             kept = []
             for item in self.window:

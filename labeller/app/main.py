@@ -75,6 +75,9 @@ def main() -> None:
         st.markdown(f"**{project.settings.name}**")
         identity_picker(project)
         wellbeing = st.container()
+    if navigation.url_path != "label" and (label_session := st.session_state.get("label_session")) is not None:
+        # Away from the Label page: its look-ahead images go back to the pool for the other annotators.
+        label_session.release_window(project.engine)
     try:
         navigation.run()
     finally:
