@@ -16,6 +16,7 @@ from labeller.ingest import ImportReport
 project = state.current_project()
 engine = project.engine
 state.require_identity()
+SKIPPED_IN_FULL = 100  # skipped files listed with their whole reason; more go in a scrolling table
 
 
 def show_report(report: ImportReport) -> None:
@@ -24,19 +25,27 @@ def show_report(report: ImportReport) -> None:
         f"in {report.seconds:.1f} s."
     )
     if report.skipped:
-        with st.expander(f"{len(report.skipped)} files skipped"):
-            st.dataframe(
-                pd.DataFrame({"file": [s.path for s in report.skipped], "reason": [s.reason for s in report.skipped]}),
-                hide_index=True,
-                width="stretch",
+        count = len(report.skipped)
+        with st.expander(f"{count} file{'' if count == 1 else 's'} skipped", expanded=count <= 5):
+            table = pd.DataFrame(
+                {"file": [str(s.path) for s in report.skipped], "reason": [s.reason for s in report.skipped]}
             )
+            if count <= SKIPPED_IN_FULL:
+                st.table(table.set_index("file"))  # wraps long reasons instead of cutting them off
+            else:
+                st.dataframe(
+                    table,
+                    hide_index=True,
+                    width="stretch",
+                    column_config={"reason": st.column_config.TextColumn(width="large")},
+                )
 
 
 st.title("Data")
 imports, taxonomy_tab, counts_tab, export_tab = st.tabs(["Import", "Taxonomy", "Counts", "Export"])
 
 with imports:
-    st.metric("Images in the project", services.image_total(engine))
+    total_box = st.empty()  # filled after the forms, so that it counts what they just imported
     left, right = st.columns(2, gap="large")
     with left, st.form("import_folder"):
         st.markdown("**A folder on the server**")
@@ -58,6 +67,7 @@ with imports:
         if st.form_submit_button("Import uploads", type="primary") and uploads:
             with st.spinner("Importing..."):
                 show_report(services.import_uploads(project, [(f.name, f.getvalue()) for f in uploads]))
+    total_box.metric("Images in the project", services.image_total(engine))
 
 with taxonomy_tab:
     st.caption(
