@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbones import BackboneSpec, backbone_spec, load_backbone
+from core.data import decode_image
 from core.device import autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,10 @@ class FeatureSpec:
 
 
 def open_rgb(path: Path | str) -> Image.Image:
-    """An image file as an RGB PIL image, EXIF orientation applied, first frame of an animation."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+    """An image file as an RGB PIL image, decoded as thumbnails and pixel models decode it
+    (``core.data.decode_image``: EXIF orientation, first frame, transparency on white, 16-bit and float
+    grey scaled)."""
+    with decode_image(path) as image:
         return image.convert("RGB")
 
 

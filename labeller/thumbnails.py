@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 from PIL import Image as PILImage
-from PIL import ImageOps
 
+from core.data import decode_image, normalise_image
 from labeller.project import Project
 
 THUMBNAIL_SIZE = 256  # longest side, pixels: sharp in a 4-column grid, small on disk
@@ -35,17 +35,9 @@ def thumbnail_file(thumbs_dir: Path, sha256: str) -> Path:
 
 
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
-    """Upright RGB pixels: EXIF orientation applied, palette/alpha/grey/CMYK converted, alpha on white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PILImage.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grey: scale to 8 bits instead of clipping at 255.
-        image = image.point(lambda value: value / 256).convert("L")
-    return image.convert("RGB")
+    """Upright RGB pixels, exactly as the model sees them: ``core.data.normalise_image`` (EXIF orientation,
+    transparency on white, 16-bit and float grey scaled, not clipped), then RGB."""
+    return normalise_image(image).convert("RGB")
 
 
 def write_thumbnail(image: PILImage.Image, target: Path, *, size: int = THUMBNAIL_SIZE) -> Path:
@@ -69,6 +61,6 @@ def thumbnail_path(project: Project, image: StoredImage) -> Path:
     """The cached thumbnail of ``image``, made from the original file on first use."""
     target = thumbnail_file(project.thumbs_dir, image.sha256)
     if not target.exists():
-        with PILImage.open(project.resolve_image_path(image.path)) as source:
+        with decode_image(project.resolve_image_path(image.path)) as source:
             write_thumbnail(source, target)
     return target
