@@ -204,6 +204,10 @@ def _same_decision(row: Annotation, op: CardOp, decision: Decision | None) -> bo
     )
 
 
+def held_elsewhere(image_id: int) -> str:
+    return f"Image {image_id} is with someone else now: nothing undone. Undo it from Recent once they are done."
+
+
 def apply_op(
     session: Session, *, annotator_id: int, op: CardOp, taxonomy: TaxonomyView, lease_seconds: int
 ) -> OpResult:
@@ -222,10 +226,17 @@ def apply_op(
             )
             if not undone:
                 return result("rejected", message="That decision was changed since: nothing undone.")
-            app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+            if not app_views.claim_image(
+                session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+            ):
+                return result("rejected", message=held_elsewhere(op.image_id))
             return result("duplicate", target.id)
+        # Claim first: an undo never brings back an image that another annotator holds (nothing is undone).
+        if not app_views.claim_image(
+            session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+        ):
+            return result("rejected", message=held_elsewhere(op.image_id))
         undo = undo_annotation(session, target.id, annotator_id)
-        app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
         return result("applied", undo.id)
 
     decision = None
@@ -248,8 +259,11 @@ def apply_op(
         target = rows[op.target_step - 1] if op.target_step <= len(rows) else None
         if target is None or target.kind == AnnotationKind.UNDO or target.superseded:
             return result("rejected", message=f"Image {op.image_id}: that decision is no longer current.")
+        if not app_views.claim_image(
+            session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+        ):
+            return result("rejected", message=held_elsewhere(op.image_id))
         undo = undo_annotation(session, target.id, annotator_id)
-        app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
         return result("applied", undo.id)
 
     assert decision is not None
@@ -608,6 +622,10 @@ def progress(engine: Engine, *, annotator_id: int, session_started: datetime) ->
 def undo_from_history(engine: Engine, *, annotator_id: int, annotation_id: int, lease_seconds: int) -> int:
     """The Recent list's Undo: withdraw one of my annotations and claim its image again; returns the image."""
     with unit_of_work(engine) as session:
+        target = session.get(Annotation, annotation_id)
+        if target is not None and not app_views.claim_image(
+            session, image_id=target.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+        ):
+            raise AnnotationError(held_elsewhere(target.image_id))
         undone = undo_annotation(session, annotation_id, annotator_id)
-        app_views.claim_image(session, image_id=undone.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
         return undone.image_id

@@ -1,0 +1,116 @@
+"""Undo never puts one image on two annotators' screens (issue 12 item 15): A labels an image, B claims it,
+A undoes. A's undo is refused (nothing withdrawn) while B holds the image, and A's window does not get it."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from db.engine import unit_of_work
+from db.queries import app_views
+from db.queries.annotations import AnnotationError, current_labels
+from db.queries.annotators import get_or_create_annotator
+from db.schema import Annotation, Claim
+from labeller.app import labelling, services
+from labeller.app.labelling import LabelSession
+from labeller.project import Project
+from tests.e2e.project_factory import make_app_project
+
+LEASE = 600
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_app_project(tmp_path / "project", images=12)
+
+
+def _annotator(project: Project, name: str) -> int:
+    with unit_of_work(project.engine) as session:
+        return get_or_create_annotator(session, name).id
+
+
+def _op(kind: str, image: int, **extra: Any) -> dict[str, Any]:
+    return {"op": f"undo-claims-{next(_ids)}", "kind": kind, "image": image, "after": 0, **extra}
+
+
+def _labelled_by_a_then_claimed_by_b(project: Project) -> tuple[LabelSession, int, int, services.TaxonomyView]:
+    with unit_of_work(project.engine) as session:
+        tax = services.load_taxonomy(session)
+    a = LabelSession(_annotator(project, "a"), "entropy")
+    a.refill(project.engine, lease_seconds=LEASE)
+    image = a.window[0].image_id
+    main = tax.main_classes[0].id
+    [result] = a.receive(project.engine, {"ops": [_op("label", image, step=1, main=main)]}, tax, lease_seconds=LEASE)
+    assert result.status == "applied"
+    b = _annotator(project, "b")
+    with unit_of_work(project.engine) as session:
+        claim = session.get(Claim, image)
+        if claim is not None:  # A's lease on a decided image may linger: let it run out, as time would
+            session.delete(claim)
+        assert app_views.claim_image(session, image_id=image, annotator_id=b, lease_seconds=LEASE)
+    return a, image, b, tax
+
+
+def _holder(project: Project, image: int) -> int | None:
+    with unit_of_work(project.engine) as session:
+        claim = session.get(Claim, image)
+        return None if claim is None else claim.annotator_id
+
+
+def _labelled(project: Project, image: int) -> bool:
+    with unit_of_work(project.engine) as session:
+        return any(label.image_id == image for label in current_labels(session))
+
+
+def _annotation_of(project: Project, image: int, annotator_id: int) -> int:
+    with unit_of_work(project.engine) as session:
+        return session.scalars(
+            select(Annotation.id).where(Annotation.image_id == image, Annotation.annotator_id == annotator_id)
+        ).one()
+
+
+def test_card_undo_while_another_annotator_holds_the_image(project: Project) -> None:
+    a, image, b, tax = _labelled_by_a_then_claimed_by_b(project)
+    undo = {"ops": [_op("undo", image, step=2, target=1)]}
+    [result] = a.receive(project.engine, undo, tax, lease_seconds=LEASE)
+    assert result.status == "rejected" and "someone else" in result.message
+    assert _holder(project, image) == b  # B keeps it
+    assert _labelled(project, image)  # A's label stands: nothing was withdrawn behind B's back
+    a.refill(project.engine, lease_seconds=LEASE)
+    assert image not in [item.image_id for item in a.window]
+
+
+def test_card_undo_by_annotation_while_another_annotator_holds_the_image(project: Project) -> None:
+    a, image, b, tax = _labelled_by_a_then_claimed_by_b(project)
+    annotation = _annotation_of(project, image, a.annotator_id)
+    undo = {"ops": [_op("undo_annotation", image, step=0, annotation=annotation)]}
+    reset = a.reset
+    [result] = a.receive(project.engine, undo, tax, lease_seconds=LEASE)
+    assert result.status == "rejected"
+    assert a.reset == reset and image not in [item.image_id for item in a.window]
+    assert _holder(project, image) == b and _labelled(project, image)
+
+
+def test_recent_list_undo_while_another_annotator_holds_the_image(project: Project) -> None:
+    a, image, b, _ = _labelled_by_a_then_claimed_by_b(project)
+    annotation = _annotation_of(project, image, a.annotator_id)
+    with pytest.raises(AnnotationError, match="someone else"):
+        labelling.undo_from_history(
+            project.engine, annotator_id=a.annotator_id, annotation_id=annotation, lease_seconds=LEASE
+        )
+    assert _holder(project, image) == b and _labelled(project, image)
+    # Once B lets it go, the same undo works and brings the image back to A.
+    with unit_of_work(project.engine) as session:
+        app_views.drop_claims(session, [image], b)
+    assert (
+        labelling.undo_from_history(
+            project.engine, annotator_id=a.annotator_id, annotation_id=annotation, lease_seconds=LEASE
+        )
+        == image
+    )
+    assert _holder(project, image) == a.annotator_id and not _labelled(project, image)
