@@ -64,3 +64,32 @@ def thumbnail_path(project: Project, image: StoredImage) -> Path:
         with decode_image(project.resolve_image_path(image.path)) as source:
             write_thumbnail(source, target)
     return target
+
+
+UNREADABLE_PLACEHOLDER = "unreadable.png"
+
+
+def placeholder_file(thumbs_dir: Path, *, size: int = THUMBNAIL_SIZE) -> Path:
+    """The picture shown instead of an image whose file is missing or not an image (made once)."""
+    from PIL import ImageDraw
+
+    target = thumbs_dir / UNREADABLE_PLACEHOLDER
+    if target.exists():
+        return target
+    image = PILImage.new("RGB", (size, size), (236, 236, 236))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((4, 4, size - 5, size - 5), outline=(170, 170, 170), width=3)
+    draw.line((4, 4, size - 5, size - 5), fill=(200, 200, 200), width=3)
+    draw.line((4, size - 5, size - 5, 4), fill=(200, 200, 200), width=3)
+    text = "File missing or unreadable\npress Skip"
+    draw.multiline_text((size // 2, size // 2), text, fill=(60, 60, 60), anchor="mm", align="center")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            image.save(tmp, format="PNG")
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target

@@ -21,11 +21,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from db.engine import unit_of_work
-from db.queries import app_views, label_history
+from db.queries import app_views, label_history, unreadable
 from db.queries.annotations import (
     AnnotationError,
     label_counts,
@@ -41,10 +42,11 @@ from db.queries.queue import (
     release_claim,
     release_claims,
 )
-from db.schema import Annotation, AnnotationKind, ModelVersion, utcnow
+from db.schema import Annotation, AnnotationKind, Image, ModelVersion, utcnow
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services import Decision, TaxonomyView, active_model_version_id, large_view_file
 from labeller.project import Project
+from labeller.thumbnails import placeholder_file
 
 WINDOW_SIZE = 16  # images the card holds: the one on screen and the next ones, preloaded
 LEFT_REFRESH_S = 30.0
@@ -418,9 +420,11 @@ class LabelSession:
                     session, image_id=item.image_id, annotator_id=self.annotator_id, lease_seconds=lease_seconds
                 ):
                     kept.append(item)
+            passed: list[int] = []  # unreadable images the queue offered: not offered again in this refill
             if not self.window:
                 held = claimed_images(session, self.annotator_id)[:size]
                 kept = [WindowItem(image_id, self.strategy, version_id) for image_id in held]
+                kept = self._pass_over_unreadable(session, kept, passed)
             while len(kept) < size:
                 has_audit = any(item.audit for item in kept)
                 image_id = next_image(
@@ -430,11 +434,11 @@ class LabelSession:
                     model_version_id=version_id,
                     lease_seconds=lease_seconds,
                     audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
-                    exclude=[item.image_id for item in kept],
+                    exclude=[item.image_id for item in kept] + passed,
                 )
                 if image_id is None:
                     break
-                kept.append(WindowItem(image_id, self.strategy, version_id))
+                kept += self._pass_over_unreadable(session, [WindowItem(image_id, self.strategy, version_id)], passed)
             audit = label_history.audit_flags(session, [item.image_id for item in kept])
             self.window = [
                 WindowItem(
@@ -446,6 +450,15 @@ class LabelSession:
                 for item in kept
                 if item.image_id in audit
             ]
+
+    def _pass_over_unreadable(self, session: Session, items: list[WindowItem], passed: list[int]) -> list[WindowItem]:
+        """Leave out images already marked unreadable (their file is missing or not an image): the
+        annotator's own skip is recorded once, and ``passed`` collects them for ``next_image``'s exclude."""
+        marked = unreadable.unreadable_ids(session, [item.image_id for item in items])
+        for image_id in marked:
+            unreadable.pass_over(session, image_id, self.annotator_id)
+            passed.append(image_id)
+        return [item for item in items if item.image_id not in marked]
 
     def current_image(self) -> int | None:
         return self.window[0].image_id if self.window else None
@@ -532,8 +545,18 @@ def _item_payload(session: Session, project: Project, taxonomy: TaxonomyView, it
         "score": score,
         "audit": bool(image.audit),
         "pred": pred,
-        "file": large_view_file(project, image),
+        "file": _display_or_placeholder(session, project, image),
     }
+
+
+def _display_or_placeholder(session: Session, project: Project, image: Image) -> Path:
+    """The image's large view, or, when its file went missing or is no image, a placeholder that asks for
+    Skip; the image is then marked unreadable for everyone (``db.queries.unreadable``)."""
+    try:
+        return large_view_file(project, image)
+    except (OSError, ValueError, PILImage.DecompressionBombError):  # missing, not an image, outside the roots
+        unreadable.mark_unreadable(session, image.id)
+        return placeholder_file(project.thumbs_dir)
 
 
 def _newest_current(session: Session, annotator_id: int) -> dict[str, int] | None:

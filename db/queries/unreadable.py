@@ -1,0 +1,97 @@
+"""Images whose file went missing or stopped being an image (issue 12 item 11).
+
+No schema change: an unreadable image carries a current SKIP by the system annotator ``UNREADABLE_ANNOTATOR``
+(source ``"unreadable"``), recorded by the first session that fails to show it. The Label page then passes
+over it for everyone (each annotator's own SKIP is recorded once, so the queue stops offering it), and
+``labeller status`` / the Review page see who skipped it and why. Restoring the file and undoing that skip
+(or ``clear_unreadable``) brings the image back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.queries.annotations import record_annotation, undo_annotation
+from db.queries.annotators import get_or_create_annotator
+from db.queries.queue import release_claim
+from db.schema import Annotation, AnnotationKind, Annotator
+
+UNREADABLE_ANNOTATOR = "(unreadable file)"
+UNREADABLE_SOURCE = "unreadable"
+
+
+def _current(session: Session, image_id: int, annotator_id: int) -> Annotation | None:
+    return session.scalars(
+        select(Annotation).where(
+            Annotation.image_id == image_id,
+            Annotation.annotator_id == annotator_id,
+            Annotation.superseded.is_(False),
+        )
+    ).one_or_none()
+
+
+def mark_unreadable(session: Session, image_id: int) -> bool:
+    """Mark ``image_id`` unreadable for everyone; False if it already was."""
+    system = get_or_create_annotator(session, UNREADABLE_ANNOTATOR)
+    current = _current(session, image_id, system.id)
+    if current is not None and current.kind == AnnotationKind.SKIP:
+        return False
+    record_annotation(
+        session,
+        image_id=image_id,
+        annotator_id=system.id,
+        kind=AnnotationKind.SKIP,
+        main_class_id=None,
+        source=UNREADABLE_SOURCE,
+    )
+    return True
+
+
+def unreadable_ids(session: Session, image_ids: Iterable[int]) -> set[int]:
+    """Those of ``image_ids`` marked unreadable."""
+    ids = list(image_ids)
+    if not ids:
+        return set()
+    query = (
+        select(Annotation.image_id)
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .where(
+            Annotator.name == UNREADABLE_ANNOTATOR,
+            Annotation.image_id.in_(ids),
+            Annotation.superseded.is_(False),
+            Annotation.kind == AnnotationKind.SKIP,
+        )
+    )
+    return set(session.scalars(query))
+
+
+def pass_over(session: Session, image_id: int, annotator_id: int) -> None:
+    """An annotator's queue offered an unreadable image: record their SKIP once (which also gives the claim
+    back), so the queue does not offer it to them again before everything else is done."""
+    current = _current(session, image_id, annotator_id)
+    if current is not None and current.kind == AnnotationKind.SKIP:
+        release_claim(session, image_id, annotator_id)
+        return
+    record_annotation(
+        session,
+        image_id=image_id,
+        annotator_id=annotator_id,
+        kind=AnnotationKind.SKIP,
+        main_class_id=None,
+        source=UNREADABLE_SOURCE,
+    )
+
+
+def clear_unreadable(session: Session, image_id: int) -> bool:
+    """The file is back: withdraw the system's mark (the annotators' own skips stay, as any skip does)."""
+    system = session.scalars(select(Annotator).where(Annotator.name == UNREADABLE_ANNOTATOR)).one_or_none()
+    if system is None:
+        return False
+    current = _current(session, image_id, system.id)
+    if current is None or current.kind != AnnotationKind.SKIP:
+        return False
+    undo_annotation(session, current.id, system.id)
+    return True
