@@ -27,6 +27,22 @@ REQUIRED_OPTIONS = {
 }
 
 
+class ServeError(RuntimeError):
+    """The app cannot be started as asked (e.g. its port is taken); the message says what to do."""
+
+
+def port_in_use(port: int) -> bool:
+    """True when something listens on ``port`` (Streamlit would fail to bind it after starting)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR ignores connections closing (TIME_WAIT), never a listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -78,10 +94,33 @@ def start(project: Project, *, port: int | None = None, with_worker: bool = True
     """Start the app (and a worker) as child processes; the caller stops them with ``stop``."""
     if not APP_ENTRY.is_file():
         raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
+    if port is not None and port_in_use(port):
+        raise ServeError(f"port {port} is in use: pick another with --port, or leave --port out for a free one")
     port = port or free_port()
     app = _spawn(streamlit_command(project, port), project)
     worker = _spawn(worker_command(project), project) if with_worker else None
     return Served(app=app, worker=worker, port=port)
+
+
+HEALTH_TIMEOUT_S = 180.0
+
+
+def wait_until_healthy(served: Served, *, timeout: float) -> bool:
+    """Wait for the app's health check; False when the app exited first. After ``timeout`` it gives up
+    waiting and returns True (a slow machine still gets its URL)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if served.app.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.3)
+    return served.app.poll() is None
 
 
 def _spawn(command: list[str], project: Project) -> subprocess.Popen:
@@ -149,9 +188,13 @@ def serve(project: Project, *, port: int | None = None, with_worker: bool = True
 
 def _run(project: Project, *, port: int | None, with_worker: bool) -> int:
     served = start(project, port=port, with_worker=with_worker)
-    print(f"Latent Labeller: {served.url}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
     restarts = 0
     try:
+        # The URL only once the app answers: a URL printed before a failed start sends people nowhere.
+        if not wait_until_healthy(served, timeout=HEALTH_TIMEOUT_S):
+            print(f"the app did not start (exit code {served.app.returncode}); see its messages above", file=sys.stderr)
+            return served.app.returncode or 1
+        print(f"Latent Labeller: {served.url}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
         while served.app.poll() is None:
             if served.worker is not None and served.worker.poll() is not None:
                 code = served.worker.returncode

@@ -15,6 +15,10 @@ from labeller.commands.project import load_project
 @click.option("--no-worker", is_flag=True, help="Only the app; run workers elsewhere (labeller worker PROJECT).")
 def serve_command(project: Path, port: int | None, no_worker: bool) -> None:
     """Start the labelling app and one worker; Ctrl-C stops both."""
-    from labeller.serving import serve
+    from labeller.serving import ServeError, serve
 
-    raise SystemExit(serve(load_project(project), port=port, with_worker=not no_worker))
+    try:
+        code = serve(load_project(project), port=port, with_worker=not no_worker)
+    except ServeError as error:
+        raise click.ClickException(str(error)) from error
+    raise SystemExit(code)
