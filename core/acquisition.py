@@ -4,9 +4,10 @@ Every strategy has one signature, in the style of small-text::
 
     strategy.query(scores, candidates, n, *, rng, latent=None, labelled=None) -> indices
 
-``scores`` is the model's view of the whole pool (``core.scoring.PoolScores``, one row per image) or
-``None`` when no model exists yet; ``candidates`` are the row indices that may be chosen (the unlabelled,
-unclaimed images); the result is at most ``n`` distinct entries of ``candidates``, most useful first.
+``scores`` is the model's view of the whole pool (``UncertaintyScores``, one row per image; a learner's
+``core.scoring.PoolScores`` gives it with ``.uncertainty()``) or ``None`` when no model exists yet;
+``candidates`` are the row indices that may be chosen (the unlabelled, unclaimed images); the result is at
+most ``n`` distinct entries of ``candidates``, most useful first.
 
 Uncertainty strategies read one score column where larger means "label me sooner" (the same columns the
 database stores on ``predictions``). When ``latent`` (one row per pool image) is given they diversify the
@@ -19,24 +20,54 @@ by diversity (k-centre on cheap features such as downsampled pixels, passed as `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
 
-# Score columns of core.scoring.PoolScores that rank candidates, larger = sooner.
-SCORE_COLUMNS: dict[str, str] = {
-    "entropy": "entropy",
-    "leaf_entropy": "leaf_entropy",
-    "margin": "margin",
-    "least_confidence": "least_confidence",
-    "bald": "bald",
-    "disagreement": "disagreement",
-    "novelty": "novelty",
-}
-STRATEGY_NAMES: tuple[str, ...] = ("random", *SCORE_COLUMNS)
-DEFAULT_STRATEGY = "entropy"
-COVERAGE_METHODS: tuple[str, ...] = ("farthest", "typical")
+from core.registry import COVERAGE_METHODS, SCORE_STRATEGIES, STRATEGIES
+
+
+@dataclass(frozen=True)
+class UncertaintyScores:
+    """One value per pool row for each score strategy, larger = label sooner. A learner that cannot give a
+    score (a scikit-learn baseline has no BALD) leaves it None, and a strategy that needs it says so."""
+
+    entropy: np.ndarray
+    leaf_entropy: np.ndarray
+    margin: np.ndarray
+    least_confidence: np.ndarray
+    bald: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
+    novelty: np.ndarray | None = None
+
+    def column(self, strategy: str) -> np.ndarray:
+        values = getattr(self, strategy) if strategy in SCORE_STRATEGIES else None
+        if values is None:
+            raise ValueError(f"the model's scores have no {strategy!r} column")
+        values = np.asarray(values, dtype=np.float64)
+        # A NaN score (e.g. no reconstruction for one image) must not jump the queue.
+        return np.where(np.isfinite(values), values, -np.inf)
+
+    @classmethod
+    def from_probabilities(cls, main_probs: np.ndarray, leaf_probs: np.ndarray | None = None) -> UncertaintyScores:
+        """The columns probabilities alone give (what any classifier, a scikit-learn one included, offers)."""
+        leaf = main_probs if leaf_probs is None else leaf_probs
+        ranked = -np.sort(-main_probs, axis=1)
+        second = ranked[:, 1] if main_probs.shape[1] > 1 else np.zeros(len(main_probs))
+        return cls(
+            entropy=_entropy(main_probs),
+            leaf_entropy=_entropy(leaf),
+            margin=1.0 - (ranked[:, 0] - second),
+            least_confidence=1.0 - ranked[:, 0],
+        )
+
+
+assert {f.name for f in fields(UncertaintyScores)} == set(SCORE_STRATEGIES), "one column per score strategy"
+
+
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    return -(probs * np.log(probs + 1e-12)).sum(axis=-1)
 
 
 class QueryStrategy(Protocol):
@@ -44,7 +75,7 @@ class QueryStrategy(Protocol):
 
     def query(
         self,
-        scores: object | None,
+        scores: UncertaintyScores | None,
         candidates: np.ndarray,
         n: int,
         *,
@@ -175,21 +206,6 @@ def _min_sq_distance_matrix(points: np.ndarray) -> np.ndarray:
     return np.maximum(norms[:, None] - 2.0 * points @ points.T + norms[None, :], 0.0)
 
 
-def pixel_features(images: np.ndarray, size: int = 8) -> np.ndarray:
-    """Cheap features for a cold start: images (N, C, H, W) area-averaged to (N, C*size*size) in [0, 1]."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N, C, H, W), got {images.shape}")
-    count, channels, height, width = images.shape
-    size = min(size, height, width)
-    # Crop to a multiple of the block size, then average each block.
-    rows, cols = height // size, width // size
-    cropped = images[:, :, : rows * size, : cols * size].astype(np.float32)
-    blocks = cropped.reshape(count, channels, size, rows, size, cols).mean(axis=(3, 5))
-    scale = 255.0 if images.dtype == np.uint8 else max(float(blocks.max()), 1e-12)
-    return (blocks / scale).reshape(count, -1)
-
-
 def cold_start(
     candidates: np.ndarray, n: int, *, rng: np.random.Generator, features: np.ndarray | None = None
 ) -> np.ndarray:
@@ -209,7 +225,7 @@ class RandomStrategy:
 
     def query(
         self,
-        scores: object | None,
+        scores: UncertaintyScores | None,
         candidates: np.ndarray,
         n: int,
         *,
@@ -223,10 +239,10 @@ class RandomStrategy:
 
 @dataclass(frozen=True)
 class ScoreStrategy:
-    """Top-``n`` candidates by one score column, diversified in latent space when ``latent`` is given."""
+    """Top-``n`` candidates by the score column named like the strategy, diversified in latent space when
+    ``latent`` is given."""
 
     name: str
-    column: str
     diversify: bool = True
     # The batch is drawn from the diversity_factor * n most uncertain candidates.
     diversity_factor: int = 5
@@ -238,17 +254,9 @@ class ScoreStrategy:
     # k-means cluster, see typical_coverage) or "farthest" (k-centre from the labelled images).
     coverage: str = "farthest"
 
-    def priority(self, scores: object) -> np.ndarray:
-        values = getattr(scores, self.column, None)
-        if values is None:
-            raise ValueError(f"the model's scores have no {self.column!r} column for strategy {self.name!r}")
-        values = np.asarray(values, dtype=np.float64)
-        # A NaN score (e.g. no reconstruction for one image) must not jump the queue.
-        return np.where(np.isfinite(values), values, -np.inf)
-
     def query(
         self,
-        scores: object | None,
+        scores: UncertaintyScores | None,
         candidates: np.ndarray,
         n: int,
         *,
@@ -275,11 +283,17 @@ class ScoreStrategy:
         return np.concatenate([self._most_uncertain(scores, candidates, n, rng=rng, latent=latent), explored])
 
     def _most_uncertain(
-        self, scores: object, candidates: np.ndarray, n: int, *, rng: np.random.Generator, latent: np.ndarray | None
+        self,
+        scores: UncertaintyScores,
+        candidates: np.ndarray,
+        n: int,
+        *,
+        rng: np.random.Generator,
+        latent: np.ndarray | None,
     ) -> np.ndarray:
         if n <= 0 or len(candidates) == 0:
             return np.empty(0, dtype=np.int64)
-        priority = self.priority(scores)[candidates]
+        priority = scores.column(self.name)[candidates]
         # Random order first, then a stable sort: ties are broken at random, not by pool position.
         shuffled = rng.permutation(len(candidates))
         ranked = candidates[shuffled[np.argsort(-priority[shuffled], kind="stable")]]
@@ -299,18 +313,17 @@ def get_strategy(
     exploration: float = 0.0,
     coverage: str = "farthest",
 ) -> QueryStrategy:
-    """The strategy called ``name`` (one of ``STRATEGY_NAMES``)."""
+    """The strategy called ``name`` (one of ``core.registry.STRATEGIES``)."""
     if not 0.0 <= exploration <= 1.0:
         raise ValueError(f"exploration must lie in [0, 1], got {exploration}")
     if coverage not in COVERAGE_METHODS:
         raise ValueError(f"coverage must be one of {COVERAGE_METHODS}, got {coverage!r}")
     if name == "random":
         return RandomStrategy()
-    if name not in SCORE_COLUMNS:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    if name not in SCORE_STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     return ScoreStrategy(
         name,
-        SCORE_COLUMNS[name],
         diversify=diversify,
         diversity_factor=diversity_factor,
         exploration=exploration,
@@ -318,41 +331,35 @@ def get_strategy(
     )
 
 
-def choose_audit_slice(
-    candidates: np.ndarray, fraction: float, *, rng: np.random.Generator, minimum: int = 1
-) -> np.ndarray:
-    """A uniformly random slice of ``candidates`` (``fraction`` of them, at least ``minimum``).
-
-    Audit images are labelled like any other but never chosen by uncertainty, so accuracy measured on
-    them is unbiased by the active strategy."""
-    candidates = _validate(candidates, 0)
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"audit fraction must lie in [0, 1], got {fraction}")
-    if fraction == 0.0 or len(candidates) == 0:
-        return np.empty(0, dtype=np.int64)
-    size = min(len(candidates), max(minimum, round(fraction * len(candidates))))
-    return np.sort(rng.choice(candidates, size, replace=False))
-
-
-def query_with_audit(
+def rank_pool(
     strategy: QueryStrategy,
-    scores: object | None,
+    scores: UncertaintyScores | None,
     candidates: np.ndarray,
-    n: int,
     *,
     rng: np.random.Generator,
-    audit_candidates: np.ndarray,
-    audit_every: int,
+    limit: int,
+    round_size: int,
     latent: np.ndarray | None = None,
     labelled: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A batch of ``n``: every ``audit_every``-th image a random pick from the unlabelled audit slice,
-    the rest from ``strategy`` over the other candidates. Returns (strategy picks, audit picks),
-    disjoint; ``audit_every <= 0`` turns the audit off."""
-    candidates = _validate(candidates, n)
-    audit_candidates = _validate(audit_candidates, 0)
-    audit_count = 0 if audit_every <= 0 else min(n // audit_every, len(audit_candidates))
-    audit = rng.permutation(audit_candidates)[:audit_count]
-    rest = np.setdiff1d(candidates, audit_candidates, assume_unique=True)
-    chosen = strategy.query(scores, rest, n - audit_count, rng=rng, latent=latent, labelled=labelled)
-    return chosen, audit
+) -> np.ndarray:
+    """The order in which ``strategy`` hands out ``candidates``: its first ``limit`` picks, arranged in rounds
+    of ``round_size`` so that every round carries its share of coverage picks (as a simulated round of
+    ``labeller evaluate`` does), most useful first within a round.
+
+    The app's queue serves this order (stored as each prediction's ``queue_rank`` by the train and score
+    jobs), and ``labeller evaluate`` simulates each round with this same function, so what is measured is
+    what annotators get."""
+    picks = strategy.query(scores, candidates, min(limit, len(candidates)), rng=rng, latent=latent, labelled=labelled)
+    share = getattr(strategy, "exploration", 0.0)
+    if share <= 0 or len(picks) <= round_size:
+        return picks
+    # query() returns the uncertain picks, then the coverage picks: interleave them round by round.
+    explored_count = min(len(picks), int(np.ceil(share * len(picks))))
+    uncertain, explored = list(picks[: len(picks) - explored_count]), list(picks[len(picks) - explored_count :])
+    per_round = max(1, round(share * round_size))
+    order: list[int] = []
+    while uncertain or explored:
+        take = min(len(uncertain), round_size - min(per_round, len(explored)))
+        order += uncertain[:take] + explored[: round_size - take]
+        uncertain, explored = uncertain[take:], explored[round_size - take :]
+    return np.array(order, dtype=np.int64)

@@ -66,11 +66,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.acquisition import STRATEGY_NAMES, cold_start, get_strategy, typical_coverage
+from core.acquisition import UncertaintyScores, cold_start, get_strategy, rank_pool, typical_coverage
+from core.registry import MODEL_KINDS, STRATEGIES
 from core.taxonomy import Taxonomy
 
 SCHEMA = "latent-labeller/evaluate/1"
-VAE_MODELS = ("m1", "m2", "m1m2", "supervised")
 BASELINES = ("label_spreading", "logistic_regression")
 INITIAL_SELECTIONS = ("random", "typical", "diverse")
 
@@ -228,12 +228,12 @@ class EvaluationConfig:
             problems.append(f"budgets must be positive, got {self.budgets}")
         if list(self.budgets) != sorted(set(self.budgets)):
             problems.append(f"budgets must be increasing and distinct, got {self.budgets}")
-        unknown = sorted(set(self.strategies) - set(STRATEGY_NAMES))
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
-            problems.append(f"unknown strategies {unknown}; choose from {list(STRATEGY_NAMES)}")
-        unknown = sorted(set(self.models) - set(VAE_MODELS))
+            problems.append(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+        unknown = sorted(set(self.models) - set(MODEL_KINDS))
         if unknown:
-            problems.append(f"unknown models {unknown}; choose from {list(VAE_MODELS)}")
+            problems.append(f"unknown models {unknown}; choose from {list(MODEL_KINDS)}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             problems.append(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -409,7 +409,7 @@ class Learner(Protocol):
     def predict(self, rows: np.ndarray) -> Prediction:
         """Probabilities for ``rows`` of the data (the test split)."""
 
-    def pool_scores(self) -> tuple[object, np.ndarray | None]:
+    def pool_scores(self) -> tuple[UncertaintyScores, np.ndarray | None]:
         """(scores with the strategy columns for every pool row, latent features for diversification)."""
 
 
@@ -461,28 +461,11 @@ class TrainedModelLearner:
         scores = score_pool(self.trained, self.data.images[rows], mc_samples=0)
         return Prediction(scores.main_probs, scores.leaf_probs)
 
-    def pool_scores(self) -> tuple[object, np.ndarray | None]:
+    def pool_scores(self) -> tuple[UncertaintyScores, np.ndarray | None]:
         from core.scoring import score_pool
 
         scores = score_pool(self.trained, self.data.images[self.pool_rows], mc_samples=self.mc_samples)
-        return scores, scores.latent_mean
-
-
-def _probability_scores(main_probs: np.ndarray, leaf_probs: np.ndarray | None) -> SimpleNamespace:
-    """Uncertainty columns from probabilities alone (what a scikit-learn learner can offer)."""
-    from core.scoring import entropy
-
-    leaf = main_probs if leaf_probs is None else leaf_probs
-    ranked = -np.sort(-main_probs, axis=1)
-    second = ranked[:, 1] if main_probs.shape[1] > 1 else np.zeros(len(main_probs))
-    return SimpleNamespace(
-        main_probs=main_probs,
-        leaf_probs=leaf,
-        entropy=entropy(main_probs),
-        leaf_entropy=entropy(leaf),
-        margin=1.0 - (ranked[:, 0] - second),
-        least_confidence=1.0 - ranked[:, 0],
-    )
+        return scores.uncertainty(), scores.latent_mean
 
 
 class ScikitLearner:
@@ -551,13 +534,13 @@ class ScikitLearner:
         main, leaf = self._probs(self.features[rows])
         return Prediction(main, leaf)
 
-    def pool_scores(self) -> tuple[object, np.ndarray | None]:
+    def pool_scores(self) -> tuple[UncertaintyScores, np.ndarray | None]:
         if self.name == "label_spreading":
             # The fitted label distributions over the pool, as the anchors rank them.
             main, leaf = self._expand(self.estimator.label_distributions_, self.estimator.classes_)
         else:
             main, leaf = self._probs(self.features[self.pool_rows])
-        return _probability_scores(main, leaf), self.features[self.pool_rows]
+        return UncertaintyScores.from_probabilities(main, leaf), self.features[self.pool_rows]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -680,7 +663,10 @@ def _active_runs(
         scores, latent = learner.pool_scores()
         candidates = np.setdiff1d(np.arange(len(pool)), labelled)
         step = min(config.round_size, upcoming[0] - len(labelled))
-        picked = strategy.query(scores, candidates, step, rng=rng, latent=latent, labelled=labelled)
+        # The app's queue order for this state (core.acquisition.rank_pool), one round of it.
+        picked = rank_pool(
+            strategy, scores, candidates, rng=rng, limit=step, round_size=step, latent=latent, labelled=labelled
+        )
         labelled = np.concatenate([labelled, picked])
 
 

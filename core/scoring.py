@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.acquisition import UncertaintyScores
 from core.device import autocast, eval_mode, resolve_device
 
 if TYPE_CHECKING:
@@ -37,6 +38,18 @@ class PoolScores:
 
     def __len__(self) -> int:
         return len(self.leaf_probs)
+
+    def uncertainty(self) -> UncertaintyScores:
+        """The columns acquisition ranks by."""
+        return UncertaintyScores(
+            entropy=self.entropy,
+            leaf_entropy=self.leaf_entropy,
+            margin=self.margin,
+            least_confidence=self.least_confidence,
+            bald=self.bald,
+            disagreement=self.disagreement,
+            novelty=self.novelty,
+        )
 
 
 @dataclass

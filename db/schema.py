@@ -214,6 +214,7 @@ class Prediction(Base):
         Index("ix_predictions_bald", "model_version_id", "labelled", "bald"),
         Index("ix_predictions_disagreement", "model_version_id", "labelled", "disagreement"),
         Index("ix_predictions_novelty", "model_version_id", "labelled", "novelty"),
+        Index("ix_predictions_queue_rank", "model_version_id", "labelled", "queue_rank"),
         Index("ix_predictions_main", "model_version_id", "main_class_id", "confidence"),
         Index("ix_predictions_image_id", "image_id"),
     )
@@ -237,6 +238,10 @@ class Prediction(Base):
     latent_mean: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32, little-endian
     umap_x: Mapped[float | None] = mapped_column(Float)
     umap_y: Mapped[float | None] = mapped_column(Float)
+    # Place in the order core.acquisition.rank_pool gives for the version's ranked strategy (diversified,
+    # with coverage picks; ModelVersion.metrics["queue"] says which): 0 = first. Only the top of the pool is
+    # ranked; the rest (NULL) follows in score order.
+    queue_rank: Mapped[int | None] = mapped_column(Integer)
     # A hint kept by db.queries.annotations (and db.queries.queue.mark_labelled_predictions after a
     # scoring run): the image has a current LABEL. The queue still checks annotations itself, so a
     # stale hint only costs speed, never correctness.

@@ -1,11 +1,12 @@
-"""Hand-made ``core.scoring.PoolScores`` for acquisition tests: every column computed from given
-probabilities with the scorer's definitions (larger = label sooner). A column passed as ``None`` is left
-off (``None`` on the dataclass) to test strategies that need it."""
+"""Hand-made ``core.scoring.PoolScores``, as acquisition sees them (``UncertaintyScores``), for tests: every
+column computed from given probabilities with the scorer's definitions (larger = label sooner). A column
+passed as ``None`` is left off (``None`` on the dataclass) to test strategies that need it."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from core.acquisition import UncertaintyScores
 from core.scoring import PoolScores
 
 
@@ -20,12 +21,12 @@ def scores_from_probabilities(
     bald: np.ndarray | None = None,
     disagreement: np.ndarray | None = None,
     novelty: np.ndarray | None = None,
-) -> PoolScores:
+) -> UncertaintyScores:
     main_probs = np.asarray(main_probs, dtype=np.float64)
     leaf_probs = main_probs if leaf_probs is None else np.asarray(leaf_probs, dtype=np.float64)
     top_two = np.sort(main_probs, axis=1)[:, ::-1][:, :2]
     count = len(main_probs)
-    return PoolScores(
+    pool = PoolScores(
         main_probs=main_probs,
         leaf_probs=leaf_probs,
         entropy=_entropy(main_probs),
@@ -39,3 +40,4 @@ def scores_from_probabilities(
         latent_mean=np.zeros((count, 2), dtype=np.float32),
         latent_log_density=np.zeros(count),
     )
+    return pool.uncertainty()

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 
 from core.acquisition import (
-    STRATEGY_NAMES,
-    choose_audit_slice,
     cold_start,
     get_strategy,
     k_center_greedy,
-    pixel_features,
-    query_with_audit,
+    rank_pool,
     typical_coverage,
 )
+from core.registry import STRATEGIES
 from tests.scores_factory import scores_from_probabilities
 
 
@@ -35,7 +33,7 @@ MAIN_PROBS = np.array(
 
 
 def test_every_strategy_name_resolves_and_unknown_fails() -> None:
-    for name in STRATEGY_NAMES:
+    for name in STRATEGIES:
         assert get_strategy(name).name == name
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("most_fun")
@@ -143,9 +141,8 @@ def test_cold_start_without_a_model_is_diverse() -> None:
     # 8x8 grey images: 95 dark, 5 bright. A diverse start of 4 must include a bright one.
     images = generator.integers(0, 20, size=(100, 1, 8, 8)).astype(np.uint8)
     images[95:] = 250
-    features = pixel_features(images, size=4)
-    assert features.shape == (100, 16) and features.max() <= 1.0
-    for strategy in STRATEGY_NAMES:
+    features = images.reshape(100, -1) / 255.0
+    for strategy in STRATEGIES:
         if strategy == "random":
             continue
         picked = get_strategy(strategy).query(None, np.arange(100), 4, rng=rng(), latent=features)
@@ -154,25 +151,30 @@ def test_cold_start_without_a_model_is_diverse() -> None:
     assert len(cold_start(np.arange(10), 3, rng=rng())) == 3
 
 
-def test_audit_slice_is_random_and_disjoint_from_the_strategy_batch() -> None:
-    candidates = np.arange(1000)
-    audit_a = choose_audit_slice(candidates, 0.05, rng=np.random.default_rng(1))
-    audit_b = choose_audit_slice(candidates, 0.05, rng=np.random.default_rng(2))
-    assert len(audit_a) == 50 and audit_a.tolist() != audit_b.tolist()
-    # Spread over the whole range, not a prefix.
-    assert audit_a.min() < 200 and audit_a.max() > 800
-    assert choose_audit_slice(candidates, 0.0, rng=rng()).size == 0
-    with pytest.raises(ValueError):
-        choose_audit_slice(candidates, 1.5, rng=rng())
-
-    probs = np.random.default_rng(4).dirichlet(np.ones(3), size=1000)
+def test_rank_pool_is_the_strategy_order_with_coverage_picks_spread_over_every_round() -> None:
+    latent, uncertainty = _two_blobs()
+    probs = np.column_stack([0.5 + (1 - uncertainty) / 2, 0.5 - (1 - uncertainty) / 2])
     scores = scores_from_probabilities(probs)
-    chosen, audit = query_with_audit(
-        get_strategy("entropy"), scores, candidates, 20, rng=rng(), audit_candidates=audit_a, audit_every=5
+    labelled, candidates = np.arange(0, 20), np.arange(20, len(latent))
+    plain = get_strategy("entropy")
+    ranked = rank_pool(plain, scores, candidates, rng=rng(), limit=30, round_size=10, latent=latent, labelled=labelled)
+    queried = plain.query(scores, candidates, 30, rng=rng(), latent=latent, labelled=labelled)
+    assert ranked.tolist() == queried.tolist()  # without a coverage share, the order is the query's
+
+    explore = get_strategy("entropy", exploration=0.2, coverage="farthest")
+    ranked = rank_pool(
+        explore, scores, candidates, rng=rng(), limit=30, round_size=10, latent=latent, labelled=labelled
     )
-    assert len(audit) == 4 and len(chosen) == 16
-    assert set(audit.tolist()) <= set(audit_a.tolist())
-    assert not set(chosen.tolist()) & set(audit_a.tolist())
+    assert len(ranked) == 30 and len(set(ranked.tolist())) == 30
+    far = ranked >= 180  # the coverage picks land in the cluster uncertainty never reaches
+    assert [int(far[start : start + 10].sum()) >= 1 for start in (0, 10, 20)] == [True, True, True]
+    # One round (what `labeller evaluate` asks for) is exactly the strategy's query.
+    one_round = rank_pool(
+        explore, scores, candidates, rng=rng(), limit=5, round_size=5, latent=latent, labelled=labelled
+    )
+    assert (
+        one_round.tolist() == explore.query(scores, candidates, 5, rng=rng(), latent=latent, labelled=labelled).tolist()
+    )
 
 
 def test_exploration_share_finds_a_region_far_from_every_labelled_image() -> None:

@@ -49,6 +49,44 @@ def _queue_order(project, version_id: int | None, size: int = 5) -> list[int]:
     return order
 
 
+def _acquisition_order(predictions: list[Prediction], labelled: set[int], audit: set[int], seed: int) -> list[int]:
+    """core.acquisition.rank_pool recomputed from a version's stored scores, with the product's settings."""
+    import numpy as np
+
+    from core.acquisition import UncertaintyScores, get_strategy, rank_pool
+    from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION
+    from db.queries.models import decode_latents
+    from labeller.jobs.score import QUEUE_RANK_LIMIT, QUEUE_ROUND_SIZE
+
+    rows = sorted(predictions, key=lambda p: p.image_id)  # pool order: image ids
+    ids = np.array([p.image_id for p in rows])
+
+    def column(name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in rows]
+        return None if any(v is None for v in values) else np.array(values, dtype=np.float64)
+
+    scores = UncertaintyScores(
+        **{
+            name: column(name)
+            for name in ("entropy", "leaf_entropy", "margin", "least_confidence", "bald", "disagreement", "novelty")
+        }
+    )
+    is_labelled = np.isin(ids, list(labelled))
+    candidates = np.flatnonzero(~is_labelled & ~np.isin(ids, list(audit)))
+    strategy = get_strategy("entropy", diversify=True, exploration=DEFAULT_EXPLORATION, coverage=DEFAULT_COVERAGE)
+    order = rank_pool(
+        strategy,
+        scores,
+        candidates,
+        rng=np.random.default_rng(seed),
+        limit=QUEUE_RANK_LIMIT,
+        round_size=QUEUE_ROUND_SIZE,
+        latent=decode_latents([p.latent_mean for p in rows]),
+        labelled=np.flatnonzero(is_labelled),
+    )
+    return ids[order].tolist()
+
+
 def _model_files(project) -> list[str]:
     return sorted(path.name for path in project.models_dir.iterdir() if path.name != "cache")
 
@@ -92,12 +130,14 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
         assert all(p.umap_x is not None and p.latent_mean for p in predictions)
         labelled = set(session.scalars(select(Annotation.image_id)))
         audit = set(session.scalars(select(Image.id).where(Image.audit.is_(True))))
-        by_entropy = sorted((p for p in predictions if p.image_id not in labelled | audit), key=lambda p: -p.entropy)
+        expected = _acquisition_order(predictions, labelled, audit, seed=train_job.id)
+        assert version.metrics["queue"]["strategy"] == "entropy"
         version_id = version.id
     assert _model_files(project) == [os.path.basename(version.checkpoint_path)]  # no temporary files left
 
     ranked = _queue_order(project, version_id)
-    assert ranked == [p.image_id for p in by_entropy[:5]]  # the queue now follows the model's uncertainty
+    # The app's queue serves exactly the order core.acquisition gives for the stored scores.
+    assert ranked == expected[:5]
     assert ranked != cold_start
 
     # A second version that is not promoted, then promote it and roll back, all from the command line.

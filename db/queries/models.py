@@ -186,6 +186,12 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[st
         yield batch
 
 
+def update_version_metrics(session: Session, version_id: int, **entries: Any) -> None:
+    """Add or replace top-level entries of a version's metrics (e.g. how its queue was ranked)."""
+    version = get_model_version(session, version_id)
+    version.metrics = {**(version.metrics or {}), **entries}
+
+
 def write_predictions(
     session: Session,
     model_version_id: int,

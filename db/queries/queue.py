@@ -33,18 +33,9 @@ from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
-from db.schema import Annotation, AnnotationKind, Claim, Image, Prediction, utcnow
+from core.registry import STRATEGIES
+from db.schema import Annotation, AnnotationKind, Claim, Image, ModelVersion, Prediction, utcnow
 
-STRATEGIES: tuple[str, ...] = (
-    "random",
-    "entropy",
-    "leaf_entropy",
-    "margin",
-    "least_confidence",
-    "bald",
-    "disagreement",
-    "novelty",
-)
 DEFAULT_AUDIT_EVERY = 20
 DEFAULT_LEASE_SECONDS = 600
 # Extra candidates fetched per round so that a few lost claim races (PostgreSQL) do not cost a round.
@@ -121,6 +112,8 @@ def next_batch(
     if audit_share:
         sources.append((audit_share, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=True)))
     if model_version_id is not None and strategy != "random":
+        if _ranked_strategy(session, model_version_id) == strategy:
+            sources.append((size, lambda n, skip: _by_rank(annotator_id, now, n, skip, model_version_id)))
         sources.append(
             (size, lambda n, skip: _by_score(annotator_id, now, n, skip, model_version_id, _SCORE_COLUMNS[strategy]))
         )
@@ -224,6 +217,32 @@ def _by_score(
             _is_candidate(Prediction.image_id, annotator_id, now),
         )
         .order_by(score.desc())
+        .limit(limit)
+    )
+    return query.where(Prediction.image_id.not_in(skip)) if skip else query
+
+
+def _ranked_strategy(session: Session, model_version_id: int) -> str | None:
+    """The strategy whose core.acquisition order the version's ``queue_rank`` holds, if any."""
+    metrics = session.scalar(select(ModelVersion.metrics).where(ModelVersion.id == model_version_id)) or {}
+    return (metrics.get("queue") or {}).get("strategy")
+
+
+def _by_rank(annotator_id: int, now: datetime, limit: int, skip: Sequence[int], model_version_id: int) -> Select:
+    # The (model_version_id, labelled, queue_rank) index from the top: the order core.acquisition.rank_pool
+    # gave when the version was scored (diversified, with its coverage share), the same order that
+    # `labeller evaluate` simulates.
+    is_audit = exists().where(Image.id == Prediction.image_id, Image.audit.is_(True))
+    query = (
+        select(Prediction.image_id)
+        .where(
+            Prediction.model_version_id == model_version_id,
+            Prediction.labelled.is_(False),
+            Prediction.queue_rank.is_not(None),
+            ~is_audit,
+            _is_candidate(Prediction.image_id, annotator_id, now),
+        )
+        .order_by(Prediction.queue_rank)
         .limit(limit)
     )
     return query.where(Prediction.image_id.not_in(skip)) if skip else query

@@ -8,22 +8,29 @@ same version once the predictions are in; the train job sets it).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION
 from core.scoring import PoolScores
 from core.taxonomy import Taxonomy
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
+from db.queries.queue import mark_labelled_predictions
 from db.schema import MainClass, SubClass
 from labeller.jobs import JobContext, JobFailed
 
 SCORE_BATCH_SIZE = 256
 PROBABILITY_DIGITS = 4
+# The queue's ranked head: enough for a day of labelling between retrains; past it, score order.
+QUEUE_RANK_LIMIT = 2_000
+# A grid page: each round of this many carries its share of coverage picks, as in `labeller evaluate`.
+QUEUE_ROUND_SIZE = 20
 
 
 def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
@@ -38,12 +45,59 @@ def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], i
     return mains, subs
 
 
+@dataclass(frozen=True)
+class QueueRanking:
+    """What the version's ``queue_rank`` holds: ``ranks[i]`` for pool row i (-1: not ranked) and how."""
+
+    ranks: np.ndarray
+    info: dict[str, Any]
+
+
+def rank_queue(
+    strategy_name: str, scores: PoolScores, labelled: np.ndarray, audit: np.ndarray, seed: int
+) -> QueueRanking:
+    """The order the app serves for ``strategy_name``: core.acquisition.rank_pool over the unlabelled images
+    outside the audit slice (those come through the audit share), with the product's diversity and coverage
+    settings. Random needs no ranking (the queue reads images in random-key order)."""
+    from core.acquisition import get_strategy, rank_pool
+
+    ranks = np.full(len(scores), -1, dtype=np.int64)
+    if strategy_name == "random":
+        return QueueRanking(ranks, {"strategy": None})
+    strategy = get_strategy(strategy_name, diversify=True, exploration=DEFAULT_EXPLORATION, coverage=DEFAULT_COVERAGE)
+    candidates = np.flatnonzero(~labelled & ~audit)
+    try:
+        order = rank_pool(
+            strategy,
+            scores.uncertainty(),
+            candidates,
+            rng=np.random.default_rng(seed),
+            limit=QUEUE_RANK_LIMIT,
+            round_size=QUEUE_ROUND_SIZE,
+            latent=scores.latent_mean,
+            labelled=np.flatnonzero(labelled),
+        )
+    except ValueError:  # a strategy this model has no score for (BALD without dropout): score order then
+        return QueueRanking(ranks, {"strategy": None})
+    ranks[order] = np.arange(len(order))
+    info = {
+        "strategy": strategy_name,
+        "ranked": len(order),
+        "round_size": QUEUE_ROUND_SIZE,
+        "exploration": DEFAULT_EXPLORATION,
+        "coverage": DEFAULT_COVERAGE,
+        "seed": seed,
+    }
+    return QueueRanking(ranks, info)
+
+
 def prediction_rows(
     image_ids: Sequence[int],
     scores: PoolScores,
     taxonomy: Taxonomy,
     main_ids: dict[str, int],
     sub_ids: dict[tuple[str, str], int],
+    ranks: np.ndarray | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``predictions`` rows for a scored pool. Classes are matched by name, so a checkpoint trained
     before a class was renamed away still writes its scores, with that class id left empty."""
@@ -86,6 +140,7 @@ def prediction_rows(
             "novelty": optional(scores.novelty, row),
             "reconstruction_error": optional(scores.reconstruction_error, row),
             "latent_mean": model_queries.encode_latent(scores.latent_mean[row]),
+            "queue_rank": int(ranks[row]) if ranks is not None and ranks[row] >= 0 else None,
         }
 
 
@@ -125,10 +180,15 @@ def run(context: JobContext) -> None:
         raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")
     context.report_progress({"stage": "scoring", "images": len(data.image_ids)}, force=True)
     scores = score_in_chunks(context, trained, data.pool.images)
+    ranking = rank_queue(
+        project.settings.labelling.default_strategy, scores, data.pool.labelled, data.audit, seed=version_id
+    )
     with context.completing() as session:
         main_ids, sub_ids = class_ids(session)
-        rows = prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids)
+        rows = prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids, ranking.ranks)
         written = model_queries.write_predictions(session, version_id, rows)
+        mark_labelled_predictions(session, version_id)
+        model_queries.update_version_metrics(session, version_id, queue=ranking.info)
         job_queries.set_job_model_version(session, context.job.id, version_id)
         if context.params.get("then_embed"):
             job_queries.enqueue_job(session, "embed", {"model_version_id": version_id})

@@ -222,7 +222,7 @@ def load_inputs(context: JobContext, choice: InputChoice) -> Any:
 def run(context: JobContext) -> None:
     from core.device import resolve_device
     from core.training import Progress, TrainingCancelled, fit, save_checkpoint
-    from labeller.jobs.score import class_ids, prediction_rows, score_in_chunks
+    from labeller.jobs.score import class_ids, prediction_rows, rank_queue, score_in_chunks
 
     project, params = context.project, context.params
     promote = params.get("promote", "auto")
@@ -298,6 +298,10 @@ def run(context: JobContext) -> None:
     # annotators never see a queue without an order.
     context.report_progress({"stage": "scoring", "images": int(data.pool.num_images)}, force=True)
     scores = score_in_chunks(context, trained, data.pool.images)
+    ranking = rank_queue(
+        project.settings.labelling.default_strategy, scores, data.pool.labelled, np.asarray(data.audit), context.job.id
+    )
+    metrics["queue"] = ranking.info
 
     checkpoint = project.models_dir / checkpoint_name(config, context)
     save_checkpoint(trained, checkpoint)
@@ -324,7 +328,9 @@ def run(context: JobContext) -> None:
             )
             main_ids, sub_ids = class_ids(session)
             model_queries.write_predictions(
-                session, version.id, prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids)
+                session,
+                version.id,
+                prediction_rows(data.image_ids, scores, trained.taxonomy, main_ids, sub_ids, ranking.ranks),
             )
             mark_labelled_predictions(session, version.id)
             if promoted:
