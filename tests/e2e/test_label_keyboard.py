@@ -88,6 +88,10 @@ def test_keys_label_tag_undo_and_skip_the_image_on_screen(app_server: AppServer,
     stored = labels_by_image(app_server)
     assert {image: main for image, (main, _) in stored.items()} == labelled
     assert stored[first][1] == (DIGIT_TAXONOMY["loops"][0],)
+    # Progress and the Recent list (with thumbnails) catch up within their 5 s refresh.
+    session_metric = page.get_by_test_id("stMetric").filter(has_text="Labels this session")
+    expect(session_metric).to_contain_text(str(len(labelled)), timeout=15_000)
+    expect(page.locator("[class*='st-key-hide-plain-recent-'] img")).to_have_count(len(labelled), timeout=15_000)
 
     # Undo (z) brings the newest labelled image back at once and withdraws its label.
     newest = list(labelled)[-1]
