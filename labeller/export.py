@@ -768,4 +768,10 @@ def export_labels(
     exporter = EXPORTERS.get(format)
     if exporter is None:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    return exporter(project, Path(out), options)
+    out = Path(out)
+    if format not in FOLDER_FORMATS and out.is_dir():
+        raise ExportError(f"{out} is a folder: --out names the {format} file to write, e.g. {out / f'labels.{format}'}")
+    try:
+        return exporter(project, out, options)
+    except OSError as error:
+        raise ExportError(f"cannot write {error.filename or out}: {error.strerror or error}") from error

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -198,7 +199,35 @@ def read_manifest(manifest: Path | Manifest, options: ManifestOptions = Manifest
         entries, skipped = _read_labelstudio(file if file.suffix == ".json" else file / LABELSTUDIO_TASKS)
     else:
         entries, skipped = _read_fiftyone(file)
-    return Manifest(file, format, entries, skipped)
+    entries, conflicts = _drop_conflicts(entries)
+    return Manifest(file, format, entries, skipped + conflicts)
+
+
+def _drop_conflicts(entries: list[ManifestEntry]) -> tuple[list[ManifestEntry], list[Skipped]]:
+    """Rows that give one file (for one annotator) different labels: each is reported, and the file is
+    imported once without a label from them. Identical repeated rows are kept once."""
+    groups: dict[tuple[str, str | None], list[ManifestEntry]] = {}
+    for entry in entries:
+        groups.setdefault((os.path.normpath(entry.path.absolute()), entry.annotator), []).append(entry)
+    kept: list[ManifestEntry] = []
+    reported: list[Skipped] = []
+    for group in groups.values():
+        labels = {(entry.main, tuple(sorted(entry.tags))) for entry in group}
+        if len(labels) == 1:
+            kept.append(group[0])
+            continue
+        described = "; ".join(
+            f"{entry.origin.rsplit(': ', 1)[0]} says {entry.main or '(no class)'}"
+            + (f" [{', '.join(entry.tags)}]" if entry.tags else "")
+            for entry in group
+        )
+        for entry in group:
+            reported.append(
+                Skipped(entry.origin, f"conflicting labels ({described}): none applied, file imported unlabelled")
+            )
+        first = group[0]
+        kept.append(ManifestEntry(first.path, None, (), first.origin))
+    return kept, reported
 
 
 # --- rows as mappings (CSV, JSON lines) --------------------------------------------------------------
@@ -256,7 +285,16 @@ def _read_csv(manifest: Path, options: ManifestOptions) -> tuple[list[ManifestEn
     _check_columns(manifest, reader.fieldnames)
     entries: list[ManifestEntry] = []
     skipped: list[Skipped] = []
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a field over csv's 128 KiB limit: the rest cannot be read reliably
+            raise IngestError(
+                f"{manifest}: the CSV record after line {reader.line_num} cannot be read ({error})"
+            ) from error
         where = f"{manifest.name} line {reader.line_num}"
         cleaned = {(key or "").strip().lower(): value for key, value in row.items() if isinstance(value, str)}
         _entry(manifest, cleaned, where, options, entries, skipped)

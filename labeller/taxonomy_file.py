@@ -53,7 +53,44 @@ def read_taxonomy_file(path: Path) -> TaxonomySpec:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise TaxonomyError(f"cannot read {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise TaxonomyError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} on line {line}); save it as UTF-8"
+        ) from error
     return parse_taxonomy_toml(text, source=str(path))
+
+
+def app_key_problems(spec: TaxonomySpec) -> list[str]:
+    """Keys the Label page could not use as the file says (it would put another key in their place): not one
+    letter or digit, or one of the page's own keys (skip, unsure, undo, reveal, help) or Streamlit's.
+    (Duplicates and Streamlit's keys are refused by ``db.queries.taxonomy.validate_spec`` too.)"""
+    from labeller.app.keys import PAGE_KEYS, STREAMLIT_RESERVED
+
+    page = {
+        PAGE_KEYS.skip: "skip",
+        PAGE_KEYS.unsure: "unsure",
+        PAGE_KEYS.undo: "undo",
+        PAGE_KEYS.reveal: "reveal",
+        PAGE_KEYS.help: "help",
+    }
+    page = {key.lower(): action for key, action in page.items()}
+    problems = []
+    classes = [(f"main class {main.name!r}", main.key) for main in spec.surviving_mains]
+    classes += [
+        (f"sub-class {main.name}/{sub.name}", sub.key) for main in spec.surviving_mains for sub in main.surviving_subs
+    ]
+    for what, key in classes:
+        if key is None:
+            continue
+        lowered = key.strip().lower()
+        if len(lowered) != 1 or not lowered.isalnum():
+            problems.append(f"{what}: key {key!r} must be one letter or digit")
+        elif lowered in page:
+            problems.append(f"{what}: key {key!r} is the Label page's {page[lowered]} key")
+        elif lowered in STREAMLIT_RESERVED:
+            problems.append(f"{what}: key {key!r} is reserved by Streamlit")
+    return problems
 
 
 def _main_entry(table: Any, where: str) -> MainClassEntry:

@@ -207,6 +207,16 @@ def _sub_problems(main: MainClassEntry, main_keys: dict[str, str]) -> list[str]:
 # --- applying ----------------------------------------------------------------------------------------
 
 
+def _note_settings(
+    what: str, row: MainClass | SubClass, key: str | None, colour: str | None, changes: TaxonomyChanges
+) -> None:
+    """Say so when a file changes only a class's key or colour (it is applied like any other change)."""
+    if row.shortcut != key:
+        changes.add(f"{what}: key {row.shortcut or 'none'} -> {key or 'none'}")
+    if row.colour != colour:
+        changes.add(f"{what}: colour {row.colour or 'none'} -> {colour or 'none'}")
+
+
 def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges:
     """Make the stored taxonomy equal to ``spec``; the caller's unit of work commits or rolls back all of it."""
     validate_spec(spec)
@@ -226,8 +236,10 @@ def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges
             row = MainClass(name=entry.name)
             session.add(row)
             changes.add(f"added main class {entry.name!r}")
-        elif entry.renamed_from:
-            changes.add(f"renamed main class {entry.renamed_from!r} -> {entry.name!r}")
+        else:
+            if entry.renamed_from:
+                changes.add(f"renamed main class {entry.renamed_from!r} -> {entry.name!r}")
+            _note_settings(f"main class {entry.name!r}", row, entry.key, entry.colour, changes)
         row.name, row.shortcut, row.colour, row.position = entry.name, entry.key, entry.colour, position
         rows[entry.name] = row
     session.flush()
@@ -381,8 +393,10 @@ def _apply_subs(session: Session, main: MainClass, entry: MainClassEntry, change
             row = SubClass(name=sub_entry.name)
             main.sub_classes.append(row)
             changes.add(f"added sub-class {main.name}/{sub_entry.name}")
-        elif sub_entry.renamed_from:
-            changes.add(f"renamed sub-class {main.name}/{sub_entry.renamed_from} -> {sub_entry.name}")
+        else:
+            if sub_entry.renamed_from:
+                changes.add(f"renamed sub-class {main.name}/{sub_entry.renamed_from} -> {sub_entry.name}")
+            _note_settings(f"sub-class {main.name}/{sub_entry.name}", row, sub_entry.key, sub_entry.colour, changes)
         row.name, row.shortcut, row.colour, row.position = sub_entry.name, sub_entry.key, sub_entry.colour, position
         rows[sub_entry.name] = row
     session.flush()

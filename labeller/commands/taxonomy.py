@@ -9,7 +9,7 @@ import click
 from db.engine import unit_of_work
 from db.queries.taxonomy import TaxonomyError, apply_taxonomy_spec, taxonomy_spec
 from labeller.commands.project import load_project
-from labeller.taxonomy_file import read_taxonomy_file, taxonomy_to_toml
+from labeller.taxonomy_file import app_key_problems, read_taxonomy_file, taxonomy_to_toml
 
 
 @click.command("taxonomy")
@@ -25,7 +25,8 @@ def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> N
     """Show the taxonomy, or apply a taxonomy file (adds, reorders, renames and merges classes).
 
     The file lists the complete taxonomy in display order; a stored class with labels that is missing
-    from it is an error, so no edit loses a label. Keys 'c' and 'r' belong to Streamlit.
+    from it is an error, so no edit loses a label. Keys are one letter or digit; 'c' and 'r' belong to
+    Streamlit and s, u, z, v and ? to the Label page (skip, unsure, undo, reveal, help).
 
     \b
     [[main]]
@@ -52,6 +53,9 @@ def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> N
     if taxonomy_file is not None:
         try:
             spec = read_taxonomy_file(taxonomy_file)
+            key_problems = app_key_problems(spec)
+            if key_problems:
+                raise TaxonomyError("keys the Label page cannot use:\n  " + "\n  ".join(key_problems))
             with unit_of_work(opened.engine) as session:
                 changes = apply_taxonomy_spec(session, spec)
         except TaxonomyError as error:
