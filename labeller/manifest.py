@@ -85,7 +85,8 @@ class Manifest:
         items: list[ImportItem] = []
         recorded: list[ImportItem] = []
         entry_of: dict[int, ManifestEntry] = {}
-        for entry in self.entries:
+        entries, conflicts = _drop_conflicts(self.entries, set() if options.create_classes else self._unknown(project))
+        for entry in entries:
             label = PreLabel(entry.main, entry.tags) if entry.main else None
             item = ImportItem(entry.path, label, origin=entry.origin)
             if entry.recorded:
@@ -96,7 +97,15 @@ class Manifest:
         kept, skipped = resolve_labels(project, recorded, create_classes=options.create_classes)
         self._pending = [(entry_of[id(item)], label) for item, label in kept if label is not None]
         items += [ImportItem(item.path, None, origin=item.origin) for item, _ in kept]
-        return items, [*self.skipped, *skipped]
+        return items, [*self.skipped, *conflicts, *skipped]
+
+    def _unknown(self, project: Project) -> set[int]:
+        """The rows (by ``id``) whose label names a class the taxonomy lacks."""
+        labelled = [entry for entry in self.entries if entry.main]
+        items = [ImportItem(entry.path, PreLabel(entry.main, entry.tags), origin=entry.origin) for entry in labelled]
+        known, _ = resolve_labels(project, items, create_classes=False)
+        known_ids = {id(item) for item, _ in known}
+        return {id(entry) for entry, item in zip(labelled, items, strict=True) if id(item) not in known_ids}
 
     def record_labels(self, project: Project) -> int:
         """Write the recorded labels on images nobody has decided on yet; returns how many."""
@@ -199,17 +208,19 @@ def read_manifest(manifest: Path | Manifest, options: ManifestOptions = Manifest
         entries, skipped = _read_labelstudio(file if file.suffix == ".json" else file / LABELSTUDIO_TASKS)
     else:
         entries, skipped = _read_fiftyone(file)
-    entries, conflicts = _drop_conflicts(entries)
-    return Manifest(file, format, entries, skipped + conflicts)
+    return Manifest(file, format, entries, skipped)
 
 
-def _drop_conflicts(entries: list[ManifestEntry]) -> tuple[list[ManifestEntry], list[Skipped]]:
+def _drop_conflicts(entries: Sequence[ManifestEntry], ignore: set[int]) -> tuple[list[ManifestEntry], list[Skipped]]:
     """Rows that give one file (for one annotator) different labels: each is reported, and the file is
-    imported once without a label from them. Identical repeated rows are kept once."""
+    imported once without a label from them. Identical repeated rows are kept once. Rows in ``ignore``
+    (by ``id``: labels the taxonomy does not know, reported on their own) take no part."""
     groups: dict[tuple[str, str | None], list[ManifestEntry]] = {}
+    kept: list[ManifestEntry] = [entry for entry in entries if id(entry) in ignore]
     for entry in entries:
+        if id(entry) in ignore:
+            continue
         groups.setdefault((os.path.normpath(entry.path.absolute()), entry.annotator), []).append(entry)
-    kept: list[ManifestEntry] = []
     reported: list[Skipped] = []
     for group in groups.values():
         labels = {(entry.main, tuple(sorted(entry.tags))) for entry in group}
