@@ -157,7 +157,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def main(images: int, presses: int, out_dir: Path) -> dict[str, Any]:
+def main(out_dir: Path, quick: bool, images: int | None = None) -> dict[str, Any]:
+    """``benchmarks.run_all``'s entry point: ``quick`` is 5k images and 20 paced presses."""
+    return measure(images or (QUICK_IMAGES if quick else FULL_IMAGES), 20 if quick else 60, out_dir)
+
+
+def measure(images: int, presses: int, out_dir: Path) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     from benchmarks.app_latency import build_project
@@ -212,6 +217,7 @@ def main(images: int, presses: int, out_dir: Path) -> dict[str, Any]:
             },
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end",
         }
+        result["rows"] = [{"run": name, **result[name]} for name in ("paced", "burst")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,5 +256,4 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     arguments = parser.parse_args()
-    count = arguments.images or (QUICK_IMAGES if arguments.quick else FULL_IMAGES)
-    print(json.dumps(main(count, 20 if arguments.quick else 60, arguments.out), indent=2))
+    print(json.dumps(main(arguments.out, arguments.quick, arguments.images), indent=2))

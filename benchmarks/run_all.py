@@ -25,6 +25,7 @@ BENCHMARKS = (
     "umap_speed",
     "jobs",
     "app_latency",
+    "label_latency",  # Chromium: scripts/system-packages.sh
 )
 RESULTS_DIR = Path(__file__).parent / "results"
 
