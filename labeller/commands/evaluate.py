@@ -10,8 +10,9 @@ import dataclasses
 from pathlib import Path
 
 import click
+import numpy as np
 
-from core.evaluate import BASELINES, INITIAL_SELECTIONS
+from core.evaluate import BASELINES, INITIAL_SELECTIONS, EvaluationData
 from core.registry import (
     AUTO,
     COVERAGE_METHODS,
@@ -182,6 +183,12 @@ def evaluate_command(
         config.validate()
     except ValueError as error:
         raise click.UsageError(str(error)) from error
+    below = sorted({budget for budget in config.budgets if budget < initial_labels})
+    if below and any(strategy != "random" for strategy in config.strategies):
+        raise click.UsageError(
+            f"budget(s) {', '.join(map(str, below))} below --initial {initial_labels}: an active run starts with "
+            f"{initial_labels} random labels, so it would have no row there; lower --initial or drop those budgets"
+        )
 
     click.echo(f"input: {choice.backbone} ({choice.reason})")
     try:
@@ -194,9 +201,11 @@ def evaluate_command(
         raise click.ClickException(str(error)) from error
     for image_id, reason in list(project_pool.skipped.items())[:5]:
         click.echo(f"skipped image {image_id}: {reason}", err=True)
+    labelled = int(project_pool.pool.labelled.sum())
+    if labelled < 2:
+        raise click.ClickException(f"only {labelled} labelled image(s): label more before evaluating")
     data = evaluation_data(project_pool, opened.settings.name)
-    if len(data.images) < 2:
-        raise click.ClickException(f"only {len(data.images)} labelled image(s): label more before evaluating")
+    _check_classes(data)
     unlabelled = 0 if data.extra_unlabelled is None else len(data.extra_unlabelled)
     click.echo(f"{len(data.images)} labelled images to split into pool and test, {unlabelled} unlabelled")
     try:
@@ -206,3 +215,24 @@ def evaluate_command(
     paths = result.write(json_path)
     click.echo(result.markdown())
     click.echo(f"wrote {paths['json']}, {paths['markdown'].name} and {paths['figure'].name}")
+
+
+def _check_classes(data: EvaluationData) -> None:
+    """Refuse what ``labeller train`` refuses: labels of one main class only (main-class accuracy would be
+    a meaningless 0% or 100%); with a one-main-class taxonomy, labels of one leaf only."""
+    taxonomy = data.taxonomy
+    leaf_main = taxonomy.main_of_leaf()
+    mains_seen = {int(main) for row in data.admissible for main in np.unique(leaf_main[row])}
+    if taxonomy.num_main > 1 and len(mains_seen) < 2:
+        only = taxonomy.main_names[next(iter(mains_seen))]
+        raise click.ClickException(
+            f"only one main class ({only!r}) has labels: label images of at least one other main class before "
+            "evaluating, or every accuracy is a meaningless 0% or 100%"
+        )
+    if taxonomy.num_main == 1:
+        exact = {int(np.flatnonzero(row)[0]) for row in data.admissible if row.sum() == 1}
+        if len(exact) < 2:
+            raise click.ClickException(
+                f"the taxonomy has one main class ({taxonomy.main_names[0]!r}) and the labels name fewer than two "
+                "of its sub-classes: there is nothing to tell apart; add a main class or label sub-classes"
+            )
