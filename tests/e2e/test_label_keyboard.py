@@ -211,8 +211,11 @@ def test_keys_shown_are_the_taxonomy_files_and_question_mark_lists_them(app_serv
     for key in ("s", "u", "z", "v", "Enter", "?"):
         assert key in {k for k, _ in rows}
     screenshot(page, "label-keys")
+    before = shown_image_id(page)
+    page.keyboard.press(MAIN_KEYS["loops"])  # the list covers the image: no decision
     page.keyboard.press("Escape")
     expect(help_box).to_be_hidden()
+    assert shown_image_id(page) == before and decisions(app_server, "keys-kai") == []
 
     # "q" is a tag key of every main class: alone it labels nothing and says why; Shift + the main key
     # chooses the main class, then q tags its first sub-class and Enter labels.

@@ -369,6 +369,8 @@ class Card {
     let handled = true;
     if (event.repeat) {
       handled = key !== "?";
+    } else if (!this.help.hidden && key !== "?" && key !== "Escape") {
+      handled = true; // the key list covers the image: nothing is decided blind
     } else if (key === "?") {
       this.toggleHelp();
     } else if (key === "Escape") {
