@@ -35,19 +35,20 @@ from labeller.project import SETTINGS_FILE, Project, TrainingSettings, init_proj
 LOOPS = ("0", "6", "8", "9")
 NO_LOOPS = ("1", "2", "3", "4", "5", "7")
 # Sub-class keys are live only after a main class is chosen, so both main classes use the same pool;
-# it avoids Streamlit's own "c" and "r" and the label page's s/u/z/v.
+# it avoids Streamlit's own "c" and "r" and the label page's s/u/z/v. The main classes are on letters, not
+# digits: on images of digits, "1" for "loops" read like "this is a 1".
 SUB_KEYS = "qwetyi"
 DEMO_TAXONOMY = TaxonomySpec(
     (
         MainClassEntry(
             "loops",
-            key="1",
+            key="l",
             colour="#1f77b4",
             sub_classes=tuple(SubClassEntry(d, key=k) for d, k in zip(LOOPS, SUB_KEYS, strict=False)),
         ),
         MainClassEntry(
             "no loops",
-            key="2",
+            key="n",
             colour="#ff7f0e",
             sub_classes=tuple(SubClassEntry(d, key=k) for d, k in zip(NO_LOOPS, SUB_KEYS, strict=False)),
         ),
