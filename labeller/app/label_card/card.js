@@ -242,7 +242,9 @@ class Card {
   // ------------------------------------------------------------------------------- decisions
 
   current() {
-    return this.awaitingReset ? undefined : this.queue[0];
+    // Only an image that is on screen can be decided on (not one whose pixels have not arrived).
+    const image = this.awaitingReset ? undefined : this.queue[0];
+    return image !== undefined && this.imgs.has(image) ? image : undefined;
   }
 
   decide(kind, main, tags) {
