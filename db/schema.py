@@ -290,3 +290,17 @@ class JobEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class TaxonomyChange(Base):
+    """One applied taxonomy edit that renamed or merged classes, append-only: ``details`` holds what is
+    needed to undo it (the merged classes' names, keys and colours, the ids of the annotations and tags that
+    moved, the renames). An undo is a row of its own whose ``undo_of`` names the change it reverted."""
+
+    __tablename__ = "taxonomy_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    summary: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    undo_of: Mapped[int | None] = mapped_column(ForeignKey("taxonomy_changes.id"), unique=True)

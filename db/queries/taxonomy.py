@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -68,6 +68,10 @@ class TaxonomyChanges:
     """What applying a spec did, one line per change, for the command line to print."""
 
     lines: list[str] = field(default_factory=list)
+    # What ``db.queries.taxonomy_history`` needs to undo the renames and merges (ids, moved rows).
+    renames: list[dict[str, Any]] = field(default_factory=list)
+    merges: list[dict[str, Any]] = field(default_factory=list)
+    settings: list[dict[str, Any]] = field(default_factory=list)  # keys and colours before the edit
 
     def add(self, line: str) -> None:
         self.lines.append(line)
@@ -211,6 +215,9 @@ def _note_settings(
     what: str, row: MainClass | SubClass, key: str | None, colour: str | None, changes: TaxonomyChanges
 ) -> None:
     """Say so when a file changes only a class's key or colour (it is applied like any other change)."""
+    if row.shortcut != key or row.colour != colour:
+        level = "main" if isinstance(row, MainClass) else "sub"
+        changes.settings.append({"level": level, "id": row.id, "key": row.shortcut, "colour": row.colour})
     if row.shortcut != key:
         changes.add(f"{what}: key {row.shortcut or 'none'} -> {key or 'none'}")
     if row.colour != colour:
@@ -237,8 +244,9 @@ def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges
             session.add(row)
             changes.add(f"added main class {entry.name!r}")
         else:
-            if entry.renamed_from:
+            if entry.renamed_from and entry.renamed_from != entry.name:
                 changes.add(f"renamed main class {entry.renamed_from!r} -> {entry.name!r}")
+                changes.renames.append({"level": "main", "id": row.id, "from": entry.renamed_from, "to": entry.name})
             _note_settings(f"main class {entry.name!r}", row, entry.key, entry.colour, changes)
         row.name, row.shortcut, row.colour, row.position = entry.name, entry.key, entry.colour, position
         rows[entry.name] = row
@@ -249,6 +257,10 @@ def apply_taxonomy_spec(session: Session, spec: TaxonomySpec) -> TaxonomyChanges
 
     for entry in spec.surviving_mains:
         _apply_subs(session, rows[entry.name], entry, changes)
+    if changes.renames or changes.merges:
+        from db.queries.taxonomy_history import record_change
+
+        record_change(session, changes)
     return changes
 
 
@@ -325,14 +337,26 @@ def _sub_usage(session: Session, sub: SubClass) -> int:
 def _merge_main(session: Session, source: MainClass, target: MainClass, changes: TaxonomyChanges) -> None:
     """Annotations of ``source`` move to ``target``; its sub-classes move too, merging with same-named ones."""
     target_subs = {sub.name: sub for sub in target.sub_classes}
+    record: dict[str, Any] = {
+        "level": "main",
+        "source": _class_settings(source),
+        "target_id": target.id,
+        "annotation_ids": list(session.scalars(select(Annotation.id).where(Annotation.main_class_id == source.id))),
+        "reparented_sub_ids": [],
+        "merged_subs": [],
+    }
     for sub in list(source.sub_classes):
         if sub.name in target_subs:
-            _move_tags(session, sub, target_subs[sub.name])
+            sub_record = {"source": _class_settings(sub), "target_id": target_subs[sub.name].id}
+            _move_tags(session, sub, target_subs[sub.name], sub_record)
+            record["merged_subs"].append(sub_record)
             source.sub_classes.remove(sub)  # delete-orphan removes the emptied row
         else:
+            record["reparented_sub_ids"].append(sub.id)
             sub.position = len(target.sub_classes)
             sub.main_class = target
     session.flush()
+    changes.merges.append(record)
     moved = session.execute(
         update(Annotation).where(Annotation.main_class_id == source.id).values(main_class_id=target.id)
     ).rowcount
@@ -343,9 +367,19 @@ def _merge_main(session: Session, source: MainClass, target: MainClass, changes:
     changes.add(f"merged main class {source.name!r} into {target.name!r} ({moved} annotations moved)")
 
 
-def _move_tags(session: Session, source: SubClass, target: SubClass) -> int:
-    """Re-point tags from ``source`` to ``target``; an annotation tagged with both keeps one tag."""
+def _class_settings(row: MainClass | SubClass) -> dict[str, Any]:
+    return {"name": row.name, "key": row.shortcut, "colour": row.colour, "position": row.position}
+
+
+def _move_tags(session: Session, source: SubClass, target: SubClass, record: dict[str, Any]) -> int:
+    """Re-point tags from ``source`` to ``target``; an annotation tagged with both keeps one tag. ``record``
+    gets the annotations whose tag moved and those that lost their duplicate tag, for an undo."""
     already_tagged = select(AnnotationTag.annotation_id).where(AnnotationTag.sub_class_id == target.id)
+    of_source = select(AnnotationTag.annotation_id).where(AnnotationTag.sub_class_id == source.id)
+    record["duplicate_ids"] = list(session.scalars(of_source.where(AnnotationTag.annotation_id.in_(already_tagged))))
+    record["annotation_ids"] = list(
+        session.scalars(of_source.where(AnnotationTag.annotation_id.not_in(already_tagged)))
+    )
     session.execute(
         delete(AnnotationTag).where(
             AnnotationTag.sub_class_id == source.id, AnnotationTag.annotation_id.in_(already_tagged)
@@ -394,15 +428,25 @@ def _apply_subs(session: Session, main: MainClass, entry: MainClassEntry, change
             main.sub_classes.append(row)
             changes.add(f"added sub-class {main.name}/{sub_entry.name}")
         else:
-            if sub_entry.renamed_from:
+            if sub_entry.renamed_from and sub_entry.renamed_from != sub_entry.name:
                 changes.add(f"renamed sub-class {main.name}/{sub_entry.renamed_from} -> {sub_entry.name}")
+                changes.renames.append(
+                    {"level": "sub", "id": row.id, "from": sub_entry.renamed_from, "to": sub_entry.name}
+                )
             _note_settings(f"sub-class {main.name}/{sub_entry.name}", row, sub_entry.key, sub_entry.colour, changes)
         row.name, row.shortcut, row.colour, row.position = sub_entry.name, sub_entry.key, sub_entry.colour, position
         rows[sub_entry.name] = row
     session.flush()
     for source_name, target_name in merged.items():
         source = existing[source_name]
-        moved = _move_tags(session, source, rows[target_name])
+        sub_record: dict[str, Any] = {
+            "level": "sub",
+            "main_id": main.id,
+            "source": _class_settings(source),
+            "target_id": rows[target_name].id,
+        }
+        moved = _move_tags(session, source, rows[target_name], sub_record)
+        changes.merges.append(sub_record)
         main.sub_classes.remove(source)
         changes.add(f"merged sub-class {main.name}/{source_name} into {main.name}/{target_name} ({moved} tags moved)")
     session.flush()

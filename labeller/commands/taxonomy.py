@@ -8,6 +8,9 @@ import click
 
 from db.engine import unit_of_work
 from db.queries.taxonomy import TaxonomyError, apply_taxonomy_spec, taxonomy_spec
+from db.queries.taxonomy_history import history as taxonomy_history
+from db.queries.taxonomy_history import undo_change
+from db.schema import MAX_ID
 from labeller.commands.project import load_project
 from labeller.taxonomy_file import app_key_problems, read_taxonomy_file, taxonomy_to_toml
 
@@ -21,7 +24,17 @@ from labeller.taxonomy_file import app_key_problems, read_taxonomy_file, taxonom
     help="TOML file with the complete taxonomy to apply (format below).",
 )
 @click.option("--show", is_flag=True, help="Print the stored taxonomy as a taxonomy file.")
-def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> None:
+@click.option("--history", is_flag=True, help="List the recorded merges and renames, newest first.")
+@click.option(
+    "--undo",
+    "undo",
+    is_flag=False,
+    flag_value=0,
+    type=click.IntRange(0, MAX_ID),
+    default=None,
+    help="Undo the newest merge or rename not undone yet (optionally naming its number from --history).",
+)
+def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool, history: bool, undo: int | None) -> None:
     """Show the taxonomy, or apply a taxonomy file (adds, reorders, renames and merges classes).
 
     The file lists the complete taxonomy in display order; a stored class with labels that is missing
@@ -46,10 +59,36 @@ def taxonomy_command(project: Path, taxonomy_file: Path | None, show: bool) -> N
     [[main]]
     name = "other"
     merge_into = "no loops"  # its annotations and sub-classes move
+
+    Every merge and rename is recorded: --history lists them and --undo reverts the newest one.
     """
-    if taxonomy_file is None and not show:
-        raise click.UsageError("give --file taxonomy.toml to apply a taxonomy, or --show to print it")
+    if taxonomy_file is None and not show and not history and undo is None:
+        raise click.UsageError("give --file taxonomy.toml to apply a taxonomy, --show to print it, --history or --undo")
+    if taxonomy_file is not None and undo is not None:
+        raise click.UsageError("--undo and --file are separate edits: run them one at a time")
     opened = load_project(project)
+    if undo is not None:
+        try:
+            with unit_of_work(opened.engine) as session:
+                done = undo_change(session, undo or None)
+                click.echo(f"undid change {done.undo_of}:")
+                for line in done.summary.splitlines() or ["nothing to move back"]:
+                    click.echo(f"  {line}")
+        except TaxonomyError as error:
+            raise click.ClickException(f"{error}\nnothing was changed") from error
+    if history:
+        with unit_of_work(opened.engine) as session:
+            recorded = taxonomy_history(session)
+        if not recorded:
+            click.echo("no merges or renames recorded")
+        for change in recorded:
+            if change.undo_of is not None:
+                state = f"undo of {change.undo_of}"
+            else:
+                state = f"undone by {change.undone_by}" if change.undone_by else "can be undone"
+            click.echo(f"{change.id:>4}  {change.created_at:%Y-%m-%d %H:%M} UTC  ({state})")
+            for line in change.summary.splitlines():
+                click.echo(f"        {line}")
     if taxonomy_file is not None:
         try:
             spec = read_taxonomy_file(taxonomy_file)
