@@ -45,8 +45,12 @@ def arch_for(name: str) -> ArchSpec:
 
 
 def default_arch(input_shape: tuple[int, ...]) -> str:
-    """Convolutions pay off for images of 32 pixels and more; 8x8 digits and latent vectors get an MLP."""
-    return "conv" if len(input_shape) == 3 and input_shape[1] >= 32 else "mlp"
+    """Convolutions pay off for images of 32 pixels and more; 8x8 digits get an MLP; feature vectors the
+    small MLP (on hymenoptera features: 95.0 / 96.3 / 95.6% at 20 / 50 / 100 labels against 95.4 / 96.1 /
+    96.1% with the wide one, within one test image, and 2.5 times faster)."""
+    if len(input_shape) == 1:
+        return "mlp_small"
+    return "conv" if input_shape[1] >= 32 else "mlp"
 
 
 def _activation() -> nn.Module:
