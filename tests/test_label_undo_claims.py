@@ -25,8 +25,8 @@ _ids = itertools.count(1)
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    return make_app_project(tmp_path / "project", images=12)
+def project(tmp_path: Path, database_url: str) -> Project:
+    return make_app_project(tmp_path / "project", images=12, database_url=database_url)
 
 
 def _annotator(project: Project, name: str) -> int:

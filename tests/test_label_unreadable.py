@@ -23,8 +23,8 @@ _ids = itertools.count(1)
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    return make_app_project(tmp_path / "project", images=10)
+def project(tmp_path: Path, database_url: str) -> Project:
+    return make_app_project(tmp_path / "project", images=10, database_url=database_url)
 
 
 def _session(project: Project, name: str) -> LabelSession:
