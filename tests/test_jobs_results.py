@@ -8,22 +8,54 @@ import pytest
 from core.scoring import PoolScores
 from core.taxonomy import Taxonomy
 from labeller.jobs.score import prediction_rows
-from labeller.jobs.train import MIN_AUDIT_FOR_PROMOTION, AuditResult, promotion_decision
+from labeller.jobs.train import AuditResult, promotion_decision
 
 
-def test_promotion_compares_on_the_same_audit_images_then_falls_back_to_validation() -> None:
-    enough = MIN_AUDIT_FOR_PROMOTION
+def test_promotion_compares_on_the_same_audit_images_with_an_interval() -> None:
     assert promotion_decision("auto", AuditResult(0, None, None), None, 0.5, None) == (True, "no active model version")
-    promoted, reason = promotion_decision(
-        "auto", AuditResult(enough, 0.8, 0.7), AuditResult(enough, 0.9, 0.8), 0.99, 0.1
-    )
-    assert not promoted and "less accurate than the active version" in reason  # audit wins over validation
-    promoted, _ = promotion_decision("auto", AuditResult(enough, 0.9, 0.8), AuditResult(enough, 0.9, 0.7), None, None)
+    # Clearly better on the same 200 audit labels: promoted, and the reason says so with n and the interval.
+    promoted, reason = promotion_decision("auto", AuditResult(200, 0.95, 0.9), AuditResult(200, 0.80, 0.7), 0.1, 0.99)
+    assert promoted and reason.startswith("better than the active version on the same 200 held-out audit labels")
+    assert "0.950 vs 0.800" in reason and "95% interval" in reason  # validation numbers play no part
+    # Clearly worse on the same 200 labels: not promoted.
+    promoted, reason = promotion_decision("auto", AuditResult(200, 0.70, 0.6), AuditResult(200, 0.90, 0.8), 0.99, 0.1)
+    assert not promoted and reason.startswith("worse than the active version on the same 200")
+    # 0.8 vs 0.9 on 5 labels is noise: promoted as the newer version, and the reason says which it was.
+    promoted, reason = promotion_decision("auto", AuditResult(5, 0.8, 0.8), AuditResult(5, 0.9, 0.7), None, None)
+    assert promoted and "not worse, within the noise" in reason and "same 5 held-out audit labels" in reason
+    promoted, _ = promotion_decision("auto", AuditResult(5, 0.9, 0.8), AuditResult(5, 0.9, 0.7), None, None)
     assert promoted  # a tie goes to the newer model, trained on more labels
+
+
+def test_promotion_never_compares_validation_accuracies_measured_on_different_labels() -> None:
+    # Issue 13 item 6: 0.850 on 20 validation labels vs 1.000 on 9 others refused a version trained on 105
+    # labels. Without shared held-out labels the newer version is promoted and the reason says why.
+    promoted, reason = promotion_decision("auto", AuditResult(0, None, None), AuditResult(0, None, None), 0.85, 1.0)
+    assert promoted and "cannot be compared on the same labels" in reason and "not compared" in reason
+    promoted, reason = promotion_decision("auto", AuditResult(7, 0.9, 0.9), AuditResult(7, None, None), 0.85, 1.0)
+    assert promoted and "cannot be measured on the same 7 audit labels" in reason
+    # One audit image: 1.0 vs 0.0 is within the noise (it used to fall back to validation and refuse).
     promoted, reason = promotion_decision("auto", AuditResult(1, 1.0, 1.0), AuditResult(1, 0.0, 0.0), 0.6, 0.7)
-    assert not promoted and "validation" in reason  # one audit image is too few to decide on
-    assert promotion_decision("never", AuditResult(enough, 1.0, 1.0), None, 1.0, None)[0] is False
-    assert promotion_decision("always", AuditResult(enough, 0.0, 0.0), AuditResult(enough, 1.0, 1.0), 0.0, 1.0)[0]
+    assert promoted and "within the noise" in reason
+
+
+def test_promotion_modes_always_and_never_override_the_comparison() -> None:
+    assert promotion_decision("never", AuditResult(50, 1.0, 1.0), None, 1.0, None)[0] is False
+    assert promotion_decision("always", AuditResult(50, 0.0, 0.0), AuditResult(50, 1.0, 1.0), 0.0, 1.0)[0]
+
+
+def test_wilson_and_newcombe_intervals_match_published_values() -> None:
+    from labeller.promotion import compare_on_same_labels, wilson_interval
+
+    # Newcombe (1998), Statistics in Medicine 17:857, table II: 81/263 -> 0.2553 to 0.3662 (Wilson).
+    low, high = wilson_interval(81 / 263, 263)
+    assert (low, high) == (pytest.approx(0.2553, abs=5e-4), pytest.approx(0.3662, abs=5e-4))
+    assert wilson_interval(0.0, 0) == (0.0, 1.0)
+    # Newcombe's hybrid interval on one shared n: clearly better, clearly worse, and noise.
+    comparison = compare_on_same_labels(0.8, 0.6, 100)
+    assert comparison.verdict == "better" and 0 < comparison.low < 0.2 < comparison.high
+    assert compare_on_same_labels(0.6, 0.8, 100).verdict == "worse"
+    assert compare_on_same_labels(0.85, 0.9, 40).verdict == "not worse within the noise"
 
 
 def _scores(leaf_probs: np.ndarray, taxonomy: Taxonomy) -> PoolScores:

@@ -153,27 +153,45 @@ def evaluate_on_audit(trained: Any, images: np.ndarray, admissible: np.ndarray, 
 def promotion_decision(
     mode: str, new: AuditResult, active: AuditResult | None, new_val: float | None, active_val: float | None
 ) -> tuple[bool, str]:
-    """Whether to promote the new version, and why (stored with its metrics)."""
+    """Whether to promote the new version, and why (stored with its metrics).
+
+    ``active`` is the active version measured on the same held-out audit labels as ``new`` (count 0: there
+    are none; accuracy None: it cannot read them), or None when there is no active version. The two are
+    compared with a 95% interval on the difference (labeller.promotion): promoted when better or not worse
+    within the noise. Validation accuracies are measured on different labels for each version, so they
+    are quoted, never compared."""
+    from labeller.promotion import compare_on_same_labels
+
     if mode == "always":
         return True, "promotion requested"
     if mode == "never":
         return False, "promotion not requested"
     if active is None and active_val is None:
         return True, "no active model version"
-    if active is not None and new.count >= MIN_AUDIT_FOR_PROMOTION and active.main_accuracy is not None:
-        better = (new.main_accuracy or 0.0) >= active.main_accuracy
-        verdict = "at least as accurate as" if better else "less accurate than"
-        return better, (
-            f"{verdict} the active version on the same {new.count} audit images "
-            f"({new.main_accuracy:.3f} vs {active.main_accuracy:.3f})"
+    if (
+        active is not None
+        and new.count > 0
+        and active.count == new.count
+        and new.main_accuracy is not None
+        and active.main_accuracy is not None
+    ):
+        comparison = compare_on_same_labels(new.main_accuracy, active.main_accuracy, new.count)
+        return comparison.promote, comparison.describe("held-out audit labels")
+    validation = (
+        f" (validation main-class accuracy {new_val:.3f} vs {active_val:.3f} is measured on different labels "
+        "for each version, so it is not compared)"
+        if new_val is not None and active_val is not None
+        else ""
+    )
+    if new.count == 0:
+        return True, (
+            "no labelled audit images held out, so the two versions cannot be compared on the same labels"
+            f"{validation}; promoted as the newer version. Label audit images to compare versions fairly"
         )
-    if new_val is not None and active_val is not None:
-        better = new_val >= active_val
-        return better, (
-            f"fewer than {MIN_AUDIT_FOR_PROMOTION} labelled audit images; validation main-class accuracy "
-            f"{new_val:.3f} vs the active version's {active_val:.3f}"
-        )
-    return True, "the active version cannot be compared on this data (taxonomy or image size changed)"
+    return True, (
+        f"the active version cannot be measured on the same {new.count} audit labels (its input, taxonomy or "
+        f"image size differs, or its checkpoint is missing){validation}; promoted as the newer version"
+    )
 
 
 def checkpoint_name(config: Any, context: JobContext) -> str:
@@ -352,16 +370,18 @@ def _evaluate_active(
     admissible: np.ndarray,
     device: Any,
 ) -> Any:
-    """The active version measured on the same audit images, or None when it cannot read them."""
+    """The active version measured on the same audit images; accuracies None when there are none or it
+    cannot read them (another input, taxonomy or image size, or a missing checkpoint)."""
     from core.training import load_checkpoint
 
+    unmeasured = AuditResult(len(held_out), None, None)
     if len(held_out) == 0:
-        return None
+        return unmeasured
     path = Path(project.resolve_image_path(active["checkpoint_path"]))
     try:
         trained = load_checkpoint(path, device=device)
     except (FileNotFoundError, ValueError):
-        return None
+        return unmeasured
     same_input = (trained.config.backbone, trained.config.backbone_weights, trained.config.feature_view) == (
         config.backbone,
         config.backbone_weights,
@@ -372,7 +392,7 @@ def _evaluate_active(
         or trained.taxonomy.to_dict() != data.taxonomy.to_dict()
         or tuple(trained.image_shape) != data.pool.image_shape
     ):
-        return None
+        return unmeasured
     return evaluate_on_audit(trained, data.pool.images[held_out], admissible, device)
 
 
