@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.jobs import list_jobs
-from db.queries.models import active_model_version, register_model_version
+from db.queries.models import active_model_version, register_model_version, write_predictions
 from db.queries.taxonomy import list_main_classes
-from db.schema import AnnotationKind, JobStatus
+from db.schema import AnnotationKind, Image, JobStatus
 from labeller.app.state import Identity
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model, make_app_project
@@ -116,6 +117,15 @@ def test_train_queues_a_job_cancels_it_and_promotes_and_rolls_back(project: Proj
 
     version_box = next(box for box in app.selectbox if box.label == "Version")
     version_box.select(second).run()
+    next(b for b in app.button if b.label == "Promote").click().run()
+    with unit_of_work(project.engine) as session:
+        # Unscored: it stays inactive, and the score job it gets promotes it once its predictions exist.
+        assert active_model_version(session).id == first
+        score = next(job for job in list_jobs(session) if job.kind == "score")
+        assert score.params["model_version_id"] == second and score.params["promote"] is True
+        image_id = session.scalar(select(Image.id).limit(1))
+        row = {"image_id": image_id, "confidence": 0.9, "entropy": 0.1, "leaf_entropy": 0.1, "margin": 0.2}
+        write_predictions(session, second, [{**row, "least_confidence": 0.1}])
     next(b for b in app.button if b.label == "Promote").click().run()
     with unit_of_work(project.engine) as session:
         assert active_model_version(session).id == second

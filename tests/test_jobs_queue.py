@@ -309,6 +309,15 @@ def test_predictions_bulk_write_latents_and_umap_coords(engine) -> None:
         np.testing.assert_allclose([[p.umap_x, p.umap_y] for p in stored], coords)
 
 
+def test_promoting_an_unscored_version_waits_for_its_predictions(engine) -> None:
+    with unit_of_work(engine) as session:
+        version_id = _version(session, "a")
+        job = job_queries.promote_when_scored(session, version_id)
+        assert job.kind == "score" and job.params["promote"] is True
+        assert model_queries.active_model_version(session) is None
+        assert job_queries.promote_when_scored(session, version_id).id == job.id  # one job, not two
+
+
 def test_a_promoted_version_without_predictions_gets_one_score_job(engine) -> None:
     with unit_of_work(engine) as session:
         version_id = _version(session, "a")

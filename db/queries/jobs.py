@@ -310,6 +310,22 @@ def maybe_queue_auto_retrain(session: Session, every_n_labels: int) -> Job | Non
     )
 
 
+def promote_when_scored(session: Session, model_version_id: int) -> Job | None:
+    """Make a version active now if its predictions are written; otherwise queue a score job that promotes
+    it once they are (and return that job), so the queue never serves a version without an order."""
+    from db.queries.models import get_model_version, promote_model_version
+
+    get_model_version(session, model_version_id)  # raises for an unknown id
+    if session.scalar(select(Prediction.image_id).where(Prediction.model_version_id == model_version_id).limit(1)):
+        promote_model_version(session, model_version_id)
+        return None
+    for job in pending_jobs(session, kind="score"):
+        if job.params.get("model_version_id") == model_version_id:
+            job.params = {**job.params, "promote": True}
+            return job
+    return enqueue_job(session, "score", {"model_version_id": model_version_id, "then_embed": True, "promote": True})
+
+
 def queue_scoring_if_missing(session: Session, model_version_id: int) -> Job | None:
     """After a promotion or rollback: the queue ranks by the version's predictions, so queue a score
     (then embed) job when it has none and none is pending."""

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import reading, unit_of_work
 from db.queries import app_views
+from db.queries import jobs as job_queries
 from db.queries.annotations import (
     AnnotationView,
     Disagreement,
@@ -36,7 +37,7 @@ from db.queries.annotations import (
 from db.queries.annotators import list_annotators
 from db.queries.images import image_count
 from db.queries.jobs import enqueue_job, get_job, job_events, list_jobs, request_cancel
-from db.queries.models import active_model_version, list_model_versions, promote_model_version, rollback_model_version
+from db.queries.models import active_model_version, list_model_versions, rollback_model_version
 from db.queries.queue import next_image
 from db.queries.taxonomy import apply_taxonomy_spec, taxonomy_spec
 from db.schema import MAX_ID, AnnotationKind, Image, Job
@@ -568,9 +569,13 @@ def model_versions(engine: Engine) -> list[VersionView]:
         ]
 
 
-def promote(engine: Engine, version_id: int) -> None:
+def promote(engine: Engine, version_id: int) -> str:
+    """Promote now if the version is scored, else queue the score job that promotes it; says which."""
     with unit_of_work(engine) as session:
-        promote_model_version(session, version_id)
+        job = job_queries.promote_when_scored(session, version_id)
+    if job is None:
+        return f"Model version {version_id} is active."
+    return f"Model version {version_id} is being scored (job {job.id}); it becomes active once its predictions are in."
 
 
 def roll_back(engine: Engine) -> int:

@@ -104,11 +104,16 @@ def promote_command(project, version_id: int) -> None:
     """Make a version the active one (the one the labelling queue ranks by)."""
     try:
         with unit_of_work(project.engine) as session:
-            model_queries.promote_model_version(session, version_id)
-            note = _ensure_scored(session, version_id)
+            job = job_queries.promote_when_scored(session, version_id)
     except ModelVersionError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"model version {version_id} is active{note}")
+    if job is None:
+        click.echo(f"model version {version_id} is active")
+    else:
+        click.echo(
+            f"model version {version_id} has no predictions yet: score job {job.id} is queued and promotes it "
+            "once they are written (the active version serves the queue until then)"
+        )
 
 
 @models_command.command("rollback")

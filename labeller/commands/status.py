@@ -18,9 +18,12 @@ from labeller.commands.project import load_project
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def status_command(project: Path, as_json: bool) -> None:
     """Images, labels per class and sub-class, annotators, model versions and jobs of PROJECT."""
+    from labeller.inputs import choose_input
+
     opened = load_project(project)
     with reading(opened.engine) as session:
         status = project_status(session)
+    status["input"] = choose_input(opened).as_dict() if status["images"] else None
     if as_json:
         click.echo(json.dumps({"project": opened.settings.name, **status}, indent=2))
     else:
@@ -42,6 +45,14 @@ def format_status(name: str, status: dict[str, Any]) -> str:
             lines += [f"    {sub}: {count}" for sub, count in entry["sub_classes"].items()]
     else:
         lines.append("no taxonomy yet: labeller taxonomy PROJECT --file taxonomy.toml")
+    if status.get("input"):
+        chosen = status["input"]
+        what = (
+            f"pixels at {chosen['image_size']}x{chosen['image_size']}, {chosen['channels']} channel(s)"
+            if chosen["backbone"] == "pixels"
+            else f"{chosen['backbone']} features"
+        )
+        lines.append(f"model input: {what} ({chosen['reason']})")
     lines.append(f"annotators: {len(status['annotators'])}")
     lines += [
         f"  {a['name']}: {a['current_labels']} current labels, {a['history_rows']} history rows, "

@@ -189,6 +189,8 @@ def run(context: JobContext) -> None:
         written = model_queries.write_predictions(session, version_id, rows)
         mark_labelled_predictions(session, version_id)
         model_queries.update_version_metrics(session, version_id, queue=ranking.info)
+        if context.params.get("promote"):  # promoted only now that its predictions and order exist
+            model_queries.promote_model_version(session, version_id)
         job_queries.set_job_model_version(session, context.job.id, version_id)
         if context.params.get("then_embed"):
             job_queries.enqueue_job(session, "embed", {"model_version_id": version_id})

@@ -32,8 +32,7 @@ def cancel(job_id: int) -> None:
 
 def promote(version_id: int) -> None:
     try:
-        services.promote(engine, version_id)
-        st.session_state["train_flash"] = f"Model version {version_id} is now active."
+        st.session_state["train_flash"] = services.promote(engine, version_id)
     except ModelVersionError as error:
         st.session_state["train_flash"] = str(error)
 
