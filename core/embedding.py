@@ -4,6 +4,11 @@ UMAP's fit grows worse than linearly and runs out of memory near a million point
 fitted on a random sample and the rest is placed with ``transform``. umap-learn compiles with numba on
 first use (about a minute): callers that run it repeatedly should set ``NUMBA_CACHE_DIR`` to a lasting
 folder (``numba_cache_dir`` below helps) and do it in the worker, never in the app process.
+
+A map keeps its layout across model versions: ``previous_layout`` starts the new fit from the previous
+version's coordinates for the images both versions placed (an image new to the map starts at the mean of
+its nearest placed neighbours in the new latent space), and ``align_to`` then rotates, reflects, scales and
+shifts the result onto those coordinates (orthogonal Procrustes), so clusters stay where the eye left them.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ def fit_umap(
     seed: int | None = 0,
     n_neighbors: int = 15,
     min_dist: float = 0.1,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
     """2-D coordinates (N, 2) float32 for ``latent`` (N, D).
 
     With more than ``sample_size`` rows, UMAP is fitted on a random sample of that size (seeded) and
     the other rows are placed with ``transform``; the result keeps the input's row order. A ``seed``
-    makes the map reproducible but single-threaded; ``None`` lets numba use every core.
+    makes the map reproducible but single-threaded; ``None`` lets numba use every core. ``init`` (N, 2),
+    finite, is where the optimisation starts (see ``previous_layout``); without it UMAP's spectral layout.
     """
     latent = np.asarray(latent, dtype=np.float32)
     if latent.ndim != 2:
@@ -51,6 +58,10 @@ def fit_umap(
         return np.column_stack([np.arange(count), np.zeros(count)]).astype(np.float32)
     if sample_size < 3:
         raise ValueError(f"sample_size must be at least 3, got {sample_size}")
+    if init is not None:
+        init = np.asarray(init, dtype=np.float32)
+        if init.shape != (count, 2) or not np.isfinite(init).all():
+            raise ValueError(f"init must be finite with shape ({count}, 2), got {init.shape}")
 
     import umap  # slow import (numba); only when a map is actually wanted
 
@@ -64,6 +75,7 @@ def fit_umap(
         random_state=seed,
         # Seeded UMAP runs single-threaded anyway; say so rather than let it warn.
         n_jobs=1 if seed is not None else -1,
+        init="spectral" if init is None else (init if fitted_rows is None else init[fitted_rows]),
     )
     coords = np.empty((count, 2), dtype=np.float32)
     sample_coords = reducer.fit_transform(sample).astype(np.float32)
@@ -75,3 +87,77 @@ def fit_umap(
         rows = rest[start : start + TRANSFORM_CHUNK]
         coords[rows] = reducer.transform(latent[rows]).astype(np.float32)
     return coords
+
+
+MIN_SHARED_POINTS = 3
+
+
+def previous_layout(
+    image_ids: np.ndarray | list[int],
+    latent: np.ndarray,
+    previous_ids: np.ndarray | list[int],
+    previous_coords: np.ndarray,
+    *,
+    neighbours: int = 5,
+) -> np.ndarray | None:
+    """A starting layout (N, 2) for ``image_ids`` from the previous map, or None when fewer than
+    ``MIN_SHARED_POINTS`` images are on both.
+
+    An image the previous map placed starts where it was; any other starts at the mean previous position
+    of its ``neighbours`` nearest placed images in ``latent`` (the new version's latent means, row per id).
+    """
+    ids = np.asarray(image_ids, dtype=np.int64)
+    before = {int(i): row for row, i in enumerate(np.asarray(previous_ids, dtype=np.int64))}
+    old = np.asarray(previous_coords, dtype=np.float64)
+    known = np.array([int(i) in before for i in ids], dtype=bool)
+    if known.sum() < MIN_SHARED_POINTS:
+        return None
+    layout = np.zeros((len(ids), 2), dtype=np.float64)
+    layout[known] = old[[before[int(i)] for i in ids[known]]]
+    if (~known).any():
+        from sklearn.neighbors import NearestNeighbors
+
+        latent = np.asarray(latent, dtype=np.float32)
+        k = min(neighbours, int(known.sum()))
+        index = NearestNeighbors(n_neighbors=k).fit(latent[known])
+        _, nearest = index.kneighbors(latent[~known])
+        layout[~known] = layout[known][nearest].mean(axis=1)
+    if not np.isfinite(layout).all():
+        return None
+    return layout.astype(np.float32)
+
+
+def procrustes(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """The similarity transform (scale, rotation or reflection, shift) that best maps ``source`` rows onto
+    ``target`` rows in least squares: returns ``(scale, rotation, source_mean, target_mean)`` such that
+    ``scale * (x - source_mean) @ rotation + target_mean`` is the aligned ``x``."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    a, b = source - source_mean, target - target_mean
+    u, singular, vt = np.linalg.svd(a.T @ b)
+    rotation = u @ vt
+    spread = float((a * a).sum())
+    scale = float(singular.sum() / spread) if spread > 0 else 1.0
+    return scale, rotation, source_mean, target_mean
+
+
+def align_to(
+    coords: np.ndarray,
+    image_ids: np.ndarray | list[int],
+    previous_ids: np.ndarray | list[int],
+    previous_coords: np.ndarray,
+) -> np.ndarray:
+    """``coords`` (N, 2, rows in ``image_ids`` order) moved as one rigid, uniformly scaled piece onto the
+    previous map: fitted on the images both maps placed, applied to all. Unchanged with fewer than
+    ``MIN_SHARED_POINTS`` shared images."""
+    coords = np.asarray(coords, dtype=np.float32)
+    ids = np.asarray(image_ids, dtype=np.int64)
+    before = {int(i): row for row, i in enumerate(np.asarray(previous_ids, dtype=np.int64))}
+    shared = np.array([int(i) in before for i in ids], dtype=bool)
+    if shared.sum() < MIN_SHARED_POINTS:
+        return coords
+    old = np.asarray(previous_coords, dtype=np.float64)[[before[int(i)] for i in ids[shared]]]
+    scale, rotation, source_mean, target_mean = procrustes(coords[shared], old)
+    aligned = scale * (coords.astype(np.float64) - source_mean) @ rotation + target_mean
+    return aligned.astype(np.float32)

@@ -260,3 +260,34 @@ def set_embedding_coords(
         session.execute(statement, batch)
         updated += len(batch)
     return updated
+
+
+def embedding_coords(session: Session, model_version_id: int) -> tuple[list[int], np.ndarray]:
+    """Image ids and their UMAP coordinates (N, 2) under a version, in image-id order (placed images only)."""
+    rows = session.execute(
+        select(Prediction.image_id, Prediction.umap_x, Prediction.umap_y)
+        .where(
+            Prediction.model_version_id == model_version_id,
+            Prediction.umap_x.is_not(None),
+            Prediction.umap_y.is_not(None),
+        )
+        .order_by(Prediction.image_id)
+    ).all()
+    coords = np.array([(row.umap_x, row.umap_y) for row in rows], dtype=np.float32).reshape(-1, 2)
+    return [row.image_id for row in rows], coords
+
+
+def previous_embedded_version(session: Session, model_version_id: int) -> int | None:
+    """The map a new version's map should keep the layout of: of the other versions with UMAP coordinates,
+    the one promoted most recently (what annotators last looked at), else the newest."""
+    placed = (
+        select(Prediction.model_version_id)
+        .where(Prediction.model_version_id != model_version_id, Prediction.umap_x.is_not(None))
+        .distinct()
+    )
+    return session.scalar(
+        select(ModelVersion.id)
+        .where(ModelVersion.id.in_(placed))
+        .order_by(ModelVersion.promoted_at.is_(None), ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
