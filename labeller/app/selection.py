@@ -37,3 +37,20 @@ def selected_image_ids(
             seen.add(image_id)
             result.append(image_id)
     return result
+
+
+def hovered_image_id(state: Any) -> int | None:
+    """The image id in the Explore hover tip's ``hover`` state (an attribute or a key), or None when there
+    is none or it is not a positive integer (the browser can send anything)."""
+    value = getattr(state, "hover", None) if state is not None and not isinstance(state, Mapping) else None
+    if isinstance(state, Mapping):
+        value = state.get("hover")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if number > 0 else None

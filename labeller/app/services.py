@@ -492,14 +492,48 @@ def _job_view(job: Job) -> JobView:
     )
 
 
-def start_training(engine: Engine, *, model: str, epochs: int, device: str) -> int:
-    """Queue a train job for a worker; returns its id. The app never trains in its own process."""
+class TrainingInProgress(ValueError):
+    """A train job is already queued or running: one click, one job."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"train job {job_id} is already queued or running; it is shown below")
+        self.job_id = job_id
+
+
+def pending_training(engine: Engine) -> JobView | None:
+    """The queued or running train job, if any (the oldest when there are several)."""
+    from db.queries.jobs import pending_jobs
+
+    with reading(engine) as session:
+        pending = pending_jobs(session, kind="train")
+        return _job_view(pending[0]) if pending else None
+
+
+def start_training(engine: Engine, *, model: str, epochs: int, device: str, backbone: str | None = None) -> int:
+    """Queue a train job for a worker; returns its id. The app never trains in its own process.
+
+    Refused with TrainingInProgress while a train job is queued or running (a double click queues one job).
+    ``backbone``: the job's input (pixels or a backbone name); None leaves it to the project's setting."""
+    from sqlalchemy import text
+
+    from db.queries.jobs import AUTO_RETRAIN_LOCK_KEY, pending_jobs
+
     if model not in TRAIN_MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {TRAIN_MODELS}")
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
+    params: dict[str, Any] = {"model": model, "epochs": int(epochs), "device": device}
+    if backbone is not None:
+        params["backbone"] = backbone
     with unit_of_work(engine) as session:
-        return enqueue_job(session, "train", {"model": model, "epochs": int(epochs), "device": device}).id
+        if session.get_bind().dialect.name == "postgresql":
+            # Two clicks in two sessions (or the worker's auto retrain) must not both see no job and queue one;
+            # SQLite's BEGIN IMMEDIATE already serialises them.
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUTO_RETRAIN_LOCK_KEY})
+        pending = pending_jobs(session, kind="train")
+        if pending:
+            raise TrainingInProgress(pending[0].id)
+        return enqueue_job(session, "train", params).id
 
 
 def cancel(engine: Engine, job_id: int) -> JobView:
@@ -609,6 +643,13 @@ class EmbeddingView:
     colour: list[float]  # numeric: a score, or a category index (NaN: none)
     categories: list[str]  # names of the category indices; empty for a score
     hover: list[str]
+    labelled: list[bool]  # a human label exists; these points come last, so they are drawn on top
+
+
+def labelled_last(labelled: Sequence[bool]) -> list[int]:
+    """Row order that draws labelled points above unlabelled ones (a scatter paints in row order), keeping
+    the order within each group."""
+    return [i for i, flag in enumerate(labelled) if not flag] + [i for i, flag in enumerate(labelled) if flag]
 
 
 def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> EmbeddingView | None:
@@ -645,7 +686,22 @@ def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> Em
             points.image_ids, points.predicted_main_id, points.confidence, points.entropy, strict=True
         )
     ]
-    return EmbeddingView(version_id, points.image_ids, points.x, points.y, colour, categories, hover)
+    labelled = [image_id in human for image_id in points.image_ids]
+    order = labelled_last(labelled)
+
+    def ordered(values: Sequence[Any]) -> list[Any]:
+        return [values[i] for i in order]
+
+    return EmbeddingView(
+        version_id,
+        ordered(points.image_ids),
+        ordered(points.x),
+        ordered(points.y),
+        ordered(colour),
+        categories,
+        ordered(hover),
+        ordered(labelled),
+    )
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -117,9 +117,36 @@ def take_break() -> None:
     st.session_state["break_started"] = time.time()
 
 
+DEFAULT_BLUR_PX = 22
+
+
+@dataclass(frozen=True)
+class Hiding:
+    """How this annotator's images are hidden: the sidebar's image-safety settings."""
+
+    blur: bool
+    greyscale: bool
+    blur_px: int = DEFAULT_BLUR_PX
+    reveal_on_hold: bool = True  # Explore's hover tip: holding Shift shows the image while held
+    reveal_session: bool = False  # every image shown plainly until this browser session ends
+
+
+def hiding(project: Project) -> Hiding:
+    settings = project.settings.labelling
+    return Hiding(
+        blur=bool(st.session_state.get("blur", settings.blur_images)),
+        greyscale=bool(st.session_state.get("greyscale", settings.greyscale_images)),
+        blur_px=int(st.session_state.get("blur_px", DEFAULT_BLUR_PX)),
+        reveal_on_hold=bool(st.session_state.get("reveal_on_hold", True)),
+        reveal_session=bool(st.session_state.get("reveal_session", False)),
+    )
+
+
 def image_filter_class(project: Project, image_id: int | None = None) -> str:
     """The CSS class that hides an image (blur / greyscale) unless the annotator revealed it."""
     if image_id is not None and st.session_state.get("revealed") == image_id:
+        return "plain"
+    if st.session_state.get("reveal_session", False):
         return "plain"
     if st.session_state.get("blur", project.settings.labelling.blur_images):
         return "blurred"

@@ -10,6 +10,8 @@ import streamlit as st
 
 from labeller.app import services, state
 from labeller.app.components import image_tile
+from labeller.app.hover_thumb import MAP_KEY, hover_thumbnail, requested_image
+from labeller.app.labelling import image_data_url
 from labeller.app.selection import selected_image_ids
 
 # Categorical colours (Okabe-Ito, colour-blind safe), cycled when there are more categories.
@@ -37,7 +39,13 @@ if view is None:
 
 def scatter(view: services.EmbeddingView) -> go.Figure:
     """One Scattergl trace in ``view.image_ids`` order, so a selected point_index is an index into it."""
-    marker: dict = {"size": 6 if len(view.image_ids) < 20_000 else 3, "opacity": 0.85}
+    # Labelled points come last in the view (drawn on top), a little larger and outlined.
+    small = 6 if len(view.image_ids) < 20_000 else 3
+    marker: dict = {
+        "size": [small + 3 if flag else small for flag in view.labelled],
+        "opacity": 0.85,
+        "line": {"width": [1.2 if flag else 0 for flag in view.labelled], "color": "#1b2333"},
+    }
     if view.categories:
         # Category i is drawn at value i + 0.5, the middle of its flat band [i, i + 1) of a stepped scale.
         names = list(view.categories)
@@ -62,7 +70,15 @@ def scatter(view: services.EmbeddingView) -> go.Figure:
     else:
         marker.update(color=view.colour, colorscale="Viridis", colorbar={"title": services.COLOUR_BY[colour_by]})
     figure = go.Figure(
-        go.Scattergl(x=view.x, y=view.y, mode="markers", marker=marker, text=view.hover, hoverinfo="text")
+        go.Scattergl(
+            x=view.x,
+            y=view.y,
+            mode="markers",
+            marker=marker,
+            text=view.hover,
+            hoverinfo="text",
+            customdata=view.image_ids,  # the hover tip reads the image id here
+        )
     )
     figure.update_layout(
         height=620,
@@ -75,13 +91,28 @@ def scatter(view: services.EmbeddingView) -> go.Figure:
     return figure
 
 
-event = st.plotly_chart(
-    scatter(view), key=f"umap-{view.model_version_id}", on_select="rerun", selection_mode=("lasso", "box", "points")
-)
+with st.container(key=MAP_KEY):
+    event = st.plotly_chart(
+        scatter(view), key=f"umap-{view.model_version_id}", on_select="rerun", selection_mode=("lasso", "box", "points")
+    )
+
+
+@st.fragment
+def hover_tip() -> None:
+    """A hover asks for one thumbnail and reruns only this fragment."""
+    image_id = requested_image()
+    files = services.display_files(engine, project, [image_id]) if image_id is not None else {}
+    thumb = {"id": image_id, "src": image_data_url(files[image_id])} if image_id in files else None
+    hiding = state.hiding(project)
+    hover_thumbnail(thumb, hide=state.image_filter_class(project), blur_px=hiding.blur_px, reveal_on_hold=True)
+
+
+hover_tip()
 chosen = selected_image_ids(event.selection if event else None, view.image_ids)
 st.caption(
-    f"Model version {view.model_version_id} · {len(view.image_ids)} images · draw a lasso or a box to select "
-    "(double-click to clear)"
+    f"Model version {view.model_version_id} · {len(view.image_ids)} images ({sum(view.labelled)} labelled, drawn "
+    "larger and on top) · hover a point for its thumbnail (hold Shift to reveal it) · draw a lasso or a box to "
+    "select (double-click to clear)"
 )
 if chosen:
     top = st.columns([3, 1], vertical_alignment="center")
@@ -92,6 +123,8 @@ if chosen:
         st.switch_page("views/grid.py")
     files = services.display_files(engine, project, chosen[:PREVIEW])
     hidden = state.image_filter_class(project)
+    if st.toggle("Reveal these images", key="explore_reveal", disabled=hidden == "plain"):
+        hidden = "plain"
     columns = st.columns(PREVIEW // 2)
     for index, image_id in enumerate(chosen[:PREVIEW]):
         with columns[index % len(columns)]:

@@ -1,0 +1,41 @@
+"""Explore's hover thumbnail: a Streamlit component (components v2, inline JS, no build step).
+
+Plotly's hover label shows text only, so ``hover.js`` listens to the map's hover events in the page, asks
+for the hovered image's thumbnail through its ``hover`` state and shows it by the pointer, hidden as the
+annotator's settings say. Mount it inside an ``st.fragment`` so that a hover reruns only that fragment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from labeller.app.selection import hovered_image_id
+
+NAME = "latent_labeller_hover_thumb"
+KEY = "explore-hover"
+# The element holding the map: hover.js looks for its plotly chart inside st-key-<MAP_KEY>.
+MAP_KEY = "explore-map"
+
+_render = st.components.v2.component(
+    NAME,
+    html='<div data-testid="explore-hover"></div>',
+    js=(Path(__file__).parent / "hover.js").read_text(encoding="utf-8"),
+)
+
+
+def requested_image() -> int | None:
+    """The image id the tip asked a thumbnail for (its ``hover`` state), or None."""
+    return hovered_image_id(st.session_state.get(KEY))
+
+
+def hover_thumbnail(thumb: dict[str, Any] | None, *, hide: str, blur_px: int, reveal_on_hold: bool) -> None:
+    """Mount the tip; ``thumb`` is ``{"id": image id, "src": data URL}`` for the image it asked for."""
+    _render(
+        key=KEY,
+        data={"thumb": thumb, "hide": hide, "blurPx": blur_px, "revealOnHold": reveal_on_hold},
+        default={"hover": None},
+        on_hover_change=lambda: None,
+    )

@@ -1,0 +1,125 @@
+// Explore: hovering a point of the latent map shows its thumbnail next to the pointer.
+//
+// The map is an ordinary st.plotly_chart whose trace carries the image id of each point as customdata.
+// This component finds that chart in the page (class js-plotly-plot, inside the element keyed
+// "explore-map"), listens to plotly's hover events, and asks the server for the hovered image's thumbnail
+// through its "hover" state; the server answers with a data URL in `data.thumb`. Thumbnails already
+// received are kept, so hovering back over a point is instant. The image is hidden (blur, greyscale)
+// as the annotator's settings say; holding Shift reveals it while held, when reveal on hold is on.
+
+const tips = new WeakMap();
+
+class HoverTip {
+  constructor(parent) {
+    this.parent = parent;
+    this.cache = new Map(); // image id -> data URL
+    this.hovered = null;
+    this.requested = null;
+    this.shift = false;
+    this.tip = document.createElement("div");
+    this.tip.className = "ll-hover-tip";
+    // Inline styles: the tip lives in the page body, outside the component's own styles.
+    Object.assign(this.tip.style, {
+      position: "fixed", zIndex: "1000100", pointerEvents: "none", background: "#fff", padding: "4px",
+      borderRadius: "6px", boxShadow: "0 2px 10px rgba(0, 0, 0, 0.25)", width: "164px", overflow: "hidden",
+    });
+    this.tip.setAttribute("data-testid", "explore-hover-thumb");
+    this.tip.hidden = true;
+    this.img = document.createElement("img");
+    this.img.alt = "";
+    Object.assign(this.img.style, { display: "block", width: "156px", height: "156px", objectFit: "contain" });
+    this.caption = document.createElement("div");
+    this.caption.className = "ll-hover-caption";
+    Object.assign(this.caption.style, { font: "12px sans-serif", color: "#333", paddingTop: "2px" });
+    this.tip.append(this.img, this.caption);
+    document.body.appendChild(this.tip);
+    this.onKey = (event) => {
+      if (event.key !== "Shift") return;
+      this.shift = event.type === "keydown";
+      this.render();
+    };
+    window.addEventListener("keydown", this.onKey);
+    window.addEventListener("keyup", this.onKey);
+    this.timer = setInterval(() => this.attach(), 400);
+  }
+
+  attach() {
+    const holder = document.querySelector('[class*="st-key-explore-map"]');
+    const chart = holder && holder.querySelector(".js-plotly-plot");
+    if (!chart || typeof chart.on !== "function" || chart.__llHover) return;
+    chart.__llHover = true;
+    chart.on("plotly_hover", (event) => {
+      const point = event.points && event.points[0];
+      if (!point || point.customdata === undefined) return;
+      const id = Number(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
+      this.hovered = id;
+      const mouse = event.event || {};
+      this.x = mouse.clientX || 0;
+      this.y = mouse.clientY || 0;
+      if (!this.cache.has(id) && this.requested !== id) {
+        this.requested = id;
+        this.setStateValue("hover", id);
+      }
+      this.render();
+    });
+    chart.on("plotly_unhover", () => {
+      this.hovered = null;
+      this.render();
+    });
+  }
+
+  update(data, setStateValue) {
+    this.setStateValue = setStateValue;
+    this.data = data;
+    if (data.thumb && data.thumb.src) this.cache.set(Number(data.thumb.id), data.thumb.src);
+    this.attach();
+    this.render();
+  }
+
+  render() {
+    const id = this.hovered;
+    const src = id === null ? undefined : this.cache.get(id);
+    if (!src) {
+      this.tip.hidden = true;
+      this.tip.dataset.imageId = "";
+      return;
+    }
+    const hide = this.data ? this.data.hide : "blurred";
+    const revealed = this.shift && this.data && this.data.revealOnHold;
+    this.img.src = src;
+    this.img.style.filter =
+      revealed || hide === "plain"
+        ? "none"
+        : hide === "grey"
+          ? "grayscale(1) contrast(0.9)"
+          : `blur(${(this.data && this.data.blurPx) || 22}px)` + (this.data && this.data.greyscale ? " grayscale(1)" : "");
+    this.tip.dataset.hide = revealed ? "plain" : hide;
+    this.tip.dataset.imageId = String(id);
+    this.caption.textContent = `image ${id}`;
+    const size = 172;
+    this.tip.style.left = `${Math.min(this.x + 16, window.innerWidth - size)}px`;
+    this.tip.style.top = `${Math.max(8, Math.min(this.y - size / 2, window.innerHeight - size - 24))}px`;
+    this.tip.hidden = false;
+  }
+
+  destroy() {
+    clearInterval(this.timer);
+    window.removeEventListener("keydown", this.onKey);
+    window.removeEventListener("keyup", this.onKey);
+    this.tip.remove();
+  }
+}
+
+export default function (component) {
+  const { data, setStateValue, parentElement } = component;
+  let tip = tips.get(parentElement);
+  if (!tip) {
+    tip = new HoverTip(parentElement);
+    tips.set(parentElement, tip);
+  }
+  tip.update(data, setStateValue);
+  return () => {
+    tip.destroy();
+    tips.delete(parentElement);
+  };
+}
