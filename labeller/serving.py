@@ -76,7 +76,8 @@ def streamlit_command(project: Project, port: int) -> list[str]:
 
 
 def worker_command(project: Project, extra: list[str] | None = None) -> list[str]:
-    return [sys.executable, "-m", "labeller.worker", str(project.root), *(extra or [])]
+    # ``python -m labeller worker``: the CLI's command, so labeller.worker never imports the CLI back.
+    return [sys.executable, "-m", "labeller", "worker", str(project.root), *(extra or [])]
 
 
 @dataclass

@@ -243,8 +243,3 @@ class Worker:
 def run_worker(project: Project, config: WorkerConfig | None = None) -> int:
     return Worker(project, config).run()
 
-
-if __name__ == "__main__":  # ``python -m labeller.worker PROJECT``: how ``labeller serve`` starts one
-    from labeller.commands.worker import worker_command
-
-    worker_command()

@@ -101,7 +101,7 @@ def worker_environment() -> dict[str, str]:
 def start_worker(project: Project, *args: str, log: Path | None = None) -> subprocess.Popen:
     """A real ``labeller worker`` process (fast polling and heartbeats for tests)."""
     command = [
-        sys.executable, "-m", "labeller.worker", str(project.root), "--poll", "0.2", "--heartbeat", "0.3", *args,
+        sys.executable, "-m", "labeller", "worker", str(project.root), "--poll", "0.2", "--heartbeat", "0.3", *args,
     ]  # fmt: skip
     output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(command, env=worker_environment(), stdout=output, stderr=subprocess.STDOUT)

@@ -100,7 +100,7 @@ def start_server(project: Project, log: Path) -> AppServer:
 
 def start_worker(project: Project, log: Path) -> subprocess.Popen:
     """A real worker process (what ``labeller serve`` starts next to the app)."""
-    command = [sys.executable, "-m", "labeller.worker", str(project.root), "--poll", "0.5", "--device", "cpu"]
+    command = [sys.executable, "-m", "labeller", "worker", str(project.root), "--poll", "0.5", "--device", "cpu"]
     return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
