@@ -29,12 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from core.calibration import expected_calibration_error, fit_temperature, set_nll
 from core.data import FeatureScaler, LabelledPool, augment, default_augmentation, stratified_split, to_float
+from core.density import LatentDensity
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
 from core.features import VIEWS
 from core.models import LIKELIHOODS, M2, VAE, M1Classifier, StackedM1M2, Supervised
 from core.nets import arch_for, build_classifier, default_arch
 from core.registry import AUTO, CLASSIFIER_KINDS, DEFAULT_MODEL, INPUT_KINDS, MODEL_KINDS, PIXELS
-from core.scoring import LatentDensity
 from core.taxonomy import Taxonomy
 
 CLASSIFIERS = (AUTO, *CLASSIFIER_KINDS)
