@@ -1,0 +1,62 @@
+"""Explore in the browser: hovering a point of the latent map shows that image's thumbnail, hidden as the
+annotator's settings say; holding Shift reveals it."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
+
+pytestmark = pytest.mark.browser
+WITH_MODEL = True
+IMAGES = 30
+LABELLED = 6
+
+POINT_POSITION = """(index) => {
+  const gd = document.querySelector('[class*="st-key-explore-map"] .js-plotly-plot');
+  const trace = gd._fullData[0];
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.getBoundingClientRect();
+  const i = index < 0 ? trace.x.length + index : index;
+  return {x: box.left + xa._offset + xa.l2p(trace.x[i]), y: box.top + ya._offset + ya.l2p(trace.y[i]),
+          id: trace.customdata[i]};
+}"""
+
+
+def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "hover-hal")
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+    page.locator("h1", has_text="Explore").wait_for()
+    wait_idle(page)
+    page.locator('[class*="st-key-explore-map"] .js-plotly-plot .nsewdrag').first.wait_for()
+    page.wait_for_timeout(800)  # the tip attaches to the chart on its next poll
+    point = page.evaluate(POINT_POSITION, -1)  # the last point: a labelled one, drawn on top
+    page.mouse.move(point["x"] - 30, point["y"] - 30)
+    page.mouse.move(point["x"], point["y"], steps=5)
+    tip = page.get_by_test_id("explore-hover-thumb")
+    expect(tip).to_be_visible(timeout=15_000)
+    expect(tip).to_have_attribute("data-image-id", str(point["id"]))
+    assert tip.locator("img").get_attribute("src").startswith("data:image/")
+    expect(tip).to_have_attribute("data-hide", "plain")  # this project does not blur by default
+    page.mouse.move(5, 5)
+    expect(tip).to_be_hidden()
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Image safety").click()
+    sidebar.get_by_text("Blur images until revealed").click()
+    wait_idle(page)
+    page.wait_for_timeout(800)
+    point = page.evaluate(POINT_POSITION, -1)
+    page.mouse.move(point["x"] - 30, point["y"] - 30)
+    page.mouse.move(point["x"], point["y"], steps=5)
+    expect(tip).to_be_visible(timeout=15_000)
+    expect(tip).to_have_attribute("data-hide", "blurred")
+    assert "blur" in tip.locator("img").evaluate("img => img.style.filter")
+    screenshot(page, "explore-hover")
+    page.keyboard.down("Shift")
+    expect(tip).to_have_attribute("data-hide", "plain")
+    assert tip.locator("img").evaluate("img => img.style.filter") == "none"
+    page.keyboard.up("Shift")
+    expect(tip).to_have_attribute("data-hide", "blurred")
+    page.mouse.move(5, 5)
+    expect(tip).to_be_hidden()
