@@ -8,10 +8,11 @@ import streamlit as st
 
 from db.queries.jobs import JobError
 from db.queries.models import ModelVersionError
-from labeller.app import services, state
+from labeller.app import services, state, train_services
 
 POLL_SECONDS = 2.0
 DEVICES = ("auto", "cpu", "cuda")
+FOLLOW_UP_NAMES = {"score": "Scoring the pool", "embed": "Latent map for Explore"}
 
 project = state.current_project()
 engine = project.engine
@@ -19,8 +20,24 @@ state.require_identity()
 defaults = project.settings.training
 
 
-def start(model: str, epochs: int, device: str) -> None:
-    st.session_state["watched_job"] = services.start_training(engine, model=model, epochs=epochs, device=device)
+@st.cache_data(show_spinner=False, max_entries=8)
+def input_decision(root: str, images: int, setting: str) -> train_services.InputDecision:
+    """Cached by image count (and setting): deciding "auto" opens a few dozen images."""
+    return train_services.input_decision(project)
+
+
+def start(model: str, epochs: int, device: str, backbone: str) -> None:
+    try:
+        st.session_state["watched_job"] = services.start_training(
+            engine,
+            model=model,
+            epochs=epochs,
+            device=device,
+            backbone=train_services.backbone_param(project, backbone),
+        )
+    except services.TrainingInProgress as busy:
+        st.session_state["watched_job"] = busy.job_id
+        st.session_state["train_flash"] = str(busy)
 
 
 def cancel(job_id: int) -> None:
@@ -54,37 +71,54 @@ def _curve(frame: pd.DataFrame, columns: list[str], x: str, title: str) -> go.Fi
     return figure
 
 
+def _follow_ups(model_version_id: int | None) -> None:
+    for follow_up in train_services.follow_up_jobs(engine, model_version_id):
+        name = FOLLOW_UP_NAMES.get(follow_up.kind, follow_up.kind)
+        status = {"queued": "waiting for a worker"}.get(follow_up.status, follow_up.status)
+        note = " (Explore shows the new map when this finishes)" if follow_up.kind == "embed" else ""
+        st.caption(f"{name}: job {follow_up.id}, {status}{note if not follow_up.finished else ''}")
+
+
 @st.fragment(run_every=POLL_SECONDS)
 def live_progress() -> None:
     """Polls the job's events; the rest of the page does not rerun."""
     job_id = st.session_state.get("watched_job")
     if job_id is None:
-        st.caption("No training job yet in this session.")
+        st.caption("No training job yet.")
         return
     job, payloads, logs = services.job_progress(engine, job_id)
+    rows = services.flatten_progress(payloads)
+    stages = train_services.stage_progress(rows)
+    epochs = job.params.get("epochs", defaults.epochs)
     status = {"queued": "waiting for a worker", "running": "running"}.get(job.status, job.status)
-    if job.status == "running" and payloads and payloads[-1].get("stage"):
-        status += f" · {payloads[-1]['stage']}"
+    if job.status == "running" and stages.stage:
+        status += f" · {stages.stage}"
+    backbone = job.params.get("backbone")
     st.markdown(
-        f"**Job {job.id}** ({job.params.get('model', job.kind)}, {job.params.get('epochs', '?')} epochs): {status}"
+        f"**Job {job.id}** ({job.params.get('model', job.kind)}, {epochs} epochs"
+        f"{', ' + backbone if backbone else ''}): {status}"
     )
     if job.status in ("queued", "running") and not job.cancel_requested:
         st.button("Cancel", key=f"cancel-{job.id}", on_click=cancel, args=(job.id,), icon=":material/stop_circle:")
     elif job.cancel_requested and not job.finished:
         st.caption("Cancelling...")
-    if job.error and job.status != "succeeded":
+    if job.status == "cancelled":
+        st.info(f"Cancelled{': ' + job.error if job.error else ''}.", icon=":material/cancel:")
+    elif job.error and job.status != "succeeded":
         st.error(job.error)
     if job.status == "succeeded":
         st.success(
             f"Finished: model version {job.model_version_id} registered." if job.model_version_id else "Finished."
         )
-    rows = services.flatten_progress(payloads)
+    if stages.features is not None:
+        st.progress(
+            train_services.features_fraction(stages.features), text=train_services.features_text(stages.features)
+        )
     if rows:
         frame = pd.DataFrame(rows)
-        # The newest training step (stage events such as "evaluating" carry no epoch).
-        latest = next((row for row in reversed(rows) if "epoch" in row), rows[-1])
+        latest = stages.training or {}
         metrics = st.columns(4)
-        metrics[0].metric("Epoch", f"{latest.get('epoch', '-')}/{latest.get('epochs', job.params.get('epochs', '?'))}")
+        metrics[0].metric("Epoch", stages.epoch_text(epochs))
         speed = latest.get("images_per_second")
         metrics[1].metric("Images/s", f"{speed:.0f}" if isinstance(speed, int | float) else "-")
         eta = latest.get("eta_seconds") if not job.finished else 0.0
@@ -94,15 +128,21 @@ def live_progress() -> None:
         )
         accuracy = latest.get(accuracy_keys[0]) if accuracy_keys else None
         metrics[3].metric("Validation accuracy", f"{accuracy:.1%}" if isinstance(accuracy, int | float) else "-")
-        loss_columns = [c for c in frame.columns if c.startswith(("loss_terms.", "losses.", "loss."))]
+        if stages.scoring is not None:
+            scored = "scored" if job.finished else "scoring"
+            st.caption(f"Pool {scored}: {stages.scoring.get('images', '?')} images.")
+        training = frame[frame["stage"] == "training"] if "stage" in frame.columns else frame.iloc[0:0]
+        loss_columns = [c for c in training.columns if c.startswith(("loss_terms.", "losses.", "loss."))]
         # Accuracies and calibration error share a 0-1 axis; the NLL would flatten them.
-        validation_columns = [c for c in frame.columns if c.startswith("validation.") and "nll" not in c]
+        validation_columns = [c for c in training.columns if c.startswith("validation.") and "nll" not in c]
         charts = st.columns(2)
-        if loss_columns:
-            charts[0].plotly_chart(_curve(frame, loss_columns, "global_step", "Loss terms"), key="loss-curve")
-        if validation_columns:
-            by_epoch = frame.dropna(subset=validation_columns, how="all").drop_duplicates("epoch", keep="last")
+        if loss_columns and len(training):
+            charts[0].plotly_chart(_curve(training, loss_columns, "global_step", "Loss terms"), key="loss-curve")
+        if validation_columns and len(training):
+            by_epoch = training.dropna(subset=validation_columns, how="all").drop_duplicates("epoch", keep="last")
             charts[1].plotly_chart(_curve(by_epoch, validation_columns, "epoch", "Validation"), key="val-curve")
+    if job.status == "succeeded":
+        _follow_ups(job.model_version_id)
     if logs:
         with st.expander("Log"):
             st.code("\n".join(logs[-30:]), language=None)
@@ -115,26 +155,43 @@ st.title("Train")
 if flash := st.session_state.pop("train_flash", None):
     st.toast(flash)
 
+decision = input_decision(str(project.root), services.image_total(engine), defaults.backbone)
+st.caption(f"Input: **{decision.backbone}** ({decision.reason}).")
+pending = services.pending_training(engine)
 with st.form("retrain"):
-    cols = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
+    cols = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
     model = cols[0].selectbox(
         "Model",
         services.TRAIN_MODELS,
         index=services.TRAIN_MODELS.index(defaults.model) if defaults.model in services.TRAIN_MODELS else 0,
         format_func={"m1m2": "M1+M2", "m2": "M2", "m1": "M1 + classifier", "supervised": "Supervised only"}.get,
     )
-    epochs = cols[1].number_input("Epochs", min_value=1, max_value=1000, value=defaults.epochs)
-    device = cols[2].selectbox(
+    choices = train_services.BACKBONE_CHOICES
+    backbone = cols[1].selectbox(
+        "Input (backbone)",
+        choices,
+        index=choices.index(defaults.backbone) if defaults.backbone in choices else 0,
+        help="auto decides from the images: pixels for greyscale or tiny images, a pretrained backbone for photos.",
+    )
+    epochs = cols[2].number_input("Epochs", min_value=1, max_value=1000, value=defaults.epochs)
+    device = cols[3].selectbox(
         "Device", DEVICES, index=DEVICES.index(defaults.device) if defaults.device in DEVICES else 0
     )
-    if cols[3].form_submit_button("Start retrain", type="primary", icon=":material/play_arrow:"):
-        start(model, int(epochs), device)
+    if cols[4].form_submit_button(
+        "Start retrain",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=pending is not None,
+        help=f"Train job {pending.id} is {pending.status}." if pending else None,
+    ):
+        start(model, int(epochs), device, backbone)
         st.rerun()
 
 if "watched_job" not in st.session_state:
-    running = [job for job in services.recent_jobs(engine, limit=5) if job.kind == "train" and not job.finished]
-    if running:
-        st.session_state["watched_job"] = running[0].id
+    # A fresh session follows the running job, else shows the newest one (never "no job" after jobs ran).
+    latest = pending or train_services.latest_train_job(engine)
+    if latest is not None:
+        st.session_state["watched_job"] = latest.id
 
 with st.container(border=True):
     live_progress()
@@ -144,24 +201,33 @@ versions = services.model_versions(engine)
 if not versions:
     st.info("No model yet: label a few images, then start a retrain. The queue uses cold-start order until then.")
 else:
-    table = pd.DataFrame(
-        {
-            "version": [v.id for v in versions],
-            "active": [v.active for v in versions],
-            "model": [v.model_kind for v in versions],
-            "labels": [v.label_count for v in versions],
-            "created": [v.created_at for v in versions],
-            **{
-                key: [v.metrics.get(key) for v in versions]
-                for key in sorted({k for v in versions for k, val in v.metrics.items() if isinstance(val, int | float)})
-            },
-        }
-    )
-    st.dataframe(table, hide_index=True, width="stretch")
+    active = next((v for v in versions if v.active), None)
+    if active is not None and (warning := train_services.calibration_warning(engine, active)):
+        st.warning(f"Model version {active.id}: {warning}", icon=":material/warning:")
+    metric_rows, setting_rows = train_services.version_tables(versions)
+    st.markdown("**Metrics**")
+    st.dataframe(pd.DataFrame(metric_rows), hide_index=True, width="stretch", key="version-metrics")
+    with st.expander("Settings of each version"):
+        st.dataframe(pd.DataFrame(setting_rows), hide_index=True, width="stretch", key="version-settings")
     actions = st.columns([2, 1, 1], vertical_alignment="bottom")
     chosen = actions[0].selectbox("Version", [v.id for v in versions], format_func=lambda i: f"version {i}")
     actions[1].button("Promote", on_click=promote, args=(chosen,), type="primary", width="stretch")
     actions[2].button("Roll back", on_click=roll_back, width="stretch")
+
+    promotions = train_services.promotion_rows(versions)
+    if promotions:
+        st.markdown("**Promotion decisions**")
+        st.caption(
+            "Each new version is measured beside the active one on the same held-out audit labels; it is "
+            "promoted when better, or not worse within the noise (95% interval of the difference)."
+        )
+        st.dataframe(
+            pd.DataFrame(promotions),
+            hide_index=True,
+            width="stretch",
+            key="promotions",
+            column_config={"reason": st.column_config.TextColumn(width="large")},
+        )
 
     numeric = {k for v in versions for k, value in v.metrics.items() if isinstance(value, int | float)}
     # The audit slice is the unbiased sample: prefer it to validation on actively chosen labels.
@@ -177,6 +243,40 @@ else:
             margin={"l": 10, "r": 10, "t": 40, "b": 10},
         )
         st.plotly_chart(figure, key="learning-curve")
+
+    st.markdown("**Per class**")
+    report_version = st.selectbox(
+        "Per-class results of", [v.id for v in versions], format_func=lambda i: f"version {i}", key="report-version"
+    )
+    report = train_services.class_report(engine, report_version)
+    for title, matrix, note in (
+        ("Held out", report.held_out, "audit-slice labels and labels given after this version was trained"),
+        ("In-sample", report.in_sample, "labels this version trained on: optimistic, not a measure of accuracy"),
+    ):
+        if not matrix.sum():
+            continue
+        st.caption(f"{title}: {note} ({int(matrix.sum())} images; rows: label, columns: prediction).")
+        cells = st.columns([1, 2])
+        cells[0].dataframe(
+            pd.DataFrame(report.accuracy_rows(report.classes, matrix)),
+            hide_index=True,
+            key=f"accuracy-{title}",
+            column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+        )
+        cells[1].dataframe(pd.DataFrame(matrix, index=report.classes, columns=report.classes), key=f"confusion-{title}")
+
+    if len(versions) >= 2:
+        st.markdown("**Compare versions** (as `labeller models compare A B`)")
+        ids = [v.id for v in versions]
+        pair = st.columns(2)
+        first = pair[0].selectbox("A", ids, index=1, format_func=lambda i: f"version {i}", key="compare-a")
+        second = pair[1].selectbox("B", ids, index=0, format_func=lambda i: f"version {i}", key="compare-b")
+        metric_rows, difference_rows = train_services.comparison_rows(
+            train_services.compare_versions(engine, first, second)
+        )
+        st.dataframe(pd.DataFrame(metric_rows), hide_index=True, width="stretch", key="compare-metrics")
+        if difference_rows:
+            st.dataframe(pd.DataFrame(difference_rows), hide_index=True, width="stretch", key="compare-settings")
 
 st.subheader("Labels")
 label_counts = services.counts(engine)

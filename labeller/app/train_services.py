@@ -1,0 +1,323 @@
+"""What the Train page shows beyond the job queue: the input decision, progress by stage, promotion
+decisions, metrics apart from settings, per-class results, calibration warnings and follow-up jobs.
+
+Pure functions where the data is already at hand (tested without a database); the rest read the database
+once per call. Nothing here trains or scores: that is the worker's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+
+from core.registry import AUTO, INPUT_KINDS, choose_backbone
+from db.engine import reading
+from db.queries.annotations import current_labels
+from db.queries.jobs import list_jobs
+from db.queries.models import compare_model_versions
+from db.schema import Image, MainClass, ModelVersion, Prediction
+from labeller.app.services import JobView, VersionView, _job_view
+from labeller.project import Project
+
+BACKBONE_CHOICES: tuple[str, ...] = (AUTO, *INPUT_KINDS)
+# Calibration that flattens everything: a fitted temperature above this with (nearly) every top
+# probability close to uniform (issue 13 item 8: T = 3.08 put ten images at entropy 0.693 at the top).
+FLAT_TEMPERATURE = 2.5
+# "Near uniform": the top main-class probability within this share of the way from 1/K to 1.
+NEAR_UNIFORM = 0.15
+FLAT_SHARE = 0.95
+# Settings recorded among a version's metrics; everything else numeric is a measurement.
+MEASURED_KEYS = frozenset(
+    {
+        "temperature",
+        "num_images",
+        "num_labelled",
+        "num_train_labels",
+        "num_val_labels",
+        "train_seconds",
+        "images_per_second",
+        "best_epoch",
+        "epochs_run",
+    }
+)
+MEASURED_PREFIXES = ("val_", "audit_")
+
+
+# ------------------------------------------------------------------------------------------ input
+
+
+@dataclass(frozen=True)
+class InputDecision:
+    backbone: str
+    reason: str
+
+
+def input_decision(project: Project) -> InputDecision:
+    """What the next train job learns from and why (decodes a few dozen images when the setting is auto)."""
+    from labeller.inputs import choose_input
+
+    choice = choose_input(project)
+    return InputDecision(choice.backbone, choice.reason)
+
+
+def backbone_param(project: Project, selected: str) -> str | None:
+    """The train job's ``backbone`` param for the page's choice: None when it is the project's setting (the
+    job decides as ``labeller train`` does), a concrete input kind otherwise ("auto" decided here from the
+    images, since the job would decide it without their size)."""
+    if selected == project.settings.training.backbone:
+        return None
+    if selected != AUTO:
+        return selected
+    from labeller.inputs import profile_images
+
+    settings = project.settings.training
+    profile = profile_images(project)
+    channels = settings.channels or (1 if profile.greyscale else 3)
+    return choose_backbone(AUTO, channels=channels, image_side=profile.median_side)[0]
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+
+def latest_train_job(engine: Engine) -> JobView | None:
+    """The newest train job, whatever became of it: what a fresh session shows first."""
+    with reading(engine) as session:
+        jobs = list_jobs(session, kind="train", limit=1)
+        return _job_view(jobs[0]) if jobs else None
+
+
+def follow_up_jobs(engine: Engine, model_version_id: int | None) -> list[JobView]:
+    """Score and embed jobs for a version (the map on Explore is ready once its embed job succeeds), oldest first."""
+    if model_version_id is None:
+        return []
+    with reading(engine) as session:
+        jobs = [
+            _job_view(job)
+            for kind in ("score", "embed")
+            for job in list_jobs(session, kind=kind, limit=50)
+            if (job.params or {}).get("model_version_id") == model_version_id
+        ]
+    return sorted(jobs, key=lambda job: job.id)
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """The newest event of each stage of a train job: features, training, scoring."""
+
+    stage: str | None
+    features: dict[str, Any] | None
+    training: dict[str, Any] | None
+    scoring: dict[str, Any] | None
+
+    def epoch_text(self, epochs: object) -> str:
+        """ "3/10" while training; "0/10" before the first training event (never "-/10")."""
+        if self.training is not None:
+            return f"{self.training.get('epoch', 0)}/{self.training.get('epochs', epochs)}"
+        return f"0/{epochs}"
+
+
+def stage_progress(rows: Sequence[Mapping[str, Any]]) -> StageProgress:
+    """From flattened progress rows (services.flatten_progress), oldest first."""
+
+    def newest(stage: str) -> dict[str, Any] | None:
+        return next((dict(row) for row in reversed(rows) if row.get("stage") == stage), None)
+
+    return StageProgress(
+        stage=next((str(row["stage"]) for row in reversed(rows) if row.get("stage")), None),
+        features=newest("features"),
+        training=next((dict(row) for row in reversed(rows) if "epoch" in row), None),
+        scoring=newest("scoring"),
+    )
+
+
+def features_text(event: Mapping[str, Any]) -> str:
+    """'Features (efficientnet_lite2): 120/400 images · 31 images/s · ETA 0.2 min'."""
+    done, total = event.get("done", 0), event.get("total", 0)
+    parts = [f"Features ({event.get('backbone', 'backbone')}): {done}/{total} images"]
+    speed, eta = event.get("images_per_second"), event.get("eta_seconds")
+    if isinstance(speed, int | float):
+        parts.append(f"{speed:.0f} images/s")
+    if isinstance(eta, int | float) and done != total:
+        parts.append(f"ETA {eta / 60:.1f} min")
+    return " · ".join(parts)
+
+
+def features_fraction(event: Mapping[str, Any]) -> float:
+    total = event.get("total") or 0
+    return min(1.0, float(event.get("done", 0)) / total) if total else 0.0
+
+
+# ------------------------------------------------------------------------------------------ versions
+
+
+def promotion_rows(versions: Sequence[VersionView]) -> list[dict[str, Any]]:
+    """Every version's promotion decision with its reason and sample sizes, newest first."""
+    rows = []
+    for version in versions:
+        promotion = version.metrics.get("promotion")
+        if not isinstance(promotion, Mapping):
+            continue
+        rows.append(
+            {
+                "version": version.id,
+                "promoted": bool(promotion.get("promoted")),
+                "compared with": promotion.get("compared_with"),
+                "audit labels (n)": version.metrics.get("audit_count"),
+                "audit accuracy": version.metrics.get("audit_main_accuracy"),
+                "active's audit accuracy": promotion.get("active_audit_main_accuracy"),
+                "validation labels (n)": version.metrics.get("num_val_labels"),
+                "reason": promotion.get("reason"),
+            }
+        )
+    return rows
+
+
+def is_measurement(key: str, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return key in MEASURED_KEYS or key.startswith(MEASURED_PREFIXES)
+
+
+def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(measurements, settings): accuracies, counts, timings apart from the choices the run was made with.
+    The promotion decision and the queue ranking have their own sections and are left out."""
+    measured, settings = {}, {}
+    for key, value in metrics.items():
+        if key in ("promotion", "queue"):
+            continue
+        (measured if is_measurement(key, value) else settings)[key] = value
+    return measured, settings
+
+
+def version_tables(versions: Sequence[VersionView]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows for the metrics table and the settings table, one per version, newest first."""
+    metric_rows, setting_rows = [], []
+    for version in versions:
+        measured, settings = split_metrics(version.metrics)
+        head = {"version": version.id, "active": version.active}
+        metric_rows.append({**head, "labels": version.label_count, **measured})
+        config = {k: v for k, v in version.config.items() if not isinstance(v, Mapping | list)}
+        setting_rows.append(
+            {**head, "model": version.model_kind, **{k: str(v) for k, v in {**settings, **config}.items()}}
+        )
+    return metric_rows, setting_rows
+
+
+def compare_versions(engine: Engine, first: int, second: int) -> dict[str, Any]:
+    """As ``labeller models compare A B``."""
+    with reading(engine) as session:
+        return compare_model_versions(session, first, second)
+
+
+def comparison_rows(comparison: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(metric rows with B - A, differing config and data rows), as the CLI prints them, as strings."""
+
+    def text(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    labels = comparison["label_count"]
+    metrics = [{"": "labels", "A": text(labels["a"]), "B": text(labels["b"]), "B - A": text(labels["b"] - labels["a"])}]
+    for key, row in comparison["metrics"].items():
+        if any(isinstance(v, dict | list) for v in (row["a"], row["b"])):
+            continue
+        metrics.append({"": key, "A": text(row["a"]), "B": text(row["b"]), "B - A": text(row["difference"])})
+    differences = [
+        {"": f"{title}: {key}", "A": text(row["a"]), "B": text(row["b"])}
+        for title in ("config", "data_snapshot")
+        for key, row in comparison[f"{title}_differences"].items()
+    ]
+    return metrics, differences
+
+
+# ------------------------------------------------------------------------------------------ per class
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """Confusion matrices over main classes (rows: label, columns: prediction) of one version's predictions
+    against the current labels. ``in_sample``: labels the version trained on (its accuracy there is
+    optimistic); ``held_out``: audit-slice labels and labels given after it was trained."""
+
+    classes: list[str]
+    in_sample: np.ndarray
+    held_out: np.ndarray
+
+    @staticmethod
+    def accuracy_rows(classes: Sequence[str], matrix: np.ndarray) -> list[dict[str, Any]]:
+        rows = []
+        for index, name in enumerate(classes):
+            n = int(matrix[index].sum())
+            rows.append({"class": name, "labels": n, "accuracy": float(matrix[index, index]) / n if n else None})
+        return rows
+
+
+def class_report(engine: Engine, model_version_id: int) -> ClassReport:
+    with reading(engine) as session:
+        version = session.get(ModelVersion, model_version_id)
+        newest = int((version.data_snapshot or {}).get("newest_annotation_id", 0)) if version else 0
+        names = {main_id: name for main_id, name in session.execute(select(MainClass.id, MainClass.name))}
+        classes = [name for _, name in sorted(session.execute(select(MainClass.position, MainClass.name)))]
+        labels = {label.image_id: label for label in current_labels(session)}
+        predicted: dict[int, int | None] = {}
+        audit: set[int] = set()
+        ids = sorted(labels)
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            rows = session.execute(
+                select(Prediction.image_id, Prediction.main_class_id).where(
+                    Prediction.model_version_id == model_version_id, Prediction.image_id.in_(chunk)
+                )
+            )
+            predicted.update((image_id, main_id) for image_id, main_id in rows)
+            audit.update(session.scalars(select(Image.id).where(Image.id.in_(chunk), Image.audit.is_(True))))
+    index = {name: i for i, name in enumerate(classes)}
+    in_sample = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    held_out = np.zeros_like(in_sample)
+    for image_id, label in labels.items():
+        guess = names.get(predicted.get(image_id))  # type: ignore[arg-type]
+        if guess not in index or label.main_class not in index:
+            continue
+        trained_on = label.annotation_id <= newest and image_id not in audit
+        (in_sample if trained_on else held_out)[index[label.main_class], index[guess]] += 1
+    return ClassReport(classes, in_sample, held_out)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def flat_calibration_warning(temperature: object, near_uniform_share: float, scored: int) -> str | None:
+    """A warning when the fitted temperature flattened (nearly) every prediction toward uniform."""
+    if not isinstance(temperature, int | float) or temperature <= FLAT_TEMPERATURE or scored == 0:
+        return None
+    if near_uniform_share < FLAT_SHARE:
+        return None
+    return (
+        f"Calibration flattened the predictions: the fitted temperature is {temperature:.2f} and "
+        f"{near_uniform_share:.0%} of the {scored} scored images have a top probability near uniform. "
+        "Uncertainty ranks are then mostly ties and the queue leans on its diversity order; the validation "
+        "labels may be too few or the model underfit. Label more (or check the model) and retrain."
+    )
+
+
+def calibration_warning(engine: Engine, version: VersionView) -> str | None:
+    """flat_calibration_warning on the version's stored predictions (one aggregate query)."""
+    temperature = version.metrics.get("temperature")
+    if not isinstance(temperature, int | float) or temperature <= FLAT_TEMPERATURE:
+        return None
+    with reading(engine) as session:
+        classes = session.scalar(select(func.count()).select_from(MainClass)) or 0
+        if classes < 2:
+            return None
+        threshold = 1 / classes + NEAR_UNIFORM * (1 - 1 / classes)
+        scored, near = session.execute(
+            select(func.count(), func.count().filter(Prediction.confidence < threshold)).where(
+                Prediction.model_version_id == version.id
+            )
+        ).one()
+    return flat_calibration_warning(temperature, (near or 0) / scored if scored else 0.0, int(scored or 0))
