@@ -257,3 +257,19 @@ def test_stage_progress_and_metric_split_are_pure() -> None:
     version = VersionView(1, "v", "m2", None, True, 3, {"promotion": {"promoted": False, "reason": "r"}}, {})  # type: ignore[arg-type]
     assert train_services.promotion_rows([version])[0]["reason"] == "r"
     assert np.array_equal(train_services.ClassReport([], np.zeros((0, 0)), np.zeros((0, 0))).held_out, np.zeros((0, 0)))
+
+
+def test_learning_curve_has_intervals_and_sample_sizes() -> None:
+    def version(id_: int, labels: int, metrics: dict) -> VersionView:
+        return VersionView(id_, "v", "m2", None, False, labels, metrics, {})  # type: ignore[arg-type]
+
+    curve = train_services.learning_curve(
+        [
+            version(2, 105, {"audit_main_accuracy": 0.9, "audit_count": 40, "val_main_accuracy": 0.85}),
+            version(1, 30, {"val_main_accuracy": 1.0, "num_val_labels": 9}),
+            version(3, 200, {"val_main_accuracy": 0.9}),  # no sample size: no point
+        ]
+    )
+    assert [(p.version, p.source, p.n) for p in curve] == [(1, "validation", 9), (2, "audit", 40)]
+    assert curve[0].low == pytest.approx(0.701, abs=1e-3) and curve[0].high == 1.0
+    assert curve[1].low < 0.9 < curve[1].high

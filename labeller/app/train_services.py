@@ -176,6 +176,37 @@ def promotion_rows(versions: Sequence[VersionView]) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class CurvePoint:
+    version: int
+    labels: int
+    accuracy: float
+    n: int
+    low: float
+    high: float
+    source: str  # "audit" (the unbiased slice) or "validation"
+
+
+def learning_curve(versions: Sequence[VersionView]) -> list[CurvePoint]:
+    """Main-class accuracy per version with its sample size and 95% Wilson interval, by label count: on the
+    audit slice where a version has one, else on its validation labels."""
+    from labeller.promotion import wilson_interval
+
+    points = []
+    for version in versions:
+        metrics = version.metrics
+        for source, accuracy_key, count_key in (
+            ("audit", "audit_main_accuracy", "audit_count"),
+            ("validation", "val_main_accuracy", "num_val_labels"),
+        ):
+            accuracy, n = metrics.get(accuracy_key), metrics.get(count_key)
+            if isinstance(accuracy, int | float) and isinstance(n, int) and n > 0:
+                low, high = wilson_interval(float(accuracy), n)
+                points.append(CurvePoint(version.id, version.label_count, float(accuracy), n, low, high, source))
+                break
+    return sorted(points, key=lambda point: (point.labels, point.version))
+
+
 def is_measurement(key: str, value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False

@@ -229,15 +229,24 @@ else:
             column_config={"reason": st.column_config.TextColumn(width="large")},
         )
 
-    numeric = {k for v in versions for k, value in v.metrics.items() if isinstance(value, int | float)}
-    # The audit slice is the unbiased sample: prefer it to validation on actively chosen labels.
-    preferred = ("audit_main_accuracy", "audit_accuracy", "val_main_accuracy")
-    accuracy_key = next((k for k in preferred if k in numeric), next((k for k in sorted(numeric) if "acc" in k), None))
-    if accuracy_key:
-        curve = sorted((v.label_count, v.metrics[accuracy_key]) for v in versions if accuracy_key in v.metrics)
-        figure = go.Figure(go.Scatter(x=[c[0] for c in curve], y=[c[1] for c in curve], mode="lines+markers"))
+    curve = train_services.learning_curve(versions)
+    if curve:
+        figure = go.Figure(
+            go.Scatter(
+                x=[p.labels for p in curve],
+                y=[p.accuracy for p in curve],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [p.high - p.accuracy for p in curve],
+                    "arrayminus": [p.accuracy - p.low for p in curve],
+                },
+                text=[f"version {p.version}: n = {p.n} {p.source} labels" for p in curve],
+                mode="lines+markers",
+            )
+        )
         figure.update_layout(
-            title=f"Learning curve ({accuracy_key} vs labels)",
+            title="Learning curve: main-class accuracy vs labels (95% Wilson interval; hover for n)",
             xaxis_title="labels",
             height=300,
             margin={"l": 10, "r": 10, "t": 40, "b": 10},
