@@ -392,6 +392,35 @@ def grid_page(
         return [Tile(row, display_file(project, images[row.image_id])) for row in rows], total
 
 
+MATCHING_LIMIT = 20_000  # "Select all that match" takes at most this many images at once
+
+
+def grid_matching_ids(
+    engine: Engine,
+    *,
+    mode: str,
+    strategy: str = "entropy",
+    main_class_id: int | None = None,
+    search: str = "",
+    image_ids: Sequence[int] = (),
+    limit: int = MATCHING_LIMIT,
+) -> list[int]:
+    """Every image under a Grid filter, on every page, in page order (at most ``limit``)."""
+    with reading(engine) as session:
+        rows, _ = app_views.grid_images(
+            session,
+            mode=mode,
+            model_version_id=active_model_version_id(session),
+            strategy=strategy,
+            main_class_id=main_class_id,
+            search=search,
+            image_ids=image_ids,
+            offset=0,
+            limit=limit,
+        )
+    return [row.image_id for row in rows]
+
+
 # ----------------------------------------------------------------------------------------- review
 
 

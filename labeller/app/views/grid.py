@@ -1,5 +1,6 @@
 """Grid: a page of thumbnails (uncertain, one predicted class, an Explore selection or a search);
-select many and give them all one main class and tags."""
+select many (on this page, a Shift-click range, or every image that matches, across pages) and give them
+all one main class and tags. Arrow keys move between tiles and Space ticks one (``grid_keys``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from db.queries.annotations import AnnotationError
 from db.schema import AnnotationKind
 from labeller.app import services, state
 from labeller.app.components import image_tile
+from labeller.app.grid_keys import grid_keys, requested_range
+from labeller.app.grid_selection import select_matching, select_range
 
 MODES = {
     "uncertain": "Most uncertain (unlabelled)",
@@ -50,6 +53,16 @@ def select_all(image_ids: list[int], on: bool) -> None:
         selected.difference_update(image_ids)
 
 
+def select_shift_range() -> None:
+    page_ids: list[int] = st.session_state.get("grid_page_ids", [])
+    st.session_state["grid_selected"] = select_range(st.session_state["grid_selected"], page_ids, requested_range())
+
+
+def select_all_matching(on: bool) -> None:
+    matching = services.grid_matching_ids(engine, **st.session_state["grid_filter"])
+    st.session_state["grid_selected"] = select_matching(st.session_state["grid_selected"], matching, on)
+
+
 def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
     selected = sorted(st.session_state["grid_selected"])
     try:
@@ -85,16 +98,16 @@ elif mode == "ids":
     controls[1].caption(f"{len(explore_ids)} images selected on the Explore page")
 page_size = controls[2].selectbox("Per page", PAGE_SIZES, index=1, on_change=reset_page)
 
+grid_filter = {
+    "mode": mode,
+    "strategy": st.session_state.get("strategy", "entropy"),
+    "main_class_id": main_filter,
+    "search": search,
+    "image_ids": explore_ids,
+}
+st.session_state["grid_filter"] = grid_filter
 tiles, total = services.grid_page(
-    engine,
-    project,
-    mode=mode,
-    strategy=st.session_state.get("strategy", "entropy"),
-    main_class_id=main_filter,
-    search=search,
-    image_ids=explore_ids,
-    page=st.session_state["grid_page"],
-    page_size=page_size,
+    engine, project, **grid_filter, page=st.session_state["grid_page"], page_size=page_size
 )
 
 if flash := st.session_state.pop("grid_flash", None):
@@ -103,10 +116,20 @@ if flash := st.session_state.pop("grid_flash", None):
 pages = max(1, math.ceil(total / page_size))
 selected: set[int] = st.session_state["grid_selected"]
 page_ids = [tile.row.image_id for tile in tiles]
+st.session_state["grid_page_ids"] = page_ids
 bar = st.container(horizontal=True, vertical_alignment="center")
 bar.markdown(f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected")
 bar.button("Select page", on_click=select_all, args=(page_ids, True), icon=":material/select_all:")
 bar.button("Clear", on_click=select_all, args=(page_ids, False), icon=":material/deselect:")
+bar.button(
+    f"Select all {total} that match",
+    on_click=select_all_matching,
+    args=(True,),
+    icon=":material/done_all:",
+    disabled=total == 0 or total > services.MATCHING_LIMIT,
+    help="Every image under this filter, on every page",
+)
+bar.button("Clear all", on_click=lambda: st.session_state.update(grid_selected=set()), disabled=not selected)
 bar.button(
     "Previous",
     disabled=st.session_state["grid_page"] == 0,
@@ -125,7 +148,12 @@ for start in range(0, len(tiles), COLUMNS):
     for column, tile in zip(columns, tiles[start : start + COLUMNS], strict=False):
         row = tile.row
         with column:
-            image_tile(tile.file, key=f"tile-{row.image_id}", hidden_class=state.image_filter_class(project))
+            image_tile(
+                tile.file,
+                key=f"tile-{row.image_id}",
+                hidden_class=state.image_filter_class(project),
+            )
+            st.caption(":green[**✓ labelled**]" if row.labelled else "unlabelled")
             predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
             confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
             st.checkbox(
@@ -135,6 +163,9 @@ for start in range(0, len(tiles), COLUMNS):
                 on_change=toggle,
                 args=(row.image_id,),
             )
+
+grid_keys(page_ids, columns=COLUMNS, on_range=select_shift_range)
+st.caption("Arrow keys move between tiles, Space ticks one, Shift-click ticks every tile from the last one ticked.")
 
 with st.form("bulk_label", border=True):
     st.markdown("**Label the selected images**")
