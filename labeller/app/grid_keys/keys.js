@@ -19,6 +19,15 @@ function checkbox(id) {
   return holder ? holder.querySelector('input[type="checkbox"]') : null;
 }
 
+function idle(active) {
+  // Focus on the page itself (body, main, a heading) leaves the keys free; a widget keeps them.
+  if (!active || active === document.body) return true;
+  if (active.isContentEditable) return false;
+  if (["INPUT", "TEXTAREA", "SELECT", "BUTTON", "A"].includes(active.tagName)) return false;
+  const role = active.getAttribute && active.getAttribute("role");
+  return !["combobox", "listbox", "option", "slider", "textbox", "menuitem", "tab", "button"].includes(role);
+}
+
 class GridKeys {
   constructor() {
     this.cursor = null; // image id of the tile with the keyboard focus
@@ -47,9 +56,7 @@ class GridKeys {
       }
       const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: this.data.columns, ArrowUp: -this.data.columns }[event.key];
       if (step === undefined || event.altKey || event.ctrlKey || event.metaKey) return;
-      const active = document.activeElement;
-      const free = !active || active === document.body;
-      if (id === null && !free) return; // another widget has the keys
+      if (id === null && !idle(document.activeElement)) return; // another widget has the keys
       const here = id === null ? -1 : ids.indexOf(id);
       const next = here < 0 ? 0 : Math.min(ids.length - 1, Math.max(0, here + step));
       const target = checkbox(ids[next]);
@@ -65,8 +72,7 @@ class GridKeys {
 
   refocus() {
     // A tick reruns the page and redraws its checkbox: give the focus back to the tile it was on.
-    const active = document.activeElement;
-    if (this.cursor === null || (active && active !== document.body)) return;
+    if (this.cursor === null || !idle(document.activeElement)) return;
     const target = checkbox(this.cursor);
     if (target && Date.now() - this.lastUpdate < 5000) target.focus();
   }
