@@ -12,13 +12,14 @@ Vocabulary:
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -116,6 +117,28 @@ class Annotator(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AnnotatorWellbeing(Base):
+    """One annotator's image-safety settings and exposure count, kept across sessions and reloads.
+
+    ``blur`` and ``greyscale`` of None follow the project's defaults (``labeller.toml``). Exposures count the
+    images the Label card showed: ``exposures_today`` for the UTC day ``exposure_day`` (the project's daily
+    limit applies to it), ``exposures_since_break`` since ``break_started_at``.
+    """
+
+    __tablename__ = "annotator_wellbeing"
+
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), primary_key=True)
+    blur: Mapped[bool | None] = mapped_column(Boolean)
+    greyscale: Mapped[bool | None] = mapped_column(Boolean)
+    blur_px: Mapped[int] = mapped_column(Integer, default=22)
+    reveal_on_hold: Mapped[bool] = mapped_column(Boolean, default=True)
+    exposure_day: Mapped[date | None] = mapped_column(Date)
+    exposures_today: Mapped[int] = mapped_column(Integer, default=0)
+    exposures_since_break: Mapped[int] = mapped_column(Integer, default=0)
+    break_started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
 class AnnotationKind(enum.StrEnum):

@@ -40,6 +40,7 @@ class LabellingSettings:
     blur_images: bool = True
     greyscale_images: bool = False
     break_reminder_minutes: int = 0  # 0: no reminder
+    daily_exposure_limit: int = 0  # images the Label card may show one annotator per UTC day; 0: no limit
 
 
 @dataclass

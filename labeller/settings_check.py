@@ -75,6 +75,7 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("labelling", "claim_lease_seconds"): _between(MIN_CLAIM_LEASE_SECONDS, MAX_CLAIM_LEASE_SECONDS),
     ("labelling", "audit_fraction"): _between(0, 1),
     ("labelling", "break_reminder_minutes"): _at_least(0),
+    ("labelling", "daily_exposure_limit"): _at_least(0),
     ("training", "epochs"): _at_least(1),
     ("training", "batch_size"): _at_least(1),
     ("training", "auto_retrain_every"): _at_least(0),
