@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from core.registry import MODEL_KINDS
 from db.engine import reading, unit_of_work
 from db.queries import app_views
 from db.queries import jobs as job_queries
@@ -485,7 +486,7 @@ def likely_mistakes(engine: Engine, *, min_confidence: float, limit: int = 24) -
 
 # ----------------------------------------------------------------------------------------- training
 
-TRAIN_MODELS = ("m1m2", "m2", "m1", "supervised")
+TRAIN_MODELS = MODEL_KINDS  # core.registry: the one list of model kinds
 
 
 @dataclass(frozen=True)
@@ -546,14 +547,11 @@ def start_training(engine: Engine, *, model: str, epochs: int, device: str, back
     from sqlalchemy import text
 
     from db.queries.jobs import AUTO_RETRAIN_LOCK_KEY, pending_jobs
+    from labeller.jobs.params import TrainParams
 
-    if model not in TRAIN_MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {TRAIN_MODELS}")
-    if epochs < 1:
-        raise ValueError("epochs must be at least 1")
-    params: dict[str, Any] = {"model": model, "epochs": int(epochs), "device": device}
-    if backbone is not None:
-        params["backbone"] = backbone
+    params = TrainParams(model=model, epochs=int(epochs), device=device, backbone=backbone, reason="app")
+    if problems := params.problems():
+        raise ValueError("; ".join(problems))
     with unit_of_work(engine) as session:
         if session.get_bind().dialect.name == "postgresql":
             # Two clicks in two sessions (or the worker's auto retrain) must not both see no job and queue one;
@@ -562,7 +560,7 @@ def start_training(engine: Engine, *, model: str, epochs: int, device: str, back
         pending = pending_jobs(session, kind="train")
         if pending:
             raise TrainingInProgress(pending[0].id)
-        return enqueue_job(session, "train", params).id
+        return enqueue_job(session, "train", params.to_params()).id
 
 
 def cancel(engine: Engine, job_id: int) -> JobView:

@@ -57,13 +57,20 @@ def train_command(
     wait: bool,
 ) -> None:
     """Queue a training job for a worker (start one with `labeller worker PROJECT`)."""
+    from labeller.jobs.params import TrainParams
+
     opened = load_project(project)
-    params: dict[str, Any] = {"promote": promote, "reason": "cli", "warm_start": warm_start}
-    for key, value in (("model", model), ("backbone", backbone), ("epochs", epochs), ("device", device)):
-        if value is not None:
-            params[key] = value
+    params = TrainParams(
+        model=model,
+        backbone=backbone,
+        epochs=epochs,
+        device=device,
+        promote=promote,
+        warm_start=warm_start,
+        reason="cli",
+    )
     with unit_of_work(opened.engine) as session:
-        job_id = job_queries.enqueue_job(session, "train", params).id
+        job_id = job_queries.enqueue_job(session, "train", params.to_params()).id
     click.echo(f"queued train job {job_id}")
     if wait:
         follow_job(opened, job_id)

@@ -8,9 +8,8 @@ images done, images/s and the ETA.
 
 from __future__ import annotations
 
-import dataclasses
-
 from labeller.jobs import JobContext, JobFailed
+from labeller.jobs.params import TrainParams
 
 
 def run(context: JobContext) -> None:
@@ -19,14 +18,14 @@ def run(context: JobContext) -> None:
     from labeller.jobs.train import input_choice
     from labeller.training_data import ensure_features
 
-    choice = input_choice(context)
+    backbone = context.params.get("backbone")
+    choice = input_choice(context, TrainParams(backbone=backbone))
     if not choice.uses_features:
-        if "backbone" in context.params:
+        if backbone is not None:
             raise JobFailed("the pixels input has no features to compute: choose a backbone")
-        choice = dataclasses.replace(choice, reason=f"{choice.reason}; nothing to compute")
         with context.completing():
             pass
-        context.log(f"input is {choice.backbone} ({choice.reason})")
+        context.log(f"input is {choice.backbone} ({choice.reason}): no features to compute")
         return
 
     def on_progress(progress: ExtractionProgress) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core.registry import AUTO
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -27,9 +28,9 @@ from db.queries.annotations import label_counts
 from db.queries.queue import mark_labelled_predictions
 from labeller.inputs import InputChoice
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
+from labeller.jobs.params import JobParamsError, TrainParams
 from labeller.project import ProjectError
 
-PROMOTE_CHOICES = ("auto", "always", "never")
 # Below this many labelled audit images, accuracy on them is too noisy to decide promotion.
 MIN_AUDIT_FOR_PROMOTION = 5
 
@@ -48,46 +49,49 @@ class AuditResult:
         }
 
 
-def input_choice(context: JobContext) -> InputChoice:
-    """What the model learns from: the job's ``backbone`` param, else the project's (auto: from its images)."""
+def train_params(context: JobContext) -> TrainParams:
+    try:
+        return TrainParams.from_params(context.params)
+    except (JobParamsError, TypeError) as error:
+        raise JobFailed(str(error)) from error
+
+
+def input_choice(context: JobContext, params: TrainParams) -> InputChoice:
+    """What the model learns from: the job's ``backbone``, else the project's (auto: from its images)."""
     from labeller.inputs import choose_input
 
-    project, params = context.project, context.params
-    choice = choose_input(project)
-    if "backbone" in params and params["backbone"] != choice.backbone:
+    choice = choose_input(context.project)
+    if params.backbone is not None and params.backbone != choice.backbone:
         from core.registry import choose_backbone
 
-        try:
-            backbone, _ = choose_backbone(str(params["backbone"]), channels=choice.channels, image_side=None)
-        except ValueError as error:
-            raise JobFailed(str(error)) from error
-        choice = dataclasses.replace(choice, backbone=backbone, reason="chosen for this job")
-    if "image_size" in params or "channels" in params:
-        choice = dataclasses.replace(
-            choice,
-            image_size=int(params.get("image_size", choice.image_size)),
-            channels=int(params.get("channels", choice.channels)),
-        )
-    return choice
+        backbone, why = choose_backbone(params.backbone, channels=choice.channels, image_side=None)
+        choice = dataclasses.replace(choice, backbone=backbone, reason=why if params.backbone == AUTO else "this job's")
+    return dataclasses.replace(
+        choice, image_size=params.image_size or choice.image_size, channels=params.channels or choice.channels
+    )
 
 
-def train_config(context: JobContext, choice: InputChoice) -> Any:
+def train_config(context: JobContext, choice: InputChoice, params: TrainParams) -> Any:
     """The TrainConfig for this job: project settings, then the job's params on top."""
     from core.training import TrainConfig
 
-    settings, params = context.project.settings.training, context.params
+    settings = context.project.settings.training
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
     fields = {
-        "model": params.get("model", settings.model),
+        "model": pick(params.model, settings.model),
         "backbone": choice.backbone,
         "backbone_weights": choice.weights,
         "feature_view": choice.view,
-        "epochs": int(params.get("epochs", settings.epochs)),
-        "batch_size": int(params.get("batch_size", settings.batch_size)),
-        "consistency": float(params.get("consistency", settings.consistency)),
-        "balance": params.get("balance", settings.balance),
-        "classifier": params.get("classifier", settings.classifier),
+        "epochs": pick(params.epochs, settings.epochs),
+        "batch_size": pick(params.batch_size, settings.batch_size),
+        "consistency": float(pick(params.consistency, settings.consistency)),
+        "balance": pick(params.balance, settings.balance),
+        "classifier": pick(params.classifier, settings.classifier),
         "device": context.device,
-        **dict(params.get("config", {})),
+        **params.config,
     }
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(fields) - known)
@@ -242,12 +246,11 @@ def run(context: JobContext) -> None:
     from core.training import Progress, TrainingCancelled, fit, save_checkpoint
     from labeller.jobs.score import class_ids, prediction_rows, rank_queue, score_in_chunks
 
-    project, params = context.project, context.params
-    promote = params.get("promote", "auto")
-    if promote not in PROMOTE_CHOICES:
-        raise JobFailed(f"promote must be one of {PROMOTE_CHOICES}, got {promote!r}")
-    choice = input_choice(context)
-    config = train_config(context, choice)
+    project = context.project
+    params = train_params(context)
+    promote = params.promote
+    choice = input_choice(context, params)
+    config = train_config(context, choice, params)
     device = resolve_device(config.device)
     image_size, channels = choice.image_size, choice.channels
 
@@ -276,11 +279,7 @@ def run(context: JobContext) -> None:
         context.report_progress(payload, force=progress.step == progress.steps_per_epoch)
 
     try:
-        init = (
-            warm_start_model(context, config, data.taxonomy, train_pool.image_shape)
-            if params.get("warm_start")
-            else None
-        )
+        init = warm_start_model(context, config, data.taxonomy, train_pool.image_shape) if params.warm_start else None
         trained = fit(
             train_pool, data.taxonomy, config, on_progress=on_progress, should_stop=context.should_stop, init=init
         )
