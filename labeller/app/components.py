@@ -9,6 +9,7 @@ import streamlit as st
 
 from db.engine import unit_of_work
 from db.queries.annotators import AnnotatorError, get_or_create_annotator, list_annotators
+from db.queries.wellbeing import MAX_BLUR_PX, MIN_BLUR_PX
 from labeller.app import state
 from labeller.app.keys import key_rows
 from labeller.app.services import TaxonomyView
@@ -84,14 +85,49 @@ def identity_picker(project: Project) -> None:
 
 
 def wellbeing_panel(project: Project) -> None:
-    """Image hiding for this session, and the exposure counter with its optional break reminder."""
+    """Image hiding, kept per annotator in the database, and the exposure counter with its break reminder
+    and the project's daily limit."""
     settings = project.settings.labelling
     with st.expander("Image safety", icon=":material/visibility_off:"):
-        st.toggle("Blur images until revealed", key="blur", help="Press V on the Label page to reveal one image.")
-        st.toggle("Greyscale images", key="greyscale")
+        st.toggle(
+            "Blur images until revealed",
+            key="blur",
+            on_change=state.save_wellbeing,
+            help="Press V on the Label page to reveal one image.",
+        )
+        st.slider(
+            "Blur strength (px)",
+            min_value=MIN_BLUR_PX,
+            max_value=MAX_BLUR_PX,
+            key="blur_px",
+            on_change=state.save_wellbeing,
+            disabled=not st.session_state.get("blur"),
+        )
+        st.toggle("Greyscale images", key="greyscale", on_change=state.save_wellbeing)
+        st.toggle(
+            "Reveal on hold",
+            key="reveal_on_hold",
+            on_change=state.save_wellbeing,
+            help="Hold the mouse button on a Grid or Explore image, or Shift over the Explore map's hover "
+            "thumbnail, to see it while held.",
+        )
+        st.toggle(
+            "Reveal every image for this session",
+            key="reveal_session",
+            help="Until you close this tab; not saved.",
+        )
+        st.caption(
+            "Whether blurring or greyscale lessens the strain is not settled: one study found interactive "
+            "blurring helped, a larger one found no effect on anxiety or intrusive memories. Use what helps you."
+        )
     shown, minutes = state.exposure()
     st.session_state["exposures_drawn"] = shown  # the Label page redraws the sidebar when this falls behind
-    st.caption(f"Images seen since your last break: **{shown}** ({minutes:.0f} min)")
+    limit = settings.daily_exposure_limit
+    today = state.exposures_today()
+    st.caption(
+        f"Images seen since your last break: **{shown}** ({minutes:.0f} min) · today: **{today}**"
+        + (f" of {limit}" if limit else "")
+    )
     reminder = settings.break_reminder_minutes
     if reminder and minutes >= reminder:
         st.warning(f"You have been labelling for {minutes:.0f} minutes. Time for a short break.")

@@ -25,13 +25,26 @@ FAVICON = Path(__file__).parent / "assets" / "favicon.png"
 # and revealing it costs nothing.
 STYLE = """
 <style>
-[class*="st-key-hide-blurred"] img { filter: blur(22px); }
+[class*="st-key-hide-blurred"] img { filter: blur(var(--ll-blur, 22px)); }
 [class*="st-key-hide-grey"] img { filter: grayscale(1) contrast(0.9); }
 [class*="st-key-tile-"] img { border-radius: 6px; }
 [class*="label-image"] img { max-height: 62vh; object-fit: contain; }
 .block-container { padding-top: 4.2rem; }  /* clear of the top bar (3.75rem) */
+[class*="st-key-pick-"]:focus-within { outline: 2px solid #0072B2; outline-offset: 2px; border-radius: 4px; }
 </style>
 """
+
+
+# Pages that show images: closed once an annotator reaches the project's daily exposure limit.
+IMAGE_PAGES = ("label", "grid", "review", "explore", "")
+
+
+def hiding_style(hiding: state.Hiding) -> str:
+    """This annotator's blur strength, and, with reveal on hold, a held mouse button shows a hidden image."""
+    rules = [f":root {{ --ll-blur: {int(hiding.blur_px)}px; }}"]
+    if hiding.reveal_on_hold:
+        rules.append('[class*="st-key-hide-"]:active img { filter: none !important; }')
+    return "<style>" + "\n".join(rules) + "</style>"
 
 
 class _DefaultPageWithPath(st.Page):
@@ -70,15 +83,26 @@ def main() -> None:
     # The project's image-safety defaults, before any page draws an image.
     st.session_state.setdefault("blur", project.settings.labelling.blur_images)
     st.session_state.setdefault("greyscale", project.settings.labelling.greyscale_images)
+    st.session_state.setdefault("blur_px", state.DEFAULT_BLUR_PX)
+    st.session_state.setdefault("reveal_on_hold", True)
     navigation = build_navigation()
     with st.sidebar:
         st.markdown(f"**{project.settings.name}**")
         identity_picker(project)
         wellbeing = st.container()
+    state.load_wellbeing(project)
+    st.html(hiding_style(state.hiding(project)))
     if navigation.url_path != "label" and (label_session := st.session_state.get("label_session")) is not None:
         # Away from the Label page: its look-ahead images go back to the pool for the other annotators.
         label_session.release_window(project.engine)
     try:
+        if navigation.url_path in IMAGE_PAGES and state.over_daily_limit(project):
+            st.title("Enough for today")
+            st.info(
+                f"You have seen {state.exposures_today()} images today, this project's daily limit "
+                f"({project.settings.labelling.daily_exposure_limit}). Images come back tomorrow (UTC)."
+            )
+            st.stop()
         navigation.run()
     finally:
         # Drawn after the page so that the exposure count includes the image it just showed.

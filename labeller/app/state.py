@@ -8,13 +8,15 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from sqlalchemy import Engine
 
-from db.engine import reading
+from db.engine import reading, unit_of_work
+from db.queries import wellbeing as wellbeing_queries
 from labeller.app import services
 from labeller.project import Project, ProjectError, open_project
 
@@ -97,24 +99,80 @@ def require_identity() -> Identity:
     return who
 
 
+def load_wellbeing(project: Project) -> None:
+    """Once per browser session and annotator: their image-safety settings and exposure counts from the
+    database (a reload or another browser starts from where they left off)."""
+    who = identity()
+    if who is None or st.session_state.get("wellbeing_of") == who.annotator_id:
+        return
+    with unit_of_work(project.engine) as session:
+        view = wellbeing_queries.get_wellbeing(session, who.annotator_id)
+    settings = project.settings.labelling
+    st.session_state["blur"] = settings.blur_images if view.blur is None else view.blur
+    st.session_state["greyscale"] = settings.greyscale_images if view.greyscale is None else view.greyscale
+    st.session_state["blur_px"] = view.blur_px
+    st.session_state["reveal_on_hold"] = view.reveal_on_hold
+    st.session_state["exposures"] = view.exposures_since_break
+    st.session_state["exposures_today"] = view.exposures_today
+    started = view.break_started_at
+    st.session_state["break_started"] = started.replace(tzinfo=UTC).timestamp() if started else time.time()
+    st.session_state["wellbeing_of"] = who.annotator_id
+
+
+def save_wellbeing() -> None:
+    """The sidebar's settings changed: keep them for this annotator (``on_change`` of each widget)."""
+    who = identity()
+    if who is None:
+        return
+    with unit_of_work(engine()) as session:
+        wellbeing_queries.save_settings(
+            session,
+            who.annotator_id,
+            blur=bool(st.session_state.get("blur")),
+            greyscale=bool(st.session_state.get("greyscale")),
+            blur_px=int(st.session_state.get("blur_px", DEFAULT_BLUR_PX)),
+            reveal_on_hold=bool(st.session_state.get("reveal_on_hold", True)),
+        )
+
+
 def exposure() -> tuple[int, float]:
     """(images shown since the last break, minutes since the last break)."""
     started = st.session_state.setdefault("break_started", time.time())
     return st.session_state.get("exposures", 0), (time.time() - started) / 60.0
 
 
+def exposures_today() -> int:
+    return int(st.session_state.get("exposures_today", 0))
+
+
+def over_daily_limit(project: Project) -> bool:
+    """The project's daily exposure limit is set and this annotator has reached it today."""
+    limit = project.settings.labelling.daily_exposure_limit
+    return bool(limit) and exposures_today() >= limit
+
+
 def count_exposure(image_id: int) -> None:
-    """Count an image once, the first time it is shown in this session."""
+    """Count an image once, the first time it is shown in this session, here and in the database."""
     seen: set[int] = st.session_state.setdefault("seen_images", set())
     if image_id not in seen:
         seen.add(image_id)
         st.session_state["exposures"] = st.session_state.get("exposures", 0) + 1
         st.session_state["total_exposures"] = st.session_state.get("total_exposures", 0) + 1
+        who = identity()
+        if who is not None:
+            with unit_of_work(engine()) as session:
+                view = wellbeing_queries.record_exposures(session, who.annotator_id)
+            st.session_state["exposures_today"] = view.exposures_today
+            st.session_state["exposures"] = view.exposures_since_break
 
 
 def take_break() -> None:
     st.session_state["exposures"] = 0
     st.session_state["break_started"] = time.time()
+    who = identity()
+    if who is not None:
+        with unit_of_work(engine()) as session:
+            wellbeing_queries.take_break(session, who.annotator_id)
 
 
 DEFAULT_BLUR_PX = 22

@@ -104,7 +104,9 @@ def hover_tip() -> None:
     files = services.display_files(engine, project, [image_id]) if image_id is not None else {}
     thumb = {"id": image_id, "src": image_data_url(files[image_id])} if image_id in files else None
     hiding = state.hiding(project)
-    hover_thumbnail(thumb, hide=state.image_filter_class(project), blur_px=hiding.blur_px, reveal_on_hold=True)
+    hover_thumbnail(
+        thumb, hide=state.image_filter_class(project), blur_px=hiding.blur_px, reveal_on_hold=hiding.reveal_on_hold
+    )
 
 
 hover_tip()
