@@ -425,10 +425,12 @@ class TrainedModelLearner:
         seed: int,
         *,
         needs_bald: bool,
+        on_training: Callable[[Any], None] | None = None,
     ) -> None:
         from core.training import TrainConfig
 
         self.name = model
+        self.on_training = on_training
         self.data = data
         self.pool_rows = pool
         self.mc_samples = config.mc_samples if needs_bald else 0
@@ -453,7 +455,7 @@ class TrainedModelLearner:
         init = self.trained if (warm and self.trained is not None) else None
         if init is not None and self.warm_epochs is not None:
             config = dataclasses.replace(config, epochs=self.warm_epochs)
-        self.trained = fit(pool, self.data.taxonomy, config, init=init)
+        self.trained = fit(pool, self.data.taxonomy, config, init=init, on_progress=self.on_training)
 
     def predict(self, rows: np.ndarray) -> Prediction:
         from core.scoring import score_pool
@@ -671,12 +673,19 @@ def _active_runs(
 
 
 def _learner_factory(
-    name: str, strategy: str, data: EvaluationData, pool: np.ndarray, test: np.ndarray, config: EvaluationConfig
+    name: str,
+    strategy: str,
+    data: EvaluationData,
+    pool: np.ndarray,
+    config: EvaluationConfig,
+    on_training: Callable[[Any], None] | None,
 ) -> Callable[[int], Learner]:
     """seed -> a fresh learner called ``name``."""
     if name in BASELINES:
         return lambda seed: ScikitLearner(name, data, pool)
-    return lambda seed: TrainedModelLearner(name, data, pool, config, seed, needs_bald=strategy == "bald")
+    return lambda seed: TrainedModelLearner(
+        name, data, pool, config, seed, needs_bald=strategy == "bald", on_training=on_training
+    )
 
 
 def evaluate(
@@ -685,11 +694,14 @@ def evaluate(
     *,
     split: tuple[np.ndarray, np.ndarray] | None = None,
     on_event: Callable[[str], None] | None = None,
+    on_training: Callable[[Any], None] | None = None,
 ) -> EvaluationResult:
     """Run every (learner, strategy, seed) and measure at every budget.
 
     split: explicit (pool, test) indices into ``data`` (e.g. a dataset's own train/val folders); by
-    default a stratified ``config.test_fraction`` split with ``config.split_seed``."""
+    default a stratified ``config.test_fraction`` split with ``config.split_seed``. on_event: one line per
+    finished run, prefixed with runs done of runs planned; on_training: every training's
+    ``core.training.Progress``."""
     config.validate()
     pool, test = split if split is not None else stratified_test_split(data, config.test_fraction, config.split_seed)
     pool, test = np.asarray(pool, dtype=np.int64), np.asarray(test, dtype=np.int64)
@@ -701,22 +713,31 @@ def evaluate(
     started = time.perf_counter()
     runs: list[RunResult] = []
     skipped: list[dict[str, str]] = []
+    planned = [
+        (name, strategy)
+        for name in (*config.models, *config.baselines)
+        for strategy in config.strategies
+        if not (name in BASELINES and strategy in ("bald", "disagreement", "novelty"))
+    ]
+    total, done = len(planned) * config.seeds, 0
 
     for name in (*config.models, *config.baselines):
         for strategy in config.strategies:
-            if name in BASELINES and strategy in ("bald", "disagreement", "novelty"):
+            if (name, strategy) not in planned:
                 skipped.append({"model": name, "strategy": strategy, "reason": f"{name} has no {strategy} score"})
                 continue
             for seed in range(config.first_seed, config.first_seed + config.seeds):
                 seed_started = time.perf_counter()
-                factory = _learner_factory(name, strategy, data, pool, test, config)
+                factory = _learner_factory(name, strategy, data, pool, config, on_training)
                 if strategy == "random":
                     new = _random_runs(factory, data, pool, test, config, seed)
                 else:
                     new = _active_runs(factory, strategy, data, pool, test, config, seed)
                 runs += new
+                done += 1
                 accuracies = ", ".join(f"{r.budget}: {100 * r.main_accuracy:.1f}%" for r in new)
-                say(f"{name} · {strategy} · seed {seed}: {accuracies} ({time.perf_counter() - seed_started:.1f} s)")
+                seconds = time.perf_counter() - seed_started
+                say(f"[{done}/{total}] {name} · {strategy} · seed {seed}: {accuracies} ({seconds:.1f} s)")
 
     train_config: dict[str, Any] = {}
     if config.models:

@@ -219,3 +219,16 @@ def test_typical_start_labels_the_typical_image_of_each_cluster_and_covers_the_d
     assert min(covered) >= 8, covered
     uniform = evaluate(data, dataclasses.replace(config, initial_selection="random"))
     assert np.mean(covered) > np.mean([run.classes_labelled for run in uniform.runs])
+
+
+def test_cli_runs_seeds_in_parallel_processes_and_merges_them(tmp_path: Path) -> None:
+    project = labelled_project(tmp_path, per_class=10, size=16)
+    out = tmp_path / "parallel.json"
+    arguments = ["evaluate", str(project.root), "--budgets", "4", "--strategies", "random", "--models", "supervised"]
+    arguments += ["--baselines", "", "--seeds", "2", "--workers", "2", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*arguments, "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[2/2 seeds]" in result.output
+    written = json.loads(out.read_text())
+    assert sorted(run["seed"] for run in written["runs"]) == [0, 1]
+    assert written["config"]["seeds"] == 2 and written["summary"][0]["seeds"] == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -22,6 +23,78 @@ from core.registry import (
     INPUT_KINDS,
 )
 from labeller.commands.project import load_project
+
+
+class TrainingBar:
+    """One tqdm bar per training (phase, epoch, loss, ETA); finished runs print above it."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.count = 0
+
+    def __enter__(self) -> TrainingBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, progress: Any) -> None:
+        from tqdm import tqdm
+
+        total = progress.epochs * progress.steps_per_epoch
+        done = (progress.epoch - 1) * progress.steps_per_epoch + progress.step
+        if self.bar is None or done < self.bar.n or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.count += 1
+            self.bar = tqdm(total=total, desc=f"training {self.count}", unit="step", leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        loss = progress.loss_terms.get("loss") or next(iter(progress.loss_terms.values()), None)
+        shown = {"epoch": f"{progress.epoch}/{progress.epochs}", "eta": f"{progress.eta_seconds:.0f}s"}
+        if loss is not None:
+            shown["loss"] = f"{loss:.3g}"
+        self.bar.set_postfix(shown)
+
+    def write(self, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message)
+
+
+def _evaluate_seed(data: Any, config: Any, split: tuple[Any, Any], seed: int) -> Any:
+    """One seed in a worker process (module level, so it can be sent to one)."""
+    import torch
+
+    from core.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    return evaluate(data, dataclasses.replace(config, first_seed=seed, seeds=1), split=split)
+
+
+def _evaluate_in_processes(data: Any, config: Any, workers: int) -> Any:
+    """The seeds in parallel processes on the same split, merged into one result."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from core.evaluate import EvaluationResult, stratified_test_split
+
+    split = stratified_test_split(data, config.test_fraction, config.split_seed)
+    seeds = range(config.first_seed, config.first_seed + config.seeds)
+    parts = []
+    context = multiprocessing.get_context("spawn")  # torch state must not be forked
+    with ProcessPoolExecutor(min(workers, config.seeds), mp_context=context) as pool:
+        futures = {pool.submit(_evaluate_seed, data, config, split, seed): seed for seed in seeds}
+        for done, future in enumerate(as_completed(futures), start=1):
+            part = future.result()
+            parts.append(part)
+            accuracies = ", ".join(
+                f"{run.model} {run.strategy} {run.budget}: {100 * run.main_accuracy:.1f}%" for run in part.runs
+            )
+            click.echo(f"[{done}/{config.seeds} seeds] seed {futures[future]}: {accuracies}")
+    return EvaluationResult.merge(
+        parts, config={**parts[0].config, "seeds": config.seeds, "first_seed": config.first_seed}
+    )
 
 
 def _csv(kind: type, value: str) -> tuple:
@@ -50,6 +123,13 @@ def _csv(kind: type, value: str) -> tuple:
     "setting (auto decides from the images).",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run the seeds in this many processes (one torch thread each); results are merged.",
+)
 @click.option(
     "--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, show_default=True
 )
@@ -116,6 +196,7 @@ def evaluate_command(
     baselines: str,
     backbone: str | None,
     seeds: int,
+    workers: int,
     test_fraction: float,
     initial_labels: int,
     round_size: int,
@@ -209,7 +290,11 @@ def evaluate_command(
     unlabelled = 0 if data.extra_unlabelled is None else len(data.extra_unlabelled)
     click.echo(f"{len(data.images)} labelled images to split into pool and test, {unlabelled} unlabelled")
     try:
-        result = evaluate(data, config, on_event=click.echo)
+        if workers > 1 and config.seeds > 1:
+            result = _evaluate_in_processes(data, config, workers)
+        else:
+            with TrainingBar() as bar:
+                result = evaluate(data, config, on_event=bar.write, on_training=bar.update)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     paths = result.write(json_path)
