@@ -60,3 +60,24 @@ def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_s
     expect(tip).to_have_attribute("data-hide", "blurred")
     page.mouse.move(5, 5)
     expect(tip).to_be_hidden()
+
+
+def test_a_blurred_grid_tile_is_revealed_while_the_mouse_button_is_held(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "holding-hana")
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Image safety").click()
+    sidebar.get_by_text("Blur images until revealed").click()
+    wait_idle(page)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Grid").click()
+    page.locator("h1", has_text="Grid").wait_for()
+    wait_idle(page)
+    image = page.locator('[class*="st-key-hide-blurred-tile-"] img').first
+    expect(image).to_be_visible()
+    assert "blur(22px)" in image.evaluate("e => getComputedStyle(e).filter")
+    box = image.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    assert image.evaluate("e => getComputedStyle(e).filter") == "none"
+    page.mouse.up()
+    assert "blur(22px)" in image.evaluate("e => getComputedStyle(e).filter")
