@@ -98,3 +98,13 @@ def test_the_daily_exposure_limit_closes_the_image_pages(project: Project) -> No
     assert app.title[0].value != "Enough for today"
     assert any("today: **3** of 3" in c.value for c in app.caption)
     _open_project.clear()
+
+
+def test_the_daily_limit_setting_is_checked() -> None:
+    from labeller.project import LabellingSettings, TrainingSettings
+    from labeller.settings_check import settings_problems
+
+    kinds = {"labelling": LabellingSettings, "training": TrainingSettings}
+    assert settings_problems({"name": "p", "labelling": {"daily_exposure_limit": 500}}, kinds) == []
+    problems = settings_problems({"name": "p", "labelling": {"daily_exposure_limit": -1}}, kinds)
+    assert len(problems) == 1 and "daily_exposure_limit" in problems[0]
