@@ -151,7 +151,7 @@ def test_bad_input_gets_a_clear_error():
         LabelledPool(images, np.zeros((100, 10), dtype=bool), np.ones(100, dtype=bool))
     with pytest.raises(ValueError, match="consistency_view must be one of"):
         fit(pool_with_labels(images, y, 2), DIGITS, replace(FAST, consistency_view="mixup"))
-    with pytest.raises(ValueError, match="balance must be >= 0"):
+    with pytest.raises(ValueError, match="balance must be auto or a number >= 0"):
         fit(pool_with_labels(images, y, 2), DIGITS, replace(FAST, balance=-1.0))
 
 
@@ -180,7 +180,7 @@ def test_neighbour_consistency_and_balance_train_and_are_reported():
     terms = seen[-1].loss_terms
     assert terms["consistency"] > 0 and terms["balance"] >= 0
     photos = TrainConfig(consistency=1.0)
-    from core.training import _resolved
+    from core.training.build import _resolved
 
     assert _resolved(photos, (3, 64, 64))["consistency_view"] == "augment"
 

@@ -1,24 +1,17 @@
-"""Training: ``fit(pool, taxonomy, config) -> TrainedModel``, checkpoints, and the progress callback.
-
-One code path for every model: M1 and M1+M2 first train their VAE on every image (phase "m1"), then the
-semi-supervised phase ("train") optimises the model's own loss with a labelled and an unlabelled stream
-sampled separately, so every batch carries labelled images. Validation labels (a stratified slice of the
-labelled images) drive early stopping and the temperature; the same seed repeats a cpu run exactly.
-Under ``torchrun`` (torch.distributed initialised) the trained module is wrapped in
-DistributedDataParallel and every rank takes its own shard of each batch stream.
-"""
+"""The fitting loop. One code path for every model: M1 and M1+M2 first train their VAE on every image
+(phase "m1"), then the semi-supervised phase ("train") optimises the model's own loss with a labelled and an
+unlabelled stream sampled separately, so every batch carries labelled images. Validation labels (a stratified
+slice of the labelled images) drive early stopping and the temperature; the same seed repeats a cpu run
+exactly. Under ``torchrun`` (torch.distributed initialised) the trained module is wrapped in
+DistributedDataParallel and every rank takes its own shard of each batch stream."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,241 +21,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.calibration import expected_calibration_error, fit_temperature, set_nll
-from core.data import FeatureScaler, LabelledPool, augment, default_augmentation, stratified_split, to_float
+from core.data import FeatureScaler, LabelledPool, augment, stratified_split, to_float
 from core.density import LatentDensity
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
-from core.features import VIEWS
-from core.models import LIKELIHOODS, M2, VAE, M1Classifier, StackedM1M2, Supervised
-from core.nets import arch_for, build_classifier, default_arch
-from core.registry import AUTO, CLASSIFIER_KINDS, DEFAULT_MODEL, INPUT_KINDS, MODEL_KINDS, PIXELS
+from core.models import M2, VAE, M1Classifier, StackedM1M2
 from core.taxonomy import Taxonomy
+from core.training.build import _resolved, build_model, resolve_balance
+from core.training.config import (
+    Progress,
+    TrainConfig,
+    TrainedModel,
+    TrainingCancelled,
+    TrainingDiverged,
+)
 
-CLASSIFIERS = (AUTO, *CLASSIFIER_KINDS)
 # Feature-space neighbours are sought in this many principal directions of the scaled features.
 NEIGHBOUR_COMPONENTS = 64
-# The prior-matching weight that measured best on balanced leaves (digits: with consistency, 89.9% -> 94.0%).
-AUTO_BALANCE = 20.0
-# Leaves count as balanced when the rarest labelled leaf has at least this share of the commonest's labels.
-BALANCED_RATIO = 1 / 3
-AUGMENTATIONS = ("auto", "none", "shift", "crop_flip")
-CONSISTENCY_VIEWS = ("auto", "augment", "neighbour")
-CHECKPOINT_FORMAT = 1
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says where and what to try."""
-
-
-class TrainingCancelled(RuntimeError):
-    """``should_stop`` returned True; nothing was produced."""
-
-
-@dataclass
-class TrainConfig:
-    model: str = DEFAULT_MODEL  # core.registry.MODEL_KINDS
-    # What the pool's rows are: "pixels" (uint8 images) or the backbone whose pooled features they are
-    # (core.backbones; computed by core.features before fit). Recorded so that scoring feeds the same input.
-    backbone: str = PIXELS
-    backbone_weights: str | None = None  # a local weights file the features were computed with
-    feature_view: str = "centre"  # core.features.VIEWS
-    epochs: int = 30  # semi-supervised (or supervised) phase
-    m1_epochs: int | None = None  # VAE pre-training of m1 / m1m2; None: same as epochs
-    batch_size: int = 64  # unlabelled images per step (and per rank under DDP)
-    labelled_batch_size: int = 32  # labelled images per step, drawn with replacement
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    alpha: float = 20.0  # weight of the classification term per labelled image (chosen by measurement)
-    latent_dim: int = 32  # z of M2 (and of M1 when model == "m1")
-    m1_latent_dim: int = 32  # M1's z in m1m2
-    arch: str = "auto"  # a key of core.nets.ARCHITECTURES, or auto: conv for >= 32 px, else mlp
-    # core.registry.CLASSIFIER_KINDS; auto: linear on features, cnn on pixels (3x3 convs under 32 px)
-    classifier: str = AUTO
-    vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
-    dropout: float = 0.3
-    # Weight of the consistency term of M2 (models.consistency_loss): q(y|x) of each unlabelled image is
-    # pulled towards q(y|view), the view being one of its pixel-space nearest neighbours ("neighbour") or a
-    # re-augmented copy ("augment"); auto: neighbours for tiny images, augmentation for photos.
-    consistency: float = 0.0
-    consistency_view: str = "auto"
-    neighbours: int = 7
-    # Weight of M2's prior-matching term (models.prior_mismatch): the mean q(y|x) of each unlabelled batch
-    # is pulled towards p(y), uniform over the leaves. Use it when the leaves are roughly balanced; "auto":
-    # AUTO_BALANCE when the labelled leaves are balanced (balanced_leaves), else 0.
-    balance: float | str = 0.0
-    likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
-    augment: str = "auto"  # none, shift, crop_flip; auto: none for tiny images, crop_flip for photos
-    device: str = "auto"
-    amp: bool = True  # mixed precision on cuda (bf16 where supported); ignored on cpu
-    seed: int = 0
-    patience: int = 10  # epochs without validation improvement before stopping
-    val_fraction: float = 0.2
-    grad_clip: float = 10.0
-    progress_every: int = 10  # steps between progress callbacks (and one at every epoch end)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vgg16_weights, Path):
-            self.vgg16_weights = str(self.vgg16_weights)
-
-    def validate(self) -> None:
-        problems = []
-        if self.model not in MODEL_KINDS:
-            problems.append(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
-        if self.backbone not in INPUT_KINDS:
-            problems.append(f"backbone must be one of {INPUT_KINDS}, got {self.backbone!r}")
-        if self.feature_view not in VIEWS:
-            problems.append(f"feature_view must be one of {VIEWS}, got {self.feature_view!r}")
-        if self.classifier not in CLASSIFIERS:
-            problems.append(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
-        if self.likelihood not in ("auto", *LIKELIHOODS):
-            problems.append(f"likelihood must be auto or one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
-        if self.consistency_view not in CONSISTENCY_VIEWS:
-            problems.append(f"consistency_view must be one of {CONSISTENCY_VIEWS}, got {self.consistency_view!r}")
-        if self.consistency < 0:
-            problems.append(f"consistency must be >= 0, got {self.consistency}")
-        if self.balance != AUTO and not (isinstance(self.balance, int | float) and self.balance >= 0):
-            problems.append(f"balance must be auto or a number >= 0, got {self.balance!r}")
-        for name in ("epochs", "batch_size", "labelled_batch_size", "latent_dim", "m1_latent_dim", "neighbours"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            problems.append(f"lr must be a positive number, got {self.lr}")
-        if self.alpha < 0:
-            problems.append(f"alpha must be >= 0, got {self.alpha}")
-        if not 0 <= self.val_fraction < 1:
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class Progress:
-    phase: str  # "m1" (VAE pre-training) or "train"
-    epoch: int  # 1-based
-    epochs: int
-    step: int  # 1-based within the epoch
-    steps_per_epoch: int
-    loss_terms: dict[str, float]
-    validation: dict[str, float]  # latest epoch-end metrics; empty before the first
-    images_per_second: float
-    eta_seconds: float  # for the whole fit, both phases
-
-
-@dataclass
-class TrainedModel:
-    model: nn.Module
-    taxonomy: Taxonomy
-    config: TrainConfig
-    metrics: dict[str, Any]
-    temperature: float
-    image_shape: tuple[int, ...]  # (C, H, W) for pixels, (D,) for features
-    latent_density: LatentDensity | None = None
-    scaler: FeatureScaler | None = None  # features -> model inputs (None for pixels)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def inputs(self, batch: torch.Tensor) -> torch.Tensor:
-        """Stored rows (uint8 pixels or raw features) -> what the model takes."""
-        x = to_float(batch)
-        return self.scaler(x) if self.scaler is not None else x
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Building
-
-
-def _resolved(config: TrainConfig, image_shape: tuple[int, ...]) -> dict[str, str]:
-    vectors = len(image_shape) == 1
-    tiny = vectors or image_shape[1] < 32
-    return {
-        "arch": default_arch(image_shape) if config.arch == "auto" else config.arch,
-        # Tiny images get the 3x3-conv net: active M2 on digits reached 98.0 / 98.6% at 50 / 100 labels with
-        # it, 96.9 / 97.2% with the MLP (benchmarks/results/label_efficiency/ANALYSIS.md). Features get a
-        # linear q(y|x): a pretrained backbone already did the non-linear work, and few labels fit few weights.
-        "classifier": ("linear" if vectors else "cnn") if config.classifier == "auto" else config.classifier,
-        # Measured on digits (50 labels, M2, one seed): gaussian 90.0% vs bernoulli 88.2%.
-        "likelihood": "gaussian" if config.likelihood == "auto" else config.likelihood,
-        "augment": default_augmentation(image_shape) if config.augment == "auto" else config.augment,
-        "consistency_view": ("neighbour" if tiny else "augment")
-        if config.consistency_view == "auto"
-        else config.consistency_view,
-    }
-
-
-def balanced_leaves(pool: LabelledPool) -> bool:
-    """Every leaf has exact labels, and the rarest has at least BALANCED_RATIO of the commonest's: then a
-    uniform p(y) is about right and the prior-matching term helps rather than distorts."""
-    exact = pool.labelled & (pool.admissible.sum(axis=1) == 1)
-    counts = pool.admissible[exact].sum(axis=0)
-    return bool(counts.min() > 0 and counts.min() >= BALANCED_RATIO * counts.max())
-
-
-def resolve_balance(config: TrainConfig, pool: LabelledPool) -> TrainConfig:
-    """``config`` with ``balance = "auto"`` decided from the pool's labels."""
-    if config.balance != AUTO:
-        return config
-    return dataclasses.replace(config, balance=AUTO_BALANCE if balanced_leaves(pool) else 0.0)
-
-
-def build_model(
-    config: TrainConfig, taxonomy: Taxonomy, image_shape: tuple[int, ...], *, load_vgg_weights: bool = True
-) -> nn.Module:
-    """A freshly initialised model as ``config`` describes it. For feature vectors (``image_shape == (D,)``)
-    the likelihood is an unbounded Gaussian (standardised features are not pixels in [0, 1])."""
-    chosen = _resolved(config, image_shape)
-    bounded = len(image_shape) == 3
-    arch = arch_for(chosen["arch"])
-    k = taxonomy.num_leaves
-    weights = config.vgg16_weights if load_vgg_weights else None
-
-    def classifier(input_shape: tuple[int, ...], kind: str) -> nn.Module:
-        return build_classifier(kind, input_shape, k, dropout=config.dropout, vgg16_weights=weights)
-
-    if config.model == "supervised":
-        return Supervised(classifier(image_shape, chosen["classifier"]))
-    if config.model == "m2":
-        return M2(
-            arch,
-            image_shape,
-            k,
-            config.latent_dim,
-            chosen["likelihood"],
-            classifier(image_shape, chosen["classifier"]),
-            config.alpha,
-            bounded=bounded,
-            consistency=config.consistency,
-            balance=config.balance,
-        )
-    if config.model == "m1":
-        vae = VAE(arch, image_shape, config.latent_dim, chosen["likelihood"], bounded=bounded)
-        return M1Classifier(vae, k, config.dropout, config.alpha)
-    vae = VAE(arch, image_shape, config.m1_latent_dim, chosen["likelihood"], bounded=bounded)
-    latent_shape = (config.m1_latent_dim,)
-    m2 = M2(
-        arch_for("mlp_small"),
-        latent_shape,
-        k,
-        config.latent_dim,
-        "gaussian",
-        classifier(latent_shape, "mlp"),
-        config.alpha,
-        bounded=False,
-        consistency=config.consistency,
-        balance=config.balance,
-    )
-    return StackedM1M2(vae, m2)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Fitting
 
 
 @dataclass
@@ -713,67 +487,3 @@ def _fit_latent_density(fitter: _Fitter, model: nn.Module) -> LatentDensity:
             leaves.append(logits.masked_fill(~admissible, float("-inf")).argmax(1).cpu().numpy())
             latents.append(latent.cpu().numpy())
     return LatentDensity.fit(np.concatenate(latents), np.concatenate(leaves))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(trained: TrainedModel, path: Path | str) -> Path:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": trained.config.to_dict(),
-        "taxonomy": trained.taxonomy.to_dict(),
-        "image_shape": list(trained.image_shape),
-        "metrics": trained.metrics,
-        "temperature": float(trained.temperature),
-        "latent_density": trained.latent_density.to_state() if trained.latent_density else None,
-        "scaler": trained.scaler.to_state() if trained.scaler else None,
-        "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
-    }
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: Path | str, device: str | torch.device | None = None) -> TrainedModel:
-    """A model saved by ``save_checkpoint``, on ``device`` (default: the config's device, resolved)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a Latent Labeller checkpoint (format {CHECKPOINT_FORMAT})")
-    config = TrainConfig.from_dict(payload["config"])
-    taxonomy = Taxonomy.from_dict(payload["taxonomy"])
-    image_shape = tuple(int(v) for v in payload["image_shape"])
-    model = build_model(config, taxonomy, image_shape, load_vgg_weights=False)
-    model.load_state_dict(payload["state_dict"])
-    # Default "auto", not the config's device: a model trained on a GPU box must load on a laptop.
-    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
-    density = payload.get("latent_density")
-    scaler = payload.get("scaler")
-    return TrainedModel(
-        model=model.to(device).eval(),
-        taxonomy=taxonomy,
-        config=config,
-        metrics=payload["metrics"],
-        temperature=float(payload["temperature"]),
-        image_shape=image_shape,  # type: ignore[arg-type]
-        latent_density=LatentDensity.from_state(density) if density else None,
-        scaler=FeatureScaler.from_state(scaler) if scaler else None,
-    )
