@@ -123,10 +123,14 @@ def test_images_can_be_blurred_and_one_revealed_with_a_key(app_server: AppServer
     sidebar.get_by_text("Image safety").click()
     sidebar.get_by_text("Blur images until revealed").click()
     wait_idle(page)
-    assert "blur" in page.locator("[data-testid='label-card'] img.lc-visible").evaluate("e => getComputedStyle(e).filter")
+    assert "blur" in page.locator("[data-testid='label-card'] img.lc-visible").evaluate(
+        "e => getComputedStyle(e).filter"
+    )
     screenshot(page, "label-blurred")
     page.locator("h1", has_text="Label").click()
     page.keyboard.press("v")
     expect(page.get_by_role("button", name=re.compile("Hide"))).to_be_visible()
     wait_idle(page)
-    assert "blur" not in page.locator("[data-testid='label-card'] img.lc-visible").evaluate("e => getComputedStyle(e).filter")
+    assert "blur" not in page.locator("[data-testid='label-card'] img.lc-visible").evaluate(
+        "e => getComputedStyle(e).filter"
+    )
