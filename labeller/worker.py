@@ -242,4 +242,3 @@ class Worker:
 
 def run_worker(project: Project, config: WorkerConfig | None = None) -> int:
     return Worker(project, config).run()
-
