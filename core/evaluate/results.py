@@ -1,0 +1,218 @@
+"""What an evaluation is asked to do (EvaluationConfig) and what it found (RunResult, EvaluationResult:
+JSON, markdown table, learning-curve figure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.registry import MODEL_KINDS, STRATEGIES
+
+SCHEMA = "latent-labeller/evaluate/1"
+BASELINES = ("label_spreading", "logistic_regression")
+INITIAL_SELECTIONS = ("random", "typical", "diverse")
+
+
+@dataclass
+class EvaluationConfig:
+    budgets: tuple[int, ...] = (20, 50, 100)
+    strategies: tuple[str, ...] = ("random", "entropy")
+    models: tuple[str, ...] = ("m2", "m1m2", "supervised")
+    baselines: tuple[str, ...] = ("label_spreading",)
+    seeds: int = 3
+    first_seed: int = 0  # seeds run are first_seed, first_seed + 1, ... (lets seeds run in parallel processes)
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    initial_labels: int = 10
+    # How the first labels of an active run are chosen: "random" (the anchors' protocol), "typical" (TypiClust
+    # on the features) or "diverse" (k-centre on the features, the tool's cold start without a model).
+    initial_selection: str = "random"
+    round_size: int = 5
+    balanced_random: bool = True
+    # k-centre diversification of each round in latent space (the app's default); off = plain top-n,
+    # the anchors' protocol.
+    diversify: bool = False
+    # Share of each active round picked for coverage (farthest from every labelled image in latent space).
+    exploration: float = 0.0
+    coverage: str = "farthest"  # how the exploration share is chosen: farthest or typical (core.acquisition)
+    # Active rounds continue from the previous round's model (warm_start) for warm_epochs epochs; the first
+    # round, every random budget and every round without warm_start train from scratch for train.epochs.
+    warm_start: bool = False
+    warm_epochs: int | None = None
+    mc_samples: int = 8  # MC-dropout passes when scoring for BALD
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides shared by every model
+    # Per-model TrainConfig overrides on top of ``train`` (e.g. more epochs for the supervised model, whose
+    # epochs pass over the few labelled images only).
+    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        problems = []
+        if not self.budgets or min(self.budgets) < 1:
+            problems.append(f"budgets must be positive, got {self.budgets}")
+        if list(self.budgets) != sorted(set(self.budgets)):
+            problems.append(f"budgets must be increasing and distinct, got {self.budgets}")
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown:
+            problems.append(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+        unknown = sorted(set(self.models) - set(MODEL_KINDS))
+        if unknown:
+            problems.append(f"unknown models {unknown}; choose from {list(MODEL_KINDS)}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            problems.append(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+        if self.seeds < 1:
+            problems.append(f"seeds must be >= 1, got {self.seeds}")
+        if self.initial_selection not in INITIAL_SELECTIONS:
+            problems.append(f"initial_selection must be one of {INITIAL_SELECTIONS}, got {self.initial_selection!r}")
+        if self.initial_labels < 1 or self.round_size < 1:
+            problems.append("initial_labels and round_size must be >= 1")
+        if problems:
+            raise ValueError("invalid evaluation: " + "; ".join(problems))
+
+
+@dataclass
+class RunResult:
+    model: str
+    strategy: str
+    seed: int
+    budget: int
+    labels: int
+    main_accuracy: float
+    leaf_accuracy: float | None
+    macro_f1: float
+    seconds: float
+    classes_labelled: int | None = None  # distinct main classes among the labels used (coverage)
+
+
+@dataclass
+class EvaluationResult:
+    dataset: dict[str, Any]
+    config: dict[str, Any]
+    runs: list[RunResult]
+    skipped: list[dict[str, str]]
+    seconds: float
+
+    @classmethod
+    def merge(cls, parts: Sequence[EvaluationResult], config: dict[str, Any] | None = None) -> EvaluationResult:
+        """One result from parts run separately on the same data and split (e.g. one process per model
+        and seed); ``config`` describes the whole (default: the first part's)."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        if any(part.dataset != parts[0].dataset for part in parts):
+            raise ValueError("cannot merge results on different datasets or splits")
+        return cls(
+            dataset=parts[0].dataset,
+            config=config if config is not None else parts[0].config,
+            runs=[run for part in parts for run in part.runs],
+            skipped=[skip for part in parts for skip in part.skipped],
+            seconds=sum(part.seconds for part in parts),
+        )
+
+    def summary(self) -> list[dict[str, Any]]:
+        groups: dict[tuple[str, str, int], list[RunResult]] = {}
+        for run in self.runs:
+            groups.setdefault((run.model, run.strategy, run.budget), []).append(run)
+        rows = []
+        for (model, strategy, budget), runs in groups.items():
+            row: dict[str, Any] = {"model": model, "strategy": strategy, "budget": budget, "seeds": len(runs)}
+            for metric in ("main_accuracy", "leaf_accuracy", "macro_f1"):
+                values = [getattr(r, metric) for r in runs if getattr(r, metric) is not None]
+                row[f"{metric}_mean"] = float(np.mean(values)) if values else None
+                row[f"{metric}_std"] = float(np.std(values)) if values else None
+            covered = [r.classes_labelled for r in runs if r.classes_labelled is not None]
+            row["classes_labelled_mean"] = float(np.mean(covered)) if covered else None
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "dataset": self.dataset,
+            "config": self.config,
+            "runs": [dataclasses.asdict(run) for run in self.runs],
+            "summary": self.summary(),
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            f"Test accuracy on {self.dataset['name']} ({self.dataset['num_test']} test images, "
+            f"pool {self.dataset['num_pool']}), mean ± std over seeds.\n",
+            "| model | strategy | labels | main accuracy | leaf accuracy | macro-F1 | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in self.summary():
+            cells = [
+                row["model"],
+                row["strategy"],
+                str(row["budget"]),
+                _mean_std(row["main_accuracy_mean"], row["main_accuracy_std"]),
+                _mean_std(row["leaf_accuracy_mean"], row["leaf_accuracy_std"]),
+                _mean_std(row["macro_f1_mean"], row["macro_f1_std"]),
+                str(row["seeds"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        for skip in self.skipped:
+            lines.append(f"\nSkipped {skip['model']} × {skip['strategy']}: {skip['reason']}")
+        return "\n".join(lines) + "\n"
+
+    def figure(self) -> Any:
+        """Plotly learning curves: main-class accuracy against labels, one line per (model, strategy)."""
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in self.summary():
+            curves.setdefault((row["model"], row["strategy"]), []).append(row)
+        for (model, strategy), rows in curves.items():
+            rows.sort(key=lambda r: r["budget"])
+            figure.add_trace(
+                go.Scatter(
+                    x=[r["budget"] for r in rows],
+                    y=[r["main_accuracy_mean"] for r in rows],
+                    error_y={"type": "data", "array": [r["main_accuracy_std"] for r in rows]},
+                    mode="lines+markers",
+                    name=f"{model} · {strategy}",
+                    line={"dash": "dot" if strategy == "random" else "solid"},
+                )
+            )
+        figure.update_layout(
+            title=f"Label efficiency on {self.dataset['name']}",
+            xaxis_title="labels",
+            yaxis_title="test main-class accuracy",
+            template="plotly_white",
+        )
+        return figure
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        """Read back what ``to_dict`` wrote (e.g. to redraw the figure elsewhere)."""
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not an evaluation result of schema {SCHEMA}: {data.get('schema')!r}")
+        runs = [RunResult(**run) for run in data["runs"]]
+        return cls(data["dataset"], data["config"], runs, data.get("skipped", []), data.get("seconds", 0.0))
+
+    def write(self, json_path: Path, *, plotlyjs: str | bool = True, figure: bool = True) -> dict[str, Path]:
+        """The JSON, a markdown table (.md) and a learning-curve figure (.html) side by side.
+
+        ``plotlyjs=True`` embeds plotly.js so the figure opens offline; ``"cdn"`` keeps the file small."""
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        paths = {"json": json_path, "markdown": json_path.with_suffix(".md")}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
+        paths["markdown"].write_text(self.markdown())
+        if figure:
+            paths["figure"] = json_path.with_suffix(".html")
+            self.figure().write_html(paths["figure"], include_plotlyjs=plotlyjs)
+        return paths
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    return "–" if mean is None else f"{100 * mean:.1f}% ± {100 * (std or 0.0):.1f}"
