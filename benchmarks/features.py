@@ -120,8 +120,8 @@ def memory_child(stage: str, path: str, rows: int) -> None:
         save_checkpoint(fit(pool, Taxonomy.from_dict({"a": [], "b": []}), config), checkpoint)
     else:
         trained = load_checkpoint(checkpoint, device="cpu")
-        for start in range(0, rows, 65_536):
-            score_pool(trained, features[start : start + 65_536], mc_samples=0)
+        for start in range(0, rows, 4_096):  # the score job's chunks (labeller.jobs.score.score_in_chunks)
+            score_pool(trained, features[start : start + 4_096], mc_samples=0)
     seconds = time.perf_counter() - started
     print(json.dumps({"stage": stage, "seconds": seconds, "peak_rss_mb": _peak_mb(), **sampler.finish()}))
 

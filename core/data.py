@@ -189,7 +189,7 @@ class FeatureScaler:
     scale: np.ndarray  # (D,) float32
 
     @classmethod
-    def fit(cls, features: np.ndarray, chunk: int = 65_536) -> FeatureScaler:
+    def fit(cls, features: np.ndarray, chunk: int = 8_192) -> FeatureScaler:
         """Streaming mean and variance, so a memory-mapped million-row pool is never copied whole."""
         total = np.zeros(features.shape[1], dtype=np.float64)
         squares = np.zeros(features.shape[1], dtype=np.float64)

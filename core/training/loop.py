@@ -421,7 +421,7 @@ def nearest_neighbours(
     images: torch.Tensor,
     k: int,
     *,
-    chunk: int = 1024,
+    chunk: int = 256,
     max_reference: int = 50_000,
     rng: np.random.Generator | None = None,
     scaler: FeatureScaler | None = None,
@@ -459,7 +459,7 @@ def nearest_neighbours(
         reference = torch.from_numpy(np.sort(rng.choice(count, max_reference, replace=False))).to(device)
     else:
         reference = torch.arange(count, device=device)
-    candidates = model_inputs(reference)
+    candidates = torch.cat([model_inputs(reference[at : at + chunk]) for at in range(0, len(reference), chunk)])
     candidate_norms = candidates.pow(2).sum(1)
     found = []
     for start in range(0, count, chunk):
