@@ -56,7 +56,7 @@ from labeller.project import Project
 ExportFormat = Literal["csv", "jsonl", "imagefolder", "hf", "coco", "labelstudio", "fiftyone"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 FOLDER_FORMATS: frozenset[ExportFormat] = frozenset({"imagefolder", "hf", "labelstudio", "fiftyone"})
-HfLayout = Literal["main", "main/sub"]
+HfLayout = Literal["main", "leaf", "main/sub"]
 HF_LAYOUTS: tuple[HfLayout, ...] = get_args(HfLayout)
 
 TAG_SEPARATOR = ";"
@@ -463,11 +463,20 @@ def imagefolder_relative_path(row: ExportRow) -> Path:
 
 
 def hf_relative_path(row: ExportRow, layout: HfLayout) -> Path:
-    """Every file at one depth: ``main/<file>``, or ``main/sub/<file>`` with ``_any`` for a label that
-    names no single sub-class."""
+    """Every file at one depth: ``main/<file>``; ``leaf/<file>`` with the leaf as ``main.sub`` (``main._any``
+    for a label that names no single sub-class of a main class that has them, plain ``main`` otherwise); or
+    ``main/sub/<file>`` with ``_any`` for a label that names no single sub-class."""
     main = safe_folder_name(row.main_class) if row.labelled else UNLABELLED_FOLDER
     if layout == "main":
         return Path(main) / exported_file_name(row)
+    if layout == "leaf":
+        if not row.labelled:
+            return Path(UNLABELLED_FOLDER) / exported_file_name(row)
+        if len(row.sub_classes) == 1:
+            leaf = f"{row.main_class}.{row.sub_classes[0]}"
+        else:
+            leaf = row.main_class if row.leaf == row.main_class else f"{row.main_class}.{NO_SUB_FOLDER}"
+        return Path(safe_folder_name(leaf)) / exported_file_name(row)
     sub = safe_folder_name(row.sub_classes[0]) if len(row.sub_classes) == 1 else NO_SUB_FOLDER
     return Path(main) / sub / exported_file_name(row)
 

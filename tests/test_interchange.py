@@ -197,8 +197,9 @@ def test_torchvision_imagefolder_reads_main_classes(project: Project, tmp_path: 
     assert image.size[0] > 0 and dataset.classes[target] == "ants"
 
 
+@pytest.mark.parametrize(("layout", "depth"), [("main/sub", 3), ("leaf", 2)])
 def test_hugging_face_datasets_loads_labels_from_metadata(
-    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, depth: int
 ) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -206,9 +207,10 @@ def test_hugging_face_datasets_loads_labels_from_metadata(
     import datasets
 
     out = tmp_path / "hf"
-    export_labels(project, "hf", out, ExportOptions(layout="main/sub", predictions=True))
-    depths = {len(path.relative_to(out).parts) for path in out.rglob("*.*") if path.name != "metadata.csv"}
-    assert depths == {3}  # main/sub/file for every file, so datasets accepts the tree
+    export_labels(project, "hf", out, ExportOptions(layout=layout, predictions=True))
+    files = [path for path in out.rglob("*") if path.is_file() and path.name != "metadata.csv"]
+    depths = {len(path.relative_to(out).parts) for path in files}
+    assert depths == {depth}  # every file at one depth, so datasets accepts the tree
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "cache"))["train"]
     assert loaded.features["main_class"].dtype in ("string", "large_string")
     assert loaded.features["sub_classes"].dtype in ("string", "large_string")  # a JSON list, never float
