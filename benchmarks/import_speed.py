@@ -21,7 +21,7 @@ from typing import Any
 from labeller.ingest import ImportOptions, ImportReport, import_images
 from labeller.project import Project, init_project
 
-DATA = Path("/work/shared/data/hymenoptera")
+DATA = Path(os.environ.get("LABELLER_HYMENOPTERA", Path(__file__).resolve().parents[2] / "shared/data/hymenoptera"))
 RUNS = 3
 QUICK_IMAGES = 60
 

@@ -5,7 +5,8 @@ Every model has ``classify(x) -> leaf logits`` (q(y|x)), ``latent(x)`` (what the
 novelty score use) and a ``forward`` that returns its training loss terms, so DistributedDataParallel can
 wrap it as is.
 
-Loss terms follow /work/shared/design.md. With L(x, y) = -ELBO(x, y) (a positive loss):
+The generative story (Kingma et al. 2014, README "The model"): p(y) = Cat(pi), p(z) = N(0, I), x ~ p(x | y, z);
+inference q(y|x) and q(z|x, y). With L(x, y) = -ELBO(x, y) (a positive loss), the terms are:
   labelled with admissible set S:  U_S(x) = sum_{y in S} q_S(y|x) L(x, y) - H(q_S),  q_S = q restricted to S
   unlabelled:                      U(x)   = U_S(x) with S = all leaves
   classification:                  alpha * -log sum_{y in S} q(y|x)   on every labelled image
