@@ -65,7 +65,8 @@ def input_choice(context: JobContext, params: TrainParams) -> InputChoice:
         from core.registry import choose_backbone
 
         backbone, why = choose_backbone(params.backbone, channels=choice.channels, image_side=None)
-        choice = dataclasses.replace(choice, backbone=backbone, reason=why if params.backbone == AUTO else "this job's")
+        reason = why if params.backbone == AUTO else "chosen for this job"
+        choice = dataclasses.replace(choice, backbone=backbone, reason=reason)
     return dataclasses.replace(
         choice, image_size=params.image_size or choice.image_size, channels=params.channels or choice.channels
     )
