@@ -187,6 +187,32 @@ def test_a_photo_project_trains_on_pretrained_features_computed_once(tmp_path) -
     assert not any(p.get("stage") == "features" for p in progress[0])  # the second job found them cached
 
 
+def test_the_features_job_fills_the_cache_once_and_refuses_pixels(tmp_path) -> None:
+    from core.features import FeatureSpec
+    from labeller.training_data import feature_cache
+
+    project = make_project(tmp_path, labelled_per_class=3, unlabelled=4, image_size=48)
+    with running_worker(project):
+        first = wait_for_status(project, enqueue(project, "features", {"backbone": "efficientnet_lite0"}), _ENDED, 180)
+        again = wait_for_status(project, enqueue(project, "features", {"backbone": "efficientnet_lite0"}), _ENDED, 60)
+        pixels = wait_for_status(project, enqueue(project, "features", {"backbone": "pixels"}), _ENDED, 60)
+    assert first.status == again.status == JobStatus.SUCCEEDED, first.error or again.error
+    assert pixels.status == JobStatus.FAILED and "pixels input has no features" in pixels.error
+    with unit_of_work(project.engine) as session:
+        hashes = list(session.scalars(select(Image.sha256)))
+        logs = [
+            [e.payload.get("message", "") for e in job_queries.job_events(session, job.id, kinds=["log"])]
+            for job in (first, again)
+        ]
+    _, found = feature_cache(project, FeatureSpec("efficientnet_lite0")).get(hashes)
+    assert found.all() and len(hashes) == 10
+    assert any("computed features of 10 image(s)" in line for line in logs[0])
+    assert any("computed features of 0 image(s)" in line for line in logs[1])
+
+
+_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
 def test_cancel_running_training_leaves_no_model_and_sigkill_is_recovered(tmp_path) -> None:
     project = make_project(tmp_path, labelled_per_class=8, unlabelled=16, heartbeat_timeout_seconds=3)
 

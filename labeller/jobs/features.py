@@ -14,8 +14,7 @@ from labeller.jobs.params import TrainParams
 
 def run(context: JobContext) -> None:
     from core.backbones import BackboneUnavailable
-    from core.features import ExtractionProgress
-    from labeller.jobs.train import input_choice
+    from labeller.jobs.train import features_progress, input_choice
     from labeller.training_data import ensure_features
 
     backbone = context.params.get("backbone")
@@ -28,25 +27,12 @@ def run(context: JobContext) -> None:
         context.log(f"input is {choice.backbone} ({choice.reason}): no features to compute")
         return
 
-    def on_progress(progress: ExtractionProgress) -> None:
-        context.report_progress(
-            {
-                "stage": "features",
-                "backbone": choice.backbone,
-                "done": progress.done,
-                "total": progress.total,
-                "images_per_second": progress.images_per_second,
-                "eta_seconds": progress.eta_seconds,
-            },
-            force=progress.done == progress.total,
-        )
-
     try:
         computed, failures = ensure_features(
             context.project,
             choice.feature_spec(),
             device=context.device,
-            on_progress=on_progress,
+            on_progress=features_progress(context, choice.backbone),
             should_stop=context.should_stop,
         )
     except (BackboneUnavailable, FileNotFoundError, ValueError) as error:

@@ -14,6 +14,7 @@ compares the two on the same unbiased sample.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -204,18 +205,14 @@ def checkpoint_name(config: Any, context: JobContext) -> str:
     return f"{config.model}-{stamp}-job{context.job.id}-a{context.job.attempt}.pt"
 
 
-def load_inputs(context: JobContext, choice: InputChoice) -> Any:
-    """The project's pool as ``choice`` says: pixels, or backbone features (computing the missing ones with
-    progress events, stage "features")."""
-    from core.backbones import BackboneUnavailable
-    from core.features import ExtractionProgress
-    from labeller.training_data import load_project_features, load_project_pool
+def features_progress(context: JobContext, backbone: str) -> Callable[[Any], None]:
+    """Progress events of feature extraction (stage "features"), as the train and features jobs report them."""
 
-    def on_features(progress: ExtractionProgress) -> None:
+    def report(progress: Any) -> None:
         context.report_progress(
             {
                 "stage": "features",
-                "backbone": choice.backbone,
+                "backbone": backbone,
                 "done": progress.done,
                 "total": progress.total,
                 "images_per_second": progress.images_per_second,
@@ -224,6 +221,16 @@ def load_inputs(context: JobContext, choice: InputChoice) -> Any:
             force=progress.done == progress.total,
         )
 
+    return report
+
+
+def load_inputs(context: JobContext, choice: InputChoice) -> Any:
+    """The project's pool as ``choice`` says: pixels, or backbone features (computing the missing ones with
+    progress events, stage "features")."""
+    from core.backbones import BackboneUnavailable
+    from labeller.training_data import load_project_features, load_project_pool
+
+    on_features = features_progress(context, choice.backbone)
     context.report_progress({"stage": "loading images", "input": choice.as_dict()}, force=True)
     try:
         if choice.uses_features:
