@@ -100,14 +100,18 @@ def profile_images(project: Project) -> ImageProfile:
     return ImageProfile(len(sizes), int(median(min(w, h) for w, h in sizes)), greyscale)
 
 
-def choose_input(project: Project, profile: ImageProfile | None = None) -> InputChoice:
-    """The project's input: its settings where set, otherwise decided from ``profile`` (read if not given)."""
+def choose_input(project: Project, profile: ImageProfile | None = None, *, backbone: str | None = None) -> InputChoice:
+    """The project's input: ``backbone`` (one job's or command's choice) or its settings where set, otherwise
+    decided from ``profile`` (read if not given)."""
     settings = project.settings.training
-    needs_profile = settings.backbone == "auto" or not settings.image_size or not settings.channels
+    requested = backbone if backbone is not None else settings.backbone
+    needs_profile = requested == "auto" or not settings.image_size or not settings.channels
     profile = profile or (profile_images(project) if needs_profile else None)
     channels = settings.channels or (1 if profile is not None and profile.greyscale else 3)
     side = profile.median_side if profile is not None else None
-    backbone, reason = choose_backbone(settings.backbone, channels=channels, image_side=side)
+    chosen, reason = choose_backbone(requested, channels=channels, image_side=side)
+    if backbone is not None and backbone != "auto":
+        reason = "chosen for this run"
     if settings.image_size:
         image_size = settings.image_size
     elif side is not None and side < SMALL_IMAGE_SIDE:
@@ -115,7 +119,7 @@ def choose_input(project: Project, profile: ImageProfile | None = None) -> Input
     else:
         image_size = PHOTO_PIXEL_SIZE
     return InputChoice(
-        backbone=backbone,
+        backbone=chosen,
         image_size=image_size,
         channels=channels,
         view=settings.feature_view,

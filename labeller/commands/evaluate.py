@@ -215,20 +215,13 @@ def evaluate_command(
     (main class, leaf, macro-F1) as mean and std over seeds, with scikit-learn baselines."""
     from core.backbones import BackboneUnavailable
     from core.evaluate import EvaluationConfig, evaluate
-    from core.registry import choose_backbone
     from labeller.inputs import choose_input
     from labeller.project import ProjectError
     from labeller.training_data import evaluation_data, load_project_features, load_project_pool
 
     opened = load_project(project)
     training = opened.settings.training
-    choice = choose_input(opened)
-    if backbone is not None and backbone != choice.backbone:
-        try:
-            chosen, why = choose_backbone(backbone, channels=choice.channels, image_side=None)
-        except ValueError as error:
-            raise click.UsageError(str(error)) from error
-        choice = dataclasses.replace(choice, backbone=chosen, reason="--backbone" if backbone != AUTO else why)
+    choice = choose_input(opened, backbone=backbone)
     if image_size or channels:
         choice = dataclasses.replace(
             choice, image_size=image_size or choice.image_size, channels=int(channels or choice.channels)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from core.registry import AUTO
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -31,9 +30,6 @@ from labeller.inputs import InputChoice
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
 from labeller.jobs.params import JobParamsError, TrainParams
 from labeller.project import ProjectError
-
-# Below this many labelled audit images, accuracy on them is too noisy to decide promotion.
-MIN_AUDIT_FOR_PROMOTION = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +57,7 @@ def input_choice(context: JobContext, params: TrainParams) -> InputChoice:
     """What the model learns from: the job's ``backbone``, else the project's (auto: from its images)."""
     from labeller.inputs import choose_input
 
-    choice = choose_input(context.project)
-    if params.backbone is not None and params.backbone != choice.backbone:
-        from core.registry import choose_backbone
-
-        backbone, why = choose_backbone(params.backbone, channels=choice.channels, image_side=None)
-        reason = why if params.backbone == AUTO else "chosen for this job"
-        choice = dataclasses.replace(choice, backbone=backbone, reason=reason)
+    choice = choose_input(context.project, backbone=params.backbone)
     return dataclasses.replace(
         choice, image_size=params.image_size or choice.image_size, channels=params.channels or choice.channels
     )
