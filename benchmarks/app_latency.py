@@ -35,12 +35,14 @@ import numpy as np
 from PIL import Image as PILImage
 
 from db.engine import unit_of_work
+from db.queries import app_views
 from db.queries.annotators import get_or_create_annotator
 from db.queries.images import NewImage, add_images
 from db.queries.models import promote_model_version, register_model_version, write_predictions
 from db.queries.taxonomy import MainClassEntry, SubClassEntry, TaxonomySpec, apply_taxonomy_spec
 from db.schema import AnnotationKind
-from labeller.app import services
+from labeller.app import state
+from labeller.app.services import common, label
 from labeller.project import Project, init_project
 
 FULL_IMAGES = 100_000
@@ -106,7 +108,7 @@ def _add_predictions(project: Project, count: int) -> None:
             session, name="bench", model_kind="m2", checkpoint_path="none.pt", config={}, data_snapshot={},
             metrics={}, label_count=0,
         )  # fmt: skip
-        main_ids = [m.id for m in services.app_views.taxonomy_rows(session)]
+        main_ids = [m.id for m in app_views.taxonomy_rows(session)]
         p = rng.uniform(0.5, 1.0, count)
         entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
@@ -137,32 +139,32 @@ def measure_work(project: Project, presses: int, *, annotator: str, warm_files: 
     engine = project.engine
     with unit_of_work(engine) as session:
         annotator_id = get_or_create_annotator(session, annotator).id
-        taxonomy = services.load_taxonomy(session)
+        taxonomy = common.load_taxonomy(session)
     main_id = taxonomy.main_classes[0].id
-    current = services.claim_next(engine, annotator_id=annotator_id, strategy="entropy", lease_seconds=600)
+    current = label.claim_next(engine, annotator_id=annotator_id, strategy="entropy", lease_seconds=600)
     assert current is not None
-    services.image_card(engine, project, current, taxonomy)
+    label.image_card(engine, project, current, taxonomy)
     if warm_files:
         # Cache the display files of the images this run will reach (the worker or the import does this).
-        upcoming = services.app_views.grid_images
+        upcoming = app_views.grid_images
         with unit_of_work(engine) as session:
-            version_id = services.active_model_version_id(session)
+            version_id = common.active_model_version_id(session)
             rows, _ = upcoming(session, mode="uncertain", model_version_id=version_id, limit=presses + 5)
-            for image in services.app_views.images_by_ids(session, [row.image_id for row in rows]):
-                services.large_view_file(project, image)
+            for image in app_views.images_by_ids(session, [row.image_id for row in rows]):
+                common.large_view_file(project, image)
     samples = []
     for _ in range(presses):
         started = time.perf_counter()
-        step = services.decide_and_advance(
+        step = label.decide_and_advance(
             engine,
             annotator_id=annotator_id,
             current=current,
-            decision=services.Decision(AnnotationKind.LABEL, main_id),
+            decision=label.Decision(AnnotationKind.LABEL, main_id),
             strategy="entropy",
             lease_seconds=600,
         )
         assert step.next is not None
-        services.image_card(engine, project, step.next, taxonomy)
+        label.image_card(engine, project, step.next, taxonomy)
         samples.append(time.perf_counter() - started)
         current = step.next
     return samples
@@ -178,7 +180,7 @@ def measure_rerun(project: Project, presses: int, *, annotator: str) -> list[flo
     with unit_of_work(project.engine) as session:
         who = get_or_create_annotator(session, annotator)
         identity = Identity(who.id, who.name)
-    app = AppTest.from_file(str(Path(services.__file__).parent / "main.py"), default_timeout=60)
+    app = AppTest.from_file(str(Path(state.__file__).parent / "main.py"), default_timeout=60)
     app.session_state["identity"] = identity
     app.run()
     key = next(button.key for button in app.button if button.key and button.key.startswith("main-"))

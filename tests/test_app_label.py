@@ -16,9 +16,11 @@ from db.engine import unit_of_work
 from db.queries.annotations import current_labels, recent_annotations
 from db.queries.annotators import get_or_create_annotator
 from db.queries.queue import claimed_images
-from labeller.app import labelling, services
+from db.schema import AnnotationKind
 from labeller.app.label_card import KEY as CARD_KEY
-from labeller.app.labelling import DecisionError, LabelSession, parse_card_ops, resolve_decision
+from labeller.app.services import common, label, label_session
+from labeller.app.services import data as data_service
+from labeller.app.services.label_session import DecisionError, LabelSession, parse_card_ops, resolve_decision
 from labeller.app.state import Identity
 from labeller.project import Project
 from tests.e2e.project_factory import DIGIT_TAXONOMY, add_active_model, make_app_project
@@ -40,16 +42,16 @@ def annotator(project: Project, name: str) -> int:
         return get_or_create_annotator(session, name).id
 
 
-def taxonomy(project: Project) -> services.TaxonomyView:
+def taxonomy(project: Project) -> common.TaxonomyView:
     with unit_of_work(project.engine) as session:
-        return services.load_taxonomy(session)
+        return common.load_taxonomy(session)
 
 
-def main_id(tax: services.TaxonomyView, name: str) -> int:
+def main_id(tax: common.TaxonomyView, name: str) -> int:
     return next(m.id for m in tax.main_classes if m.name == name)
 
 
-def sub_id(tax: services.TaxonomyView, main: str, sub: str) -> int:
+def sub_id(tax: common.TaxonomyView, main: str, sub: str) -> int:
     return next(s.id for m in tax.main_classes if m.name == main for s in m.sub_classes if s.name == sub)
 
 
@@ -215,11 +217,11 @@ def test_a_correction_elsewhere_makes_a_late_op_refused_not_misapplied(project: 
     image = session.window[0].image_id
     loops = main_id(tax, "loops")
     session.receive(project.engine, {"ops": [op("label", image, main=loops)]}, tax, lease_seconds=LEASE)
-    services.correct_annotation(
+    label.correct_annotation(
         project.engine,
         annotator_id=session.annotator_id,
         image_id=image,
-        decision=services.Decision(labelling.AnnotationKind.LABEL, main_id(tax, "strokes")),
+        decision=label.Decision(AnnotationKind.LABEL, main_id(tax, "strokes")),
     )
     late_undo = {"ops": [op("undo", image, step=2, target=1)]}
     result = session.receive(project.engine, late_undo, tax, lease_seconds=LEASE)[0]
@@ -234,7 +236,7 @@ def test_windows_of_two_annotators_never_share_an_image_and_refill(project: Proj
     tax = taxonomy(project)
     ann, bob = new_session(project, "ann"), new_session(project, "bob")
     # 40 images left: a window takes at most a quarter of them, so that the look-ahead starves nobody.
-    assert len(ann.window) == len(bob.window) == 10 < labelling.WINDOW_SIZE
+    assert len(ann.window) == len(bob.window) == 10 < label_session.WINDOW_SIZE
     assert not {i.image_id for i in ann.window} & {i.image_id for i in bob.window}
     decided = [item.image_id for item in ann.window[:5]]
     ann.receive(
@@ -280,7 +282,7 @@ def test_progress_counts_my_labels_and_what_is_left(project: Project) -> None:
     ops = [op("label", item.image_id, main=main_id(tax, "loops")) for item in session.window[:3]]
     ops.append(op("skip", session.window[3].image_id))
     session.receive(project.engine, {"ops": ops}, tax, lease_seconds=LEASE)
-    done = labelling.progress(project.engine, annotator_id=session.annotator_id, session_started=session.started)
+    done = label_session.progress(project.engine, annotator_id=session.annotator_id, session_started=session.started)
     assert (done.session, done.today, done.per_hour, done.left) == (3, 3, 3.0, 37)
     assert done.by_main_class["loops"] == 3
 
@@ -409,9 +411,9 @@ def test_break_reminder_after_the_set_minutes(project: Project) -> None:
 def test_data_page_and_card_show_the_taxonomy_files_keys(project: Project) -> None:
     import tomllib
 
-    text = services.taxonomy_toml(project.engine).replace('key = "2"', 'key = "9"')
-    services.apply_taxonomy_toml(project.engine, text)
-    spec = tomllib.loads(services.taxonomy_toml(project.engine))  # what `labeller taxonomy --show` prints
+    text = data_service.taxonomy_toml(project.engine).replace('key = "2"', 'key = "9"')
+    data_service.apply_taxonomy_toml(project.engine, text)
+    spec = tomllib.loads(data_service.taxonomy_toml(project.engine))  # what `labeller taxonomy --show` prints
     from_file = {main["name"]: main.get("key") for main in spec["main"]}
     assert from_file["strokes"] == "9"
     app = page_for(project, "ann")

@@ -211,8 +211,8 @@ def test_data_page_offers_the_labels_for_download(project: Project) -> None:
     label(project, "ann", 3, "curves")
     app = open_page(project, "data")
     assert not app.exception
-    from labeller.app import services
+    from labeller.app.services import data
 
-    lines = services.labels_csv(project).splitlines()
+    lines = data.labels_csv(project).splitlines()
     assert len(lines) == 2 and lines[1].startswith("3,") and ",curves," in lines[1]
-    assert '"main_class": "curves"' in services.labels_jsonl(project)
+    assert '"main_class": "curves"' in data.labels_jsonl(project)

@@ -12,7 +12,7 @@ from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.taxonomy import list_main_classes
 from db.schema import AnnotationKind
-from labeller.app import services
+from labeller.app.services import common, explore, grid, review
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model, make_app_project
 
@@ -37,27 +37,27 @@ def test_grid_modes_filter_order_and_count(project: Project) -> None:
         record_annotation(
             session, image_id=1, annotator_id=ann, kind=AnnotationKind.LABEL, main_class_id=mains["loops"]
         )
-    tiles, total = services.grid_page(project.engine, project, mode="uncertain", page_size=12)
+    tiles, total = grid.grid_page(project.engine, project, mode="uncertain", page_size=12)
     assert total == 19 and len(tiles) == 12 and 1 not in [t.row.image_id for t in tiles]
     scores = [t.row.score for t in tiles]
     assert scores == sorted(scores, reverse=True)  # most uncertain first
     assert all(t.file.is_file() and t.file.is_relative_to(project.thumbs_dir.resolve()) for t in tiles)
 
-    tiles, total = services.grid_page(project.engine, project, mode="predicted", main_class_id=mains["curves"])
+    tiles, total = grid.grid_page(project.engine, project, mode="predicted", main_class_id=mains["curves"])
     assert total == len(tiles) > 0 and {t.row.predicted_main_id for t in tiles} == {mains["curves"]}
 
-    tiles, total = services.grid_page(project.engine, project, mode="labelled")
+    tiles, total = grid.grid_page(project.engine, project, mode="labelled")
     assert [t.row.image_id for t in tiles] == [1] and tiles[0].row.labelled
 
-    tiles, total = services.grid_page(project.engine, project, mode="search", search="digit_0003_")
+    tiles, total = grid.grid_page(project.engine, project, mode="search", search="digit_0003_")
     assert [t.row.image_id for t in tiles] == [4]
-    tiles, _ = services.grid_page(project.engine, project, mode="search", search="%")
+    tiles, _ = grid.grid_page(project.engine, project, mode="search", search="%")
     assert tiles == []  # a wildcard character is matched literally
 
-    tiles, total = services.grid_page(project.engine, project, mode="ids", image_ids=[7, 3, 5])
+    tiles, total = grid.grid_page(project.engine, project, mode="ids", image_ids=[7, 3, 5])
     assert [t.row.image_id for t in tiles] == [7, 3, 5] and total == 3
     with pytest.raises(ValueError, match="unknown grid mode"):
-        services.grid_page(project.engine, project, mode="nope")
+        grid.grid_page(project.engine, project, mode="nope")
 
 
 def test_claims_and_likely_mistakes(project: Project) -> None:
@@ -69,26 +69,26 @@ def test_claims_and_likely_mistakes(project: Project) -> None:
         assert not app_views.claim_image(session, image_id=5, annotator_id=bob, lease_seconds=60)
         assert app_views.claim_image(session, image_id=5, annotator_id=ann, lease_seconds=60)  # renew mine
         for image_id in range(1, 21):
-            prediction = app_views.prediction_for(session, services.active_model_version_id(session), image_id)
+            prediction = app_views.prediction_for(session, common.active_model_version_id(session), image_id)
             wrong = next(m for m in mains.values() if m != prediction.main_class_id)
             record_annotation(
                 session, image_id=image_id, annotator_id=ann, kind=AnnotationKind.LABEL, main_class_id=wrong
             )
-    found = services.likely_mistakes(project.engine, min_confidence=0.0, limit=50)
+    found = review.likely_mistakes(project.engine, min_confidence=0.0, limit=50)
     assert len(found) == 20
     confidences = [m.confidence for m in found]
     assert confidences == sorted(confidences, reverse=True)
-    assert services.likely_mistakes(project.engine, min_confidence=1.0) == []
+    assert review.likely_mistakes(project.engine, min_confidence=1.0) == []
 
 
 def test_embedding_view_colours(project: Project) -> None:
     with unit_of_work(project.engine) as session:
-        taxonomy = services.load_taxonomy(session)
-    view = services.embedding_view(project.engine, taxonomy, "predicted")
+        taxonomy = common.load_taxonomy(session)
+    view = explore.embedding_view(project.engine, taxonomy, "predicted")
     assert view is not None and len(view.image_ids) == len(view.x) == len(view.colour) == 20
     assert view.categories == ["loops", "strokes", "curves"]
     assert set(view.colour) <= {0.0, 1.0, 2.0}
-    human = services.embedding_view(project.engine, taxonomy, "human")
+    human = explore.embedding_view(project.engine, taxonomy, "human")
     assert all(c != c for c in human.colour)  # nothing labelled yet: NaN everywhere
-    novelty = services.embedding_view(project.engine, taxonomy, "novelty")
+    novelty = explore.embedding_view(project.engine, taxonomy, "novelty")
     assert novelty.categories == [] and all(0.0 <= c <= 1.0 for c in novelty.colour)

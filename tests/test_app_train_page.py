@@ -17,8 +17,8 @@ from db.queries.jobs import add_job_event, enqueue_job, list_jobs
 from db.queries.models import register_model_version, write_predictions
 from db.queries.taxonomy import list_main_classes
 from db.schema import AnnotationKind, Image, Job, JobStatus
-from labeller.app import services, train_services
-from labeller.app.services import TrainingInProgress, VersionView
+from labeller.app.services import train, train_report
+from labeller.app.services.train import TrainingInProgress, VersionView
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model, make_app_project
 from tests.test_app_pages import open_page
@@ -115,14 +115,14 @@ def test_one_click_one_job_and_the_button_is_disabled_while_one_is_pending(proje
     assert app.button(key=START).disabled
     # A second click that reached the server anyway (two tabs, a double click): refused, the same job shown.
     with pytest.raises(TrainingInProgress) as refused:
-        services.start_training(project.engine, model="m2", epochs=3, device="cpu")
+        train.start_training(project.engine, model="m2", epochs=3, device="cpu")
     assert refused.value.job_id == job.id
     with unit_of_work(project.engine) as session:
         assert len(list_jobs(session, kind="train")) == 1
 
 
 def test_backbone_choice_and_input_decision(project: Project) -> None:
-    decision = train_services.input_decision(project)
+    decision = train_report.input_decision(project)
     assert decision.reason.startswith("auto: ")
     app = open_page(project, "train")
     assert f"Input: **{decision.backbone}** ({decision.reason})." in _texts(app)
@@ -141,11 +141,11 @@ def test_backbone_choice_and_input_decision(project: Project) -> None:
 
 
 def test_backbone_param_resolves_auto_from_the_images(project: Project) -> None:
-    assert train_services.backbone_param(project, "auto") is None  # the project's setting
-    decided = train_services.input_decision(project).backbone  # from the images
+    assert train_report.backbone_param(project, "auto") is None  # the project's setting
+    decided = train_report.input_decision(project).backbone  # from the images
     project.settings.training.backbone = "efficientnet_lite0"
-    assert train_services.backbone_param(project, "auto") == decided
-    assert train_services.backbone_param(project, "efficientnet_lite0") is None
+    assert train_report.backbone_param(project, "auto") == decided
+    assert train_report.backbone_param(project, "efficientnet_lite0") is None
 
 
 def _label(project: Project, image_id: int, main: str) -> None:
@@ -206,7 +206,7 @@ def test_promotion_reasons_metrics_per_class_comparison_and_flat_calibration(pro
         "promotion": promotion,
     }
     second = _version(project, metrics, 0.36, label_count=105)  # three main classes: uniform is 0.333
-    services.promote(project.engine, second)
+    train.promote(project.engine, second)
     app = open_page(project, "train")
     assert not app.exception
     tables = [frame.value for frame in app.dataframe]
@@ -233,37 +233,37 @@ def test_promotion_reasons_metrics_per_class_comparison_and_flat_calibration(pro
 
 
 def test_flat_calibration_needs_a_high_temperature_and_near_uniform_predictions() -> None:
-    assert train_services.flat_calibration_warning(3.08, 1.0, 100) is not None
-    assert train_services.flat_calibration_warning(1.2, 1.0, 100) is None
-    assert train_services.flat_calibration_warning(3.08, 0.5, 100) is None
-    assert train_services.flat_calibration_warning(None, 1.0, 100) is None
+    assert train_report.flat_calibration_warning(3.08, 1.0, 100) is not None
+    assert train_report.flat_calibration_warning(1.2, 1.0, 100) is None
+    assert train_report.flat_calibration_warning(3.08, 0.5, 100) is None
+    assert train_report.flat_calibration_warning(None, 1.0, 100) is None
 
 
 def test_stage_progress_and_metric_split_are_pure() -> None:
-    rows = services.flatten_progress(
+    rows = train.flatten_progress(
         [
             {"stage": "features", "done": 5, "total": 10},
             {"stage": "training", "epoch": 1, "epochs": 4, "step": 1, "steps_per_epoch": 2},
             {"stage": "evaluating on the audit slice", "audit_images": 3},
         ]
     )
-    stages = train_services.stage_progress(rows)
+    stages = train_report.stage_progress(rows)
     assert stages.stage == "evaluating on the audit slice" and stages.features["done"] == 5
-    assert stages.epoch_text(4) == "1/4" and train_services.stage_progress([]).epoch_text(4) == "0/4"
-    measured, settings = train_services.split_metrics(
+    assert stages.epoch_text(4) == "1/4" and train_report.stage_progress([]).epoch_text(4) == "0/4"
+    measured, settings = train_report.split_metrics(
         {"val_ece": 0.1, "audit_count": 3, "temperature": 1.5, "alpha": 0.1, "amp": False, "promotion": {}}
     )
     assert set(measured) == {"val_ece", "audit_count", "temperature"} and set(settings) == {"alpha", "amp"}
     version = VersionView(1, "v", "m2", None, True, 3, {"promotion": {"promoted": False, "reason": "r"}}, {})  # type: ignore[arg-type]
-    assert train_services.promotion_rows([version])[0]["reason"] == "r"
-    assert np.array_equal(train_services.ClassReport([], np.zeros((0, 0)), np.zeros((0, 0))).held_out, np.zeros((0, 0)))
+    assert train_report.promotion_rows([version])[0]["reason"] == "r"
+    assert np.array_equal(train_report.ClassReport([], np.zeros((0, 0)), np.zeros((0, 0))).held_out, np.zeros((0, 0)))
 
 
 def test_learning_curve_has_intervals_and_sample_sizes() -> None:
     def version(id_: int, labels: int, metrics: dict) -> VersionView:
         return VersionView(id_, "v", "m2", None, False, labels, metrics, {})  # type: ignore[arg-type]
 
-    curve = train_services.learning_curve(
+    curve = train_report.learning_curve(
         [
             version(2, 105, {"audit_main_accuracy": 0.9, "audit_count": 40, "val_main_accuracy": 0.85}),
             version(1, 30, {"val_main_accuracy": 1.0, "num_val_labels": 9}),

@@ -8,7 +8,8 @@ import pytest
 
 from labeller.app.keys import PAGE_KEYS, STREAMLIT_RESERVED, build_key_map
 from labeller.app.selection import selected_image_ids
-from labeller.app.services import UnsafePathError, check_servable, flatten_progress, parse_image_id
+from labeller.app.services.common import UnsafePathError, check_servable, parse_image_id
+from labeller.app.services.train import flatten_progress
 
 
 def test_key_map_keeps_the_files_keys_and_fills_the_rest() -> None:
@@ -94,7 +95,7 @@ def test_only_image_files_inside_the_roots_are_served(tmp_path: Path) -> None:
 
 
 def test_labels_conflict_only_when_no_sub_class_fits_them_all() -> None:
-    from labeller.app.services import labels_conflict
+    from labeller.app.services.review import labels_conflict
 
     assert not labels_conflict([("a", "loops", ()), ("b", "loops", ("6",))])  # a partial label fits any tag
     assert not labels_conflict([("a", "loops", ("6", "8")), ("b", "loops", ("8",))])
@@ -103,7 +104,7 @@ def test_labels_conflict_only_when_no_sub_class_fits_them_all() -> None:
 
 
 def test_kappa_text_says_why_there_is_none() -> None:
-    from labeller.app.services import kappa_text
+    from labeller.app.services.review import kappa_text
 
     assert kappa_text(float("nan"), 1) == "undefined (1 shared image, one class)"
     assert kappa_text(0.4567, 12) == "0.46"

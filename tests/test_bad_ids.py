@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from db.schema import MAX_ID
-from labeller.app import services
+from labeller.app.services import common, label
 from labeller.cli import cli
 from labeller.project import init_project
 
@@ -18,19 +18,17 @@ from labeller.project import init_project
     "value", ["²", "٣", "①", "-1", "0", "1e3", " ", "", None, "../etc/passwd", str(2**63), str(2**64 + 5), "9" * 500]
 )
 def test_image_ids_from_urls_that_are_not_usable_ids_are_ignored(value: object) -> None:
-    assert services.parse_image_id(value) is None
+    assert common.parse_image_id(value) is None
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", 1), (" 42 ", 42), (str(MAX_ID), MAX_ID)])
 def test_image_ids_from_urls(value: str, expected: int) -> None:
-    assert services.parse_image_id(value) == expected
+    assert common.parse_image_id(value) == expected
 
 
 def test_the_largest_id_is_looked_up_without_an_overflow(tmp_path: Path) -> None:
     project = init_project(tmp_path / "p")
-    who = services.claim_requested(
-        project.engine, annotator_id=1, image_id=MAX_ID, strategy="entropy", lease_seconds=60
-    )
+    who = label.claim_requested(project.engine, annotator_id=1, image_id=MAX_ID, strategy="entropy", lease_seconds=60)
     assert who is None
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from labeller.app.selection import hovered_image_id
-from labeller.app.services import labelled_last
+from labeller.app.services.explore import labelled_last
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model
 from tests.test_app_pages import label, open_page, project  # noqa: F401  (fixture)

@@ -15,8 +15,8 @@ from db.queries import app_views
 from db.queries.annotations import AnnotationError, current_labels
 from db.queries.annotators import get_or_create_annotator
 from db.schema import Annotation, Claim
-from labeller.app import labelling, services
-from labeller.app.labelling import LabelSession
+from labeller.app.services import common, label_session
+from labeller.app.services.label_session import LabelSession
 from labeller.project import Project
 from tests.e2e.project_factory import make_app_project
 
@@ -38,9 +38,9 @@ def _op(kind: str, image: int, **extra: Any) -> dict[str, Any]:
     return {"op": f"undo-claims-{next(_ids)}", "kind": kind, "image": image, "after": 0, **extra}
 
 
-def _labelled_by_a_then_claimed_by_b(project: Project) -> tuple[LabelSession, int, int, services.TaxonomyView]:
+def _labelled_by_a_then_claimed_by_b(project: Project) -> tuple[LabelSession, int, int, common.TaxonomyView]:
     with unit_of_work(project.engine) as session:
-        tax = services.load_taxonomy(session)
+        tax = common.load_taxonomy(session)
     a = LabelSession(_annotator(project, "a"), "entropy")
     a.refill(project.engine, lease_seconds=LEASE)
     image = a.window[0].image_id
@@ -100,7 +100,7 @@ def test_recent_list_undo_while_another_annotator_holds_the_image(project: Proje
     a, image, b, _ = _labelled_by_a_then_claimed_by_b(project)
     annotation = _annotation_of(project, image, a.annotator_id)
     with pytest.raises(AnnotationError, match="someone else"):
-        labelling.undo_from_history(
+        label_session.undo_from_history(
             project.engine, annotator_id=a.annotator_id, annotation_id=annotation, lease_seconds=LEASE
         )
     assert _holder(project, image) == b and _labelled(project, image)
@@ -108,7 +108,7 @@ def test_recent_list_undo_while_another_annotator_holds_the_image(project: Proje
     with unit_of_work(project.engine) as session:
         app_views.drop_claims(session, [image], b)
     assert (
-        labelling.undo_from_history(
+        label_session.undo_from_history(
             project.engine, annotator_id=a.annotator_id, annotation_id=annotation, lease_seconds=LEASE
         )
         == image

@@ -12,8 +12,8 @@ import pytest
 from db.engine import unit_of_work
 from db.queries import app_views, unreadable
 from db.queries.annotators import get_or_create_annotator
-from labeller.app import labelling, services
-from labeller.app.labelling import LabelSession
+from labeller.app.services import common, label_session
+from labeller.app.services.label_session import LabelSession
 from labeller.project import Project
 from labeller.thumbnails import placeholder_file
 from tests.e2e.project_factory import make_app_project
@@ -35,9 +35,9 @@ def _session(project: Project, name: str) -> LabelSession:
     return label_session
 
 
-def _taxonomy(project: Project) -> services.TaxonomyView:
+def _taxonomy(project: Project) -> common.TaxonomyView:
     with unit_of_work(project.engine) as session:
-        return services.load_taxonomy(session)
+        return common.load_taxonomy(session)
 
 
 def _card(project: Project, label_session: LabelSession) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def test_unreadable_image_shows_a_placeholder_and_is_passed_over_by_everyone(pro
 
     card = _card(project, a)  # the old code raised FileNotFoundError / UnidentifiedImageError here
     [item] = [entry for entry in card["items"] if entry["id"] == broken]
-    assert item["src"] == labelling.image_data_url(placeholder_file(project.thumbs_dir))
+    assert item["src"] == label_session.image_data_url(placeholder_file(project.thumbs_dir))
     with unit_of_work(project.engine) as session:
         assert unreadable.unreadable_ids(session, [broken]) == {broken}
 

@@ -12,7 +12,7 @@ from db.queries.annotators import AnnotatorError, get_or_create_annotator, list_
 from db.queries.wellbeing import MAX_BLUR_PX, MIN_BLUR_PX
 from labeller.app import state
 from labeller.app.keys import key_rows
-from labeller.app.services import TaxonomyView
+from labeller.app.services.common import TaxonomyView
 from labeller.project import Project
 
 NEW_NAME = "New annotator..."

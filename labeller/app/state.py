@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from db.engine import reading, unit_of_work
 from db.queries import wellbeing as wellbeing_queries
-from labeller.app import services
+from labeller.app.services import common
 from labeller.project import Project, ProjectError, open_project
 
 PROJECT_ENV = "LABELLER_PROJECT"
@@ -65,9 +65,9 @@ def load_model(model_version_id: int, checkpoint_path: str) -> Any:
     return load_checkpoint(Path(checkpoint_path), device="cpu")
 
 
-def taxonomy() -> services.TaxonomyView:
+def taxonomy() -> common.TaxonomyView:
     with reading(engine()) as session:
-        return services.load_taxonomy(session)
+        return common.load_taxonomy(session)
 
 
 # ----------------------------------------------------------------------------------------- session

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels, recent_annotations
 from db.queries.taxonomy import TaxonomySpec
-from labeller.app import services
+from labeller.app.services import data
 from labeller.taxonomy_file import parse_taxonomy_toml, taxonomy_to_toml
 from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
 from tests.e2e.project_factory import DIGIT_TAXONOMY, MAIN_KEYS
@@ -162,7 +162,7 @@ def test_a_mouse_click_never_keeps_the_keys(app_server: AppServer, page: Page) -
 def demo_style_keys(server: AppServer) -> str:
     """The test taxonomy with keys the demo's way: every main class's sub-classes on q, w, e, ..."""
     engine = server.project.engine
-    spec = parse_taxonomy_toml(services.taxonomy_toml(engine))
+    spec = parse_taxonomy_toml(data.taxonomy_toml(engine))
     spec = TaxonomySpec(
         tuple(
             dataclasses.replace(
@@ -173,8 +173,8 @@ def demo_style_keys(server: AppServer) -> str:
         )
     )
     text = taxonomy_to_toml(spec)
-    services.apply_taxonomy_toml(engine, text)
-    return services.taxonomy_toml(engine)  # what `labeller taxonomy --show` prints and the Data page edits
+    data.apply_taxonomy_toml(engine, text)
+    return data.taxonomy_toml(engine)  # what `labeller taxonomy --show` prints and the Data page edits
 
 
 def test_keys_shown_are_the_taxonomy_files_and_question_mark_lists_them(app_server: AppServer, page: Page) -> None:

@@ -1,7 +1,7 @@
 """The Label card: a Streamlit component (components v2: inline HTML, CSS and JavaScript, no build step).
 
 Keys are handled in the browser against the image on screen (see ``card.js``); Python hands the card a
-window of claimed images and applies the decisions it sends back (``labeller.app.labelling``).
+window of claimed images and applies the decisions it sends back (``labeller.app.services.label_session``).
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ def sent_outbox() -> dict[str, Any]:
 
 
 def label_card(data: dict[str, Any], on_change: Callable[[], None] | None = None) -> None:
-    """Mount the card with ``data`` (see ``labelling.LabelSession.card_data``)."""
+    """Mount the card with ``data`` (see ``services.label_session.LabelSession.card_data``)."""
     _render(key=KEY, data=data, default={"outbox": {}}, on_outbox_change=on_change or (lambda: None))

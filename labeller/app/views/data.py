@@ -9,8 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from db.queries.taxonomy import TaxonomyError
-from labeller.app import services, state
+from labeller.app import state
 from labeller.app.components import key_table
+from labeller.app.services import common, data
 from labeller.ingest import ImportReport
 
 project = state.current_project()
@@ -56,7 +57,7 @@ with imports:
         if st.form_submit_button("Import folder", type="primary"):
             try:
                 with st.spinner("Importing..."):
-                    show_report(services.import_folder(project, folder, labels_from_folders=from_folders))
+                    show_report(data.import_folder(project, folder, labels_from_folders=from_folders))
             except (FileNotFoundError, ValueError) as error:
                 st.error(str(error))
     with right, st.form("upload", clear_on_submit=True):
@@ -66,8 +67,8 @@ with imports:
         )
         if st.form_submit_button("Import uploads", type="primary") and uploads:
             with st.spinner("Importing..."):
-                show_report(services.import_uploads(project, [(f.name, f.getvalue()) for f in uploads]))
-    total_box.metric("Images in the project", services.image_total(engine))
+                show_report(data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads]))
+    total_box.metric("Images in the project", common.image_total(engine))
 
 with taxonomy_tab:
     st.caption(
@@ -75,10 +76,10 @@ with taxonomy_tab:
         "labels follow. A class that has labels cannot simply disappear."
     )
     revision = st.session_state.setdefault("taxonomy_revision", 0)
-    text = st.text_area("Taxonomy", services.taxonomy_toml(engine), height=320, key=f"taxonomy-{revision}")
+    text = st.text_area("Taxonomy", data.taxonomy_toml(engine), height=320, key=f"taxonomy-{revision}")
     if st.button("Apply taxonomy", type="primary"):
         try:
-            changes = services.apply_taxonomy_toml(engine, text)
+            changes = data.apply_taxonomy_toml(engine, text)
         except TaxonomyError as error:
             st.error(str(error))
         else:
@@ -91,7 +92,7 @@ with taxonomy_tab:
     key_table(state.taxonomy())
 
 with counts_tab:
-    counts = services.counts(engine)
+    counts = common.counts(engine)
     st.metric("Labelled images", counts.labelled_images)
     st.dataframe(
         pd.DataFrame(
@@ -118,14 +119,14 @@ with export_tab:
     downloads.download_button(
         "Labels (CSV)",
         # A callable: the export is built when the button is clicked, not on every rerun of the page.
-        functools.partial(services.labels_csv, project),
+        functools.partial(data.labels_csv, project),
         file_name=f"{project.settings.name}-labels.csv",
         mime="text/csv",
         icon=":material/download:",
     )
     downloads.download_button(
         "Labels (JSON lines)",
-        functools.partial(services.labels_jsonl, project),
+        functools.partial(data.labels_jsonl, project),
         file_name=f"{project.settings.name}-labels.jsonl",
         mime="application/jsonl",
         icon=":material/download:",

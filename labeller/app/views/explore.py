@@ -8,11 +8,12 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from labeller.app import services, state
+from labeller.app import state
 from labeller.app.components import image_tile
 from labeller.app.hover_thumb import MAP_KEY, hover_thumbnail, requested_image
-from labeller.app.labelling import image_data_url
 from labeller.app.selection import selected_image_ids
+from labeller.app.services import common, explore
+from labeller.app.services.label_session import image_data_url
 
 # Categorical colours (Okabe-Ito, colour-blind safe), cycled when there are more categories.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -26,9 +27,9 @@ taxonomy = state.taxonomy()
 
 st.title("Explore")
 colour_by = st.segmented_control(
-    "Colour by", list(services.COLOUR_BY), format_func=services.COLOUR_BY.get, default="predicted", key="colour_by"
+    "Colour by", list(explore.COLOUR_BY), format_func=explore.COLOUR_BY.get, default="predicted", key="colour_by"
 )
-view = services.embedding_view(engine, taxonomy, colour_by or "predicted")
+view = explore.embedding_view(engine, taxonomy, colour_by or "predicted")
 if view is None:
     st.info(
         "No latent map yet: the active model version has no UMAP coordinates. Train a model on the Train page; "
@@ -37,7 +38,7 @@ if view is None:
     st.stop()
 
 
-def scatter(view: services.EmbeddingView) -> go.Figure:
+def scatter(view: explore.EmbeddingView) -> go.Figure:
     """One Scattergl trace in ``view.image_ids`` order, so a selected point_index is an index into it."""
     # Labelled points come last in the view (drawn on top), a little larger and outlined.
     small = 6 if len(view.image_ids) < 20_000 else 3
@@ -64,11 +65,11 @@ def scatter(view: services.EmbeddingView) -> go.Figure:
             colorbar={
                 "tickvals": [i + 0.5 for i in range(count)],
                 "ticktext": names,
-                "title": services.COLOUR_BY[colour_by or "predicted"],
+                "title": explore.COLOUR_BY[colour_by or "predicted"],
             },
         )
     else:
-        marker.update(color=view.colour, colorscale="Viridis", colorbar={"title": services.COLOUR_BY[colour_by]})
+        marker.update(color=view.colour, colorscale="Viridis", colorbar={"title": explore.COLOUR_BY[colour_by]})
     figure = go.Figure(
         go.Scattergl(
             x=view.x,
@@ -101,7 +102,7 @@ with st.container(key=MAP_KEY):
 def hover_tip() -> None:
     """A hover asks for one thumbnail and reruns only this fragment."""
     image_id = requested_image()
-    files = services.display_files(engine, project, [image_id]) if image_id is not None else {}
+    files = common.display_files(engine, project, [image_id]) if image_id is not None else {}
     thumb = {"id": image_id, "src": image_data_url(files[image_id])} if image_id in files else None
     hiding = state.hiding(project)
     hover_thumbnail(
@@ -123,7 +124,7 @@ if chosen:
         st.session_state["explore_selection"] = chosen
         st.session_state["grid_from_explore"] = True
         st.switch_page("views/grid.py")
-    files = services.display_files(engine, project, chosen[:PREVIEW])
+    files = common.display_files(engine, project, chosen[:PREVIEW])
     hidden = state.image_filter_class(project)
     if st.toggle("Reveal these images", key="explore_reveal", disabled=hidden == "plain"):
         hidden = "plain"
@@ -133,16 +134,16 @@ if chosen:
             image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=hidden, caption=str(image_id))
 
 with st.expander("Decoder reconstructions and samples per sub-class", icon=":material/auto_awesome:"):
-    checkpoint = services.active_checkpoint(engine, project)
+    checkpoint = explore.active_checkpoint(engine, project)
     if checkpoint is None:
         st.caption("The active model version has no checkpoint file here.")
     elif st.toggle("Reconstruct labelled examples with the active model", key="show_reconstructions"):
         trained = state.load_model(checkpoint[0], str(checkpoint[1]))
         hidden = state.image_filter_class(project)
         try:
-            for row, (name, image_ids) in enumerate(services.examples_per_sub_class(engine).items()):
+            for row, (name, image_ids) in enumerate(explore.examples_per_sub_class(engine).items()):
                 st.markdown(f"**{name}** · input, then reconstruction")
-                pairs = services.reconstructions(engine, project, trained, image_ids)
+                pairs = explore.reconstructions(engine, project, trained, image_ids)
                 columns = st.columns(8)
                 for index, (image_id, original, decoded) in enumerate(pairs):
                     with columns[2 * index % 8], st.container(key=f"hide-{hidden}-in-{row}-{image_id}"):
@@ -154,7 +155,7 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
     if checkpoint is not None and st.toggle("Draw samples per sub-class from the decoder", key="show_samples"):
         trained = state.load_model(checkpoint[0], str(checkpoint[1]))
         try:
-            for row, (leaf, images) in enumerate(services.decoder_samples(trained).items()):
+            for row, (leaf, images) in enumerate(explore.decoder_samples(trained).items()):
                 st.markdown(f"**{leaf}** · drawn from p(x | y, z), z ~ N(0, I)")
                 with st.container(key=f"hide-{state.image_filter_class(project)}-samples-{row}"):
                     st.image(list(images), width=72, clamp=True)

@@ -10,10 +10,11 @@ import streamlit as st
 
 from db.queries.annotations import AnnotationError
 from db.schema import AnnotationKind
-from labeller.app import services, state
+from labeller.app import state
 from labeller.app.components import image_tile
 from labeller.app.grid_keys import grid_keys, requested_range
 from labeller.app.grid_selection import select_matching, select_range
+from labeller.app.services import grid, label
 
 MODES = {
     "uncertain": "Most uncertain (unlabelled)",
@@ -59,18 +60,18 @@ def select_shift_range() -> None:
 
 
 def select_all_matching(on: bool) -> None:
-    matching = services.grid_matching_ids(engine, **st.session_state["grid_filter"])
+    matching = grid.grid_matching_ids(engine, **st.session_state["grid_filter"])
     st.session_state["grid_selected"] = select_matching(st.session_state["grid_selected"], matching, on)
 
 
 def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
     selected = sorted(st.session_state["grid_selected"])
     try:
-        count = services.label_many(
+        count = label.label_many(
             engine,
             annotator_id=who.annotator_id,
             image_ids=selected,
-            decision=services.Decision(AnnotationKind.LABEL, main_class_id, tuple(tag_ids)),
+            decision=label.Decision(AnnotationKind.LABEL, main_class_id, tuple(tag_ids)),
         )
     except AnnotationError as error:
         st.session_state["grid_flash"] = f"Nothing was labelled: {error}"
@@ -106,9 +107,7 @@ grid_filter = {
     "image_ids": explore_ids,
 }
 st.session_state["grid_filter"] = grid_filter
-tiles, total = services.grid_page(
-    engine, project, **grid_filter, page=st.session_state["grid_page"], page_size=page_size
-)
+tiles, total = grid.grid_page(engine, project, **grid_filter, page=st.session_state["grid_page"], page_size=page_size)
 
 if flash := st.session_state.pop("grid_flash", None):
     st.toast(flash, icon=":material/done_all:")
@@ -126,7 +125,7 @@ bar.button(
     on_click=select_all_matching,
     args=(True,),
     icon=":material/done_all:",
-    disabled=total == 0 or total > services.MATCHING_LIMIT,
+    disabled=total == 0 or total > grid.MATCHING_LIMIT,
     help="Every image under this filter, on every page",
 )
 bar.button("Clear all", on_click=lambda: st.session_state.update(grid_selected=set()), disabled=not selected)

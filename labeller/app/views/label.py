@@ -9,10 +9,11 @@ import streamlit as st
 from db.queries.annotations import AnnotationError
 from db.queries.queue import STRATEGIES
 from db.schema import AnnotationKind
-from labeller.app import labelling, services, state
+from labeller.app import state
 from labeller.app.label_card import label_card, sent_outbox
-from labeller.app.labelling import LabelSession
-from labeller.app.services import Decision
+from labeller.app.services import common, label, label_session
+from labeller.app.services.label import Decision
+from labeller.app.services.label_session import LabelSession
 
 PROGRESS_EVERY_S = 5  # the progress row and the Recent list refresh on their own, not on every key press
 
@@ -42,7 +43,7 @@ def correct(annotation_id: int, image_id: int, was: str | None) -> None:
     if main_id is None:
         return
     try:
-        services.correct_annotation(
+        label.correct_annotation(
             engine, annotator_id=who.annotator_id, image_id=image_id, decision=Decision(AnnotationKind.LABEL, main_id)
         )
     except AnnotationError as error:
@@ -51,7 +52,7 @@ def correct(annotation_id: int, image_id: int, was: str | None) -> None:
 
 def undo(annotation_id: int) -> None:
     try:
-        image_id = labelling.undo_from_history(
+        image_id = label_session.undo_from_history(
             engine, annotator_id=who.annotator_id, annotation_id=annotation_id, lease_seconds=lease
         )
     except AnnotationError as error:
@@ -64,12 +65,12 @@ def undo(annotation_id: int) -> None:
 
 # ----------------------------------------------------------------------------------------- decisions
 
-requested = services.parse_image_id(st.query_params.get("image"))
+requested = common.parse_image_id(st.query_params.get("image"))
 if requested is not None:
     # A link to one image (from the Review page, say); anything but a positive integer is ignored.
     del st.query_params["image"]
     if session.current_image() != requested:
-        queued = services.claim_requested(
+        queued = label.claim_requested(
             engine, annotator_id=who.annotator_id, image_id=requested, strategy=session.strategy, lease_seconds=lease
         )
         if queued is None:
@@ -92,7 +93,7 @@ header[1].selectbox(
 
 @st.fragment(run_every=PROGRESS_EVERY_S)
 def progress_row() -> None:
-    done = labelling.progress(engine, annotator_id=who.annotator_id, session_started=session.started)
+    done = label_session.progress(engine, annotator_id=who.annotator_id, session_started=session.started)
     with st.container(key="label-progress", horizontal=True):
         st.metric("Labels this session", done.session)
         st.metric("Labels today", done.today)
@@ -138,10 +139,10 @@ def recent() -> None:
     if st.session_state.pop("label_rerun", False) or (alone and behind):
         st.rerun()
     st.markdown("**Recent** · change a label here or undo it")
-    history = services.my_history(engine, who.annotator_id, limit=8)
+    history = label.my_history(engine, who.annotator_id, limit=8)
     if not history:
         st.caption("Your labels appear here.")
-    thumbs = services.display_files(engine, project, [item.image_id for item in history]) if history else {}
+    thumbs = common.display_files(engine, project, [item.image_id for item in history]) if history else {}
     main_names = [m.name for m in taxonomy.main_classes]
     hidden = state.image_filter_class(project)
     for item in history:

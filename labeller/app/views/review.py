@@ -8,10 +8,11 @@ from urllib.parse import quote
 import pandas as pd
 import streamlit as st
 
-from labeller.app import services, state
+from labeller.app import state
 from labeller.app.components import image_tile
-from labeller.app.labelling import image_data_url
-from labeller.app.services import kappa_text
+from labeller.app.services import common, label, review
+from labeller.app.services.label_session import image_data_url
+from labeller.app.services.review import kappa_text
 
 project = state.current_project()
 engine = project.engine
@@ -29,12 +30,12 @@ plain = state.image_filter_class(project) == "plain"
 def thumbnails(image_ids: list[int]) -> list[str | None]:
     if not plain:
         return [None] * len(image_ids)
-    files = services.display_files(engine, project, image_ids)
+    files = common.display_files(engine, project, image_ids)
     return [image_data_url(files[i]) if i in files else None for i in image_ids]
 
 
 with mine:
-    history = services.my_history(engine, who.annotator_id, limit=50)
+    history = label.my_history(engine, who.annotator_id, limit=50)
     if not history:
         st.info("You have not labelled anything yet.")
     else:
@@ -59,11 +60,11 @@ with mine:
 
 with mistakes:
     threshold = st.slider("Model confidence at least", 0.5, 0.99, 0.9, 0.01)
-    found = services.likely_mistakes(engine, min_confidence=threshold)
+    found = review.likely_mistakes(engine, min_confidence=threshold)
     if not found:
         st.info("No human label is contradicted by the active model at this confidence (or no model is active).")
     else:
-        files = services.display_files(engine, project, [m.image_id for m in found])
+        files = common.display_files(engine, project, [m.image_id for m in found])
         hidden = state.image_filter_class(project)
         columns = st.columns(6)
         for index, item in enumerate(found):
@@ -80,7 +81,7 @@ with mistakes:
             st.session_state["grid_from_explore"] = True
             st.switch_page("views/grid.py")
 
-summary = services.review_summary(engine)
+summary = review.review_summary(engine)
 
 with between:
     if not summary.disagreements:

@@ -8,7 +8,8 @@ import streamlit as st
 
 from db.queries.jobs import JobError
 from db.queries.models import ModelVersionError
-from labeller.app import services, state, train_services
+from labeller.app import state
+from labeller.app.services import common, train, train_report
 
 POLL_SECONDS = 2.0
 DEVICES = ("auto", "cpu", "cuda")
@@ -21,42 +22,42 @@ defaults = project.settings.training
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def input_decision(root: str, images: int, setting: str) -> train_services.InputDecision:
+def input_decision(root: str, images: int, setting: str) -> train_report.InputDecision:
     """Cached by image count (and setting): deciding "auto" opens a few dozen images."""
-    return train_services.input_decision(project)
+    return train_report.input_decision(project)
 
 
 def start(model: str, epochs: int, device: str, backbone: str) -> None:
     try:
-        st.session_state["watched_job"] = services.start_training(
+        st.session_state["watched_job"] = train.start_training(
             engine,
             model=model,
             epochs=epochs,
             device=device,
-            backbone=train_services.backbone_param(project, backbone),
+            backbone=train_report.backbone_param(project, backbone),
         )
-    except services.TrainingInProgress as busy:
+    except train.TrainingInProgress as busy:
         st.session_state["watched_job"] = busy.job_id
         st.session_state["train_flash"] = str(busy)
 
 
 def cancel(job_id: int) -> None:
     try:
-        services.cancel(engine, job_id)
+        train.cancel(engine, job_id)
     except JobError as error:
         st.session_state["train_flash"] = str(error)
 
 
 def promote(version_id: int) -> None:
     try:
-        st.session_state["train_flash"] = services.promote(engine, version_id)
+        st.session_state["train_flash"] = train.promote(engine, version_id)
     except ModelVersionError as error:
         st.session_state["train_flash"] = str(error)
 
 
 def roll_back() -> None:
     try:
-        version_id = services.roll_back(engine)
+        version_id = train.roll_back(engine)
         st.session_state["train_flash"] = f"Rolled back: model version {version_id} is active again."
     except ModelVersionError as error:
         st.session_state["train_flash"] = str(error)
@@ -72,7 +73,7 @@ def _curve(frame: pd.DataFrame, columns: list[str], x: str, title: str) -> go.Fi
 
 
 def _follow_ups(model_version_id: int | None) -> None:
-    for follow_up in train_services.follow_up_jobs(engine, model_version_id):
+    for follow_up in train_report.follow_up_jobs(engine, model_version_id):
         name = FOLLOW_UP_NAMES.get(follow_up.kind, follow_up.kind)
         status = {"queued": "waiting for a worker"}.get(follow_up.status, follow_up.status)
         note = " (Explore shows the new map when this finishes)" if follow_up.kind == "embed" else ""
@@ -86,9 +87,9 @@ def live_progress() -> None:
     if job_id is None:
         st.caption("No training job yet.")
         return
-    job, payloads, logs = services.job_progress(engine, job_id)
-    rows = services.flatten_progress(payloads)
-    stages = train_services.stage_progress(rows)
+    job, payloads, logs = train.job_progress(engine, job_id)
+    rows = train.flatten_progress(payloads)
+    stages = train_report.stage_progress(rows)
     epochs = job.params.get("epochs", defaults.epochs)
     status = {"queued": "waiting for a worker", "running": "running"}.get(job.status, job.status)
     if job.status == "running" and stages.stage:
@@ -111,9 +112,7 @@ def live_progress() -> None:
             f"Finished: model version {job.model_version_id} registered." if job.model_version_id else "Finished."
         )
     if stages.features is not None:
-        st.progress(
-            train_services.features_fraction(stages.features), text=train_services.features_text(stages.features)
-        )
+        st.progress(train_report.features_fraction(stages.features), text=train_report.features_text(stages.features))
     if rows:
         frame = pd.DataFrame(rows)
         latest = stages.training or {}
@@ -155,18 +154,18 @@ st.title("Train")
 if flash := st.session_state.pop("train_flash", None):
     st.toast(flash)
 
-decision = input_decision(str(project.root), services.image_total(engine), defaults.backbone)
+decision = input_decision(str(project.root), common.image_total(engine), defaults.backbone)
 st.caption(f"Input: **{decision.backbone}** ({decision.reason}).")
-pending = services.pending_training(engine)
+pending = train.pending_training(engine)
 with st.form("retrain"):
     cols = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
     model = cols[0].selectbox(
         "Model",
-        services.TRAIN_MODELS,
-        index=services.TRAIN_MODELS.index(defaults.model) if defaults.model in services.TRAIN_MODELS else 0,
+        train.TRAIN_MODELS,
+        index=train.TRAIN_MODELS.index(defaults.model) if defaults.model in train.TRAIN_MODELS else 0,
         format_func={"m1m2": "M1+M2", "m2": "M2", "m1": "M1 + classifier", "supervised": "Supervised only"}.get,
     )
-    choices = train_services.BACKBONE_CHOICES
+    choices = train_report.BACKBONE_CHOICES
     backbone = cols[1].selectbox(
         "Input (backbone)",
         choices,
@@ -189,7 +188,7 @@ with st.form("retrain"):
 
 if "watched_job" not in st.session_state:
     # A fresh session follows the running job, else shows the newest one (never "no job" after jobs ran).
-    latest = pending or train_services.latest_train_job(engine)
+    latest = pending or train_report.latest_train_job(engine)
     if latest is not None:
         st.session_state["watched_job"] = latest.id
 
@@ -197,14 +196,14 @@ with st.container(border=True):
     live_progress()
 
 st.subheader("Model versions")
-versions = services.model_versions(engine)
+versions = train.model_versions(engine)
 if not versions:
     st.info("No model yet: label a few images, then start a retrain. The queue uses cold-start order until then.")
 else:
     active = next((v for v in versions if v.active), None)
-    if active is not None and (warning := train_services.calibration_warning(engine, active)):
+    if active is not None and (warning := train_report.calibration_warning(engine, active)):
         st.warning(f"Model version {active.id}: {warning}", icon=":material/warning:")
-    metric_rows, setting_rows = train_services.version_tables(versions)
+    metric_rows, setting_rows = train_report.version_tables(versions)
     st.markdown("**Metrics**")
     st.dataframe(pd.DataFrame(metric_rows), hide_index=True, width="stretch", key="version-metrics")
     with st.expander("Settings of each version"):
@@ -214,7 +213,7 @@ else:
     actions[1].button("Promote", on_click=promote, args=(chosen,), type="primary", width="stretch")
     actions[2].button("Roll back", on_click=roll_back, width="stretch")
 
-    promotions = train_services.promotion_rows(versions)
+    promotions = train_report.promotion_rows(versions)
     if promotions:
         st.markdown("**Promotion decisions**")
         st.caption(
@@ -229,7 +228,7 @@ else:
             column_config={"reason": st.column_config.TextColumn(width="large")},
         )
 
-    curve = train_services.learning_curve(versions)
+    curve = train_report.learning_curve(versions)
     if curve:
         figure = go.Figure(
             go.Scatter(
@@ -257,7 +256,7 @@ else:
     report_version = st.selectbox(
         "Per-class results of", [v.id for v in versions], format_func=lambda i: f"version {i}", key="report-version"
     )
-    report = train_services.class_report(engine, report_version)
+    report = train_report.class_report(engine, report_version)
     for title, matrix, note in (
         ("Held out", report.held_out, "audit-slice labels and labels given after this version was trained"),
         ("In-sample", report.in_sample, "labels this version trained on: optimistic, not a measure of accuracy"),
@@ -280,15 +279,15 @@ else:
         pair = st.columns(2)
         first = pair[0].selectbox("A", ids, index=1, format_func=lambda i: f"version {i}", key="compare-a")
         second = pair[1].selectbox("B", ids, index=0, format_func=lambda i: f"version {i}", key="compare-b")
-        metric_rows, difference_rows = train_services.comparison_rows(
-            train_services.compare_versions(engine, first, second)
+        metric_rows, difference_rows = train_report.comparison_rows(
+            train_report.compare_versions(engine, first, second)
         )
         st.dataframe(pd.DataFrame(metric_rows), hide_index=True, width="stretch", key="compare-metrics")
         if difference_rows:
             st.dataframe(pd.DataFrame(difference_rows), hide_index=True, width="stretch", key="compare-settings")
 
 st.subheader("Labels")
-label_counts = services.counts(engine)
+label_counts = common.counts(engine)
 count_cols = st.columns([1, 2])
 count_cols[0].metric("Labelled images", label_counts.labelled_images)
 count_cols[1].dataframe(

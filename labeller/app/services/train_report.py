@@ -20,7 +20,7 @@ from db.queries.annotations import current_labels
 from db.queries.jobs import list_jobs
 from db.queries.models import compare_model_versions
 from db.schema import Image, MainClass, ModelVersion, Prediction
-from labeller.app.services import JobView, VersionView, _job_view
+from labeller.app.services.train import JobView, VersionView, _job_view
 from labeller.project import Project
 
 BACKBONE_CHOICES: tuple[str, ...] = (AUTO, *INPUT_KINDS)

@@ -44,7 +44,8 @@ from db.queries.queue import (
 )
 from db.schema import Annotation, AnnotationKind, Image, ModelVersion, utcnow
 from labeller.app.keys import PAGE_KEYS
-from labeller.app.services import Decision, TaxonomyView, active_model_version_id, large_view_file
+from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
+from labeller.app.services.label import Decision
 from labeller.project import Project
 from labeller.thumbnails import placeholder_file
 

@@ -1,0 +1,78 @@
+"""The Grid page: pages of thumbnails and every image matching a filter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from db.engine import reading
+from db.queries import app_views
+from labeller.app.services.common import active_model_version_id, display_file
+from labeller.project import Project
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: app_views.GridRow
+    file: Path
+
+
+def grid_page(
+    engine: Engine,
+    project: Project,
+    *,
+    mode: str,
+    strategy: str = "entropy",
+    main_class_id: int | None = None,
+    search: str = "",
+    image_ids: Sequence[int] = (),
+    page: int = 0,
+    page_size: int = 24,
+) -> tuple[list[Tile], int]:
+    """One page of the Grid under a filter (see ``app_views.grid_images``) and the filter's total count."""
+    with reading(engine) as session:
+        rows, total = app_views.grid_images(
+            session,
+            mode=mode,
+            model_version_id=active_model_version_id(session),
+            strategy=strategy,
+            main_class_id=main_class_id,
+            search=search,
+            image_ids=image_ids,
+            offset=page * page_size,
+            limit=page_size,
+        )
+        images = {image.id: image for image in app_views.images_by_ids(session, [row.image_id for row in rows])}
+        return [Tile(row, display_file(project, images[row.image_id])) for row in rows], total
+
+
+MATCHING_LIMIT = 20_000  # "Select all that match" takes at most this many images at once
+
+
+def grid_matching_ids(
+    engine: Engine,
+    *,
+    mode: str,
+    strategy: str = "entropy",
+    main_class_id: int | None = None,
+    search: str = "",
+    image_ids: Sequence[int] = (),
+    limit: int = MATCHING_LIMIT,
+) -> list[int]:
+    """Every image under a Grid filter, on every page, in page order (at most ``limit``)."""
+    with reading(engine) as session:
+        rows, _ = app_views.grid_images(
+            session,
+            mode=mode,
+            model_version_id=active_model_version_id(session),
+            strategy=strategy,
+            main_class_id=main_class_id,
+            search=search,
+            image_ids=image_ids,
+            offset=0,
+            limit=limit,
+        )
+    return [row.image_id for row in rows]
