@@ -30,6 +30,7 @@ from labeller.inputs import InputChoice
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
 from labeller.jobs.params import JobParamsError, TrainParams
 from labeller.project import ProjectError
+from labeller.promotion import Comparison, compare_on_same_labels, compare_paired
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,9 @@ class AuditResult:
     count: int
     main_accuracy: float | None
     set_accuracy: float | None  # the top leaf lies in the label's admissible set
+    # Whether the predicted main class was right, per held-out image in held-out order (for a paired
+    # comparison of two versions on the same images); empty when not measured.
+    main_right: tuple[bool, ...] = ()
 
     def as_metrics(self) -> dict[str, Any]:
         return {
@@ -139,11 +143,30 @@ def evaluate_on_audit(trained: Any, images: np.ndarray, admissible: np.ndarray, 
     leaf_main = trained.taxonomy.main_of_leaf()
     true_main = np.array([leaf_main[np.flatnonzero(row)[0]] for row in admissible])
     top_leaf = scores.leaf_probs.argmax(axis=1)
+    right = scores.main_probs.argmax(axis=1) == true_main
     return AuditResult(
         count=len(images),
-        main_accuracy=float((scores.main_probs.argmax(axis=1) == true_main).mean()),
+        main_accuracy=float(right.mean()),
         set_accuracy=float(admissible[np.arange(len(images)), top_leaf].mean()),
+        main_right=tuple(bool(x) for x in right),
     )
+
+
+def audit_comparison(new: AuditResult, active: AuditResult | None) -> Comparison | None:
+    """New vs active on the same held-out audit labels, or None when the active version was not measured
+    on them. Paired (McNemar, Newcombe's paired interval) when both results say which images they got
+    right, else the unpaired interval on the two accuracies."""
+    if (
+        active is None
+        or new.count == 0
+        or active.count != new.count
+        or new.main_accuracy is None
+        or active.main_accuracy is None
+    ):
+        return None
+    if len(new.main_right) == len(active.main_right) == new.count:
+        return compare_paired(new.main_right, active.main_right)
+    return compare_on_same_labels(new.main_accuracy, active.main_accuracy, new.count)
 
 
 def promotion_decision(
@@ -153,25 +176,18 @@ def promotion_decision(
 
     ``active`` is the active version measured on the same held-out audit labels as ``new`` (count 0: there
     are none; accuracy None: it cannot read them), or None when there is no active version. The two are
-    compared with a 95% interval on the difference (labeller.promotion): promoted when better or not worse
-    within the noise. Validation accuracies are measured on different labels for each version, so they
-    are quoted, never compared."""
-    from labeller.promotion import compare_on_same_labels
-
+    compared with a 95% interval on the difference (``audit_comparison``: paired when the per-image
+    outcomes are known, and the reason names the test): promoted when better or not worse within the
+    noise. Validation accuracies are measured on different labels for each version, so they are quoted,
+    never compared."""
     if mode == "always":
         return True, "promotion requested"
     if mode == "never":
         return False, "promotion not requested"
     if active is None and active_val is None:
         return True, "no active model version"
-    if (
-        active is not None
-        and new.count > 0
-        and active.count == new.count
-        and new.main_accuracy is not None
-        and active.main_accuracy is not None
-    ):
-        comparison = compare_on_same_labels(new.main_accuracy, active.main_accuracy, new.count)
+    comparison = audit_comparison(new, active)
+    if comparison is not None:
         return comparison.promote, comparison.describe("held-out audit labels")
     validation = (
         f" (validation main-class accuracy {new_val:.3f} vs {active_val:.3f} is measured on different labels "
@@ -307,6 +323,8 @@ def run(context: JobContext) -> None:
         "compared_with": active_summary["id"] if active_summary else None,
         "active_audit_main_accuracy": active_audit.main_accuracy if active_audit else None,
     }
+    if (comparison := audit_comparison(new_audit, active_audit)) is not None:
+        metrics["promotion"].update(comparison.as_metrics())
     context.raise_if_stopped()
 
     # The pool is scored before the version is registered, so a promoted version never lacks predictions:
