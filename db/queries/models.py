@@ -15,7 +15,8 @@ import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.schema import ModelVersion, Prediction, utcnow
+from db.queries.annotations import current_labels
+from db.schema import Image, ModelVersion, Prediction, utcnow
 
 PREDICTION_BATCH_SIZE = 2_000
 PREDICTION_COLUMNS = frozenset(c.name for c in Prediction.__table__.columns)
@@ -143,8 +144,9 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def compare_model_versions(session: Session, first_id: int, second_id: int) -> dict[str, Any]:
-    """Side by side: every metric (with the difference where both are numbers), label counts, and the
-    config and data-snapshot entries that differ."""
+    """Side by side: every metric (with the difference where both are numbers), label counts, the config
+    and data-snapshot entries that differ, and ``held_out``: both versions' stored predictions on the same
+    held-out labels (``held_out_outcomes``), for a paired test."""
     first, second = get_model_version(session, first_id), get_model_version(session, second_id)
     metrics_a, metrics_b = _flatten(first.metrics or {}), _flatten(second.metrics or {})
     metrics: dict[str, dict[str, Any]] = {}
@@ -166,9 +168,43 @@ def compare_model_versions(session: Session, first_id: int, second_id: int) -> d
         "b": model_version_summary(second),
         "metrics": metrics,
         "label_count": {"a": first.label_count, "b": second.label_count},
+        "held_out": held_out_outcomes(session, first.id, second.id),
         "config_differences": differences(first.config or {}, second.config or {}),
         "data_snapshot_differences": differences(first.data_snapshot or {}, second.data_snapshot or {}),
     }
+
+
+def held_out_outcomes(session: Session, first_id: int, second_id: int) -> dict[str, int]:
+    """Whether each version's stored main-class prediction is right on the same labelled images that neither
+    trained on (the audit slice, and labels given after both were trained), as a 2x2 table: ``images``,
+    ``both_right``, ``only_a_right`` (``first_id``), ``only_b_right`` (``second_id``), ``neither_right``.
+    Images that either version has no prediction for are left out."""
+    versions = [get_model_version(session, first_id), get_model_version(session, second_id)]
+    newest = max(int((v.data_snapshot or {}).get("newest_annotation_id", 0)) for v in versions)
+    labels = {label.image_id: label for label in current_labels(session)}
+    ids = sorted(labels)
+    predicted: dict[tuple[int, int], int | None] = {}
+    audit: set[int] = set()
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        rows = session.execute(
+            select(Prediction.model_version_id, Prediction.image_id, Prediction.main_class_id).where(
+                Prediction.model_version_id.in_([first_id, second_id]), Prediction.image_id.in_(chunk)
+            )
+        )
+        predicted.update(((version_id, image_id), main_id) for version_id, image_id, main_id in rows)
+        audit.update(session.scalars(select(Image.id).where(Image.id.in_(chunk), Image.audit.is_(True))))
+    table = {"images": 0, "both_right": 0, "only_a_right": 0, "only_b_right": 0, "neither_right": 0}
+    for image_id, label in labels.items():
+        if image_id not in audit and label.annotation_id <= newest:
+            continue  # at least one of the two trained on it
+        if (first_id, image_id) not in predicted or (second_id, image_id) not in predicted:
+            continue
+        a = predicted[(first_id, image_id)] == label.main_class_id
+        b = predicted[(second_id, image_id)] == label.main_class_id
+        table["images"] += 1
+        table["both_right" if a and b else "only_a_right" if a else "only_b_right" if b else "neither_right"] += 1
+    return table
 
 
 def encode_latent(latent: np.ndarray) -> bytes:

@@ -13,6 +13,7 @@ from db.queries import jobs as job_queries
 from db.queries import models as model_queries
 from db.queries.models import ModelVersionError
 from labeller.commands.project import ROW_ID, load_project
+from labeller.promotion import held_out_text
 
 HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "val_main_accuracy", "val_ece")
 
@@ -62,7 +63,8 @@ def list_command(project) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole comparison as JSON.")
 @click.pass_obj
 def compare_command(project, first: int, second: int, as_json: bool) -> None:
-    """Metrics side by side (B - A), label counts, and the config and data entries that differ."""
+    """Metrics side by side (B - A), label counts, B vs A on the same held-out labels (a paired test on
+    their stored predictions), and the config and data entries that differ."""
     try:
         with unit_of_work(project.engine) as session:
             comparison = model_queries.compare_model_versions(session, first, second)
@@ -84,6 +86,7 @@ def compare_command(project, first: int, second: int, as_json: bool) -> None:
         click.echo(f"{key:<32} {_number(row['a']):>12} {_number(row['b']):>12} {_number(row['difference']):>10}")
     for key, row in long_text:
         click.echo(f"\n{key}:\n  A: {row['a']}\n  B: {row['b']}")
+    click.echo(f"\nsame held-out labels: {held_out_text(comparison['held_out'])}")
     for title in ("config_differences", "data_snapshot_differences"):
         if comparison[title]:
             click.echo(f"\n{title.replace('_', ' ')}:")

@@ -7,8 +7,8 @@ once per call. Nothing here trains or scores: that is the worker's job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,8 @@ from db.engine import reading
 from db.queries.annotations import current_labels
 from db.queries.jobs import list_jobs
 from db.queries.models import compare_model_versions
-from db.schema import Image, MainClass, ModelVersion, Prediction
+from db.queries.taxonomy import taxonomy_mapping
+from db.schema import Image, MainClass, ModelVersion, Prediction, SubClass
 from labeller.app.services.train import JobView, VersionView, _job_view
 from labeller.project import Project
 
@@ -170,6 +171,7 @@ def promotion_rows(versions: Sequence[VersionView]) -> list[dict[str, Any]]:
                 "audit accuracy": version.metrics.get("audit_main_accuracy"),
                 "active's audit accuracy": promotion.get("active_audit_main_accuracy"),
                 "validation labels (n)": version.metrics.get("num_val_labels"),
+                "test": promotion.get("test"),
                 "reason": promotion.get("reason"),
             }
         )
@@ -244,6 +246,13 @@ def compare_versions(engine: Engine, first: int, second: int) -> dict[str, Any]:
         return compare_model_versions(session, first, second)
 
 
+def held_out_comparison(comparison: Mapping[str, Any]) -> str:
+    """B vs A on the same held-out labels, paired on their stored predictions (as the CLI prints it)."""
+    from labeller.promotion import held_out_text
+
+    return held_out_text(comparison.get("held_out") or {})
+
+
 def comparison_rows(comparison: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(metric rows with B - A, differing config and data rows), as the CLI prints them, as strings."""
 
@@ -271,52 +280,132 @@ def comparison_rows(comparison: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
 
 @dataclass(frozen=True)
 class ClassReport:
-    """Confusion matrices over main classes (rows: label, columns: prediction) of one version's predictions
-    against the current labels. ``in_sample``: labels the version trained on (its accuracy there is
-    optimistic); ``held_out``: audit-slice labels and labels given after it was trained."""
+    """Confusion matrices (rows: label, columns: prediction) of one version's predictions against the current
+    labels, over main classes and over leaves (sub-classes, or main classes without any). ``in_sample``:
+    labels the version trained on (its accuracy there is optimistic); ``held_out``: audit-slice labels and
+    labels given after it was trained.
+
+    Every label counts over main classes; over leaves only a label that names one leaf (a main class with
+    one sub-class tag, or a main class without sub-classes) and whose prediction names one. The others
+    (a main class alone, several tags) are counted in ``leaf_skipped_in_sample`` / ``leaf_skipped_held_out``."""
 
     classes: list[str]
     in_sample: np.ndarray
     held_out: np.ndarray
+    leaves: list[str] = field(default_factory=list)
+    leaf_in_sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    leaf_held_out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    leaf_skipped_in_sample: int = 0
+    leaf_skipped_held_out: int = 0
+
+    @property
+    def has_sub_classes(self) -> bool:
+        return len(self.leaves) > len(self.classes)
+
+    def leaf_note(self, title: str, held_out: bool) -> str | None:
+        """The caption over a split's sub-class matrix; None when the taxonomy has no sub-classes or the
+        split no labels."""
+        matrix = self.leaf_held_out if held_out else self.leaf_in_sample
+        skipped = self.leaf_skipped_held_out if held_out else self.leaf_skipped_in_sample
+        if not self.has_sub_classes or not (matrix.sum() or skipped):
+            return None
+        text = f"{title}, by sub-class: {int(matrix.sum())} images whose label names one sub-class"
+        if skipped:
+            text += f"; {skipped} labels with a main class only (or several sub-classes) count above only"
+        return text + " (rows: label, columns: prediction)."
 
     @staticmethod
-    def accuracy_rows(classes: Sequence[str], matrix: np.ndarray) -> list[dict[str, Any]]:
+    def accuracy_rows(classes: Sequence[str], matrix: np.ndarray, what: str = "class") -> list[dict[str, Any]]:
+        """Per row of ``matrix``: its name, its number of labels (n) and the share predicted right."""
         rows = []
         for index, name in enumerate(classes):
             n = int(matrix[index].sum())
-            rows.append({"class": name, "labels": n, "accuracy": float(matrix[index, index]) / n if n else None})
+            rows.append({what: name, "labels": n, "accuracy": float(matrix[index, index]) / n if n else None})
         return rows
+
+
+@dataclass(frozen=True)
+class LabelledPrediction:
+    """One labelled image as ``build_class_report`` sees it: its label, the version's prediction (main class
+    and the best sub-class inside it; None where unknown) and whether the version trained on the label."""
+
+    main: str
+    tags: tuple[str, ...]
+    predicted_main: str | None
+    predicted_sub: str | None
+    held_out: bool
+
+
+def _leaf_name(main: str, sub: str | None) -> str:
+    return main if sub is None else f"{main}/{sub}"
+
+
+def build_class_report(taxonomy: Mapping[str, Sequence[str]], rows: Iterable[LabelledPrediction]) -> ClassReport:
+    """The confusion matrices of ``rows`` over ``taxonomy`` (``{main: [sub, ...]}`` in display order)."""
+    classes = list(taxonomy)
+    leaves = [_leaf_name(main, sub) for main, subs in taxonomy.items() for sub in (list(subs) or [None])]
+    index = {name: i for i, name in enumerate(classes)}
+    leaf_index = {name: i for i, name in enumerate(leaves)}
+    in_sample = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    held_out = np.zeros_like(in_sample)
+    leaf_in_sample = np.zeros((len(leaves), len(leaves)), dtype=np.int64)
+    leaf_held_out = np.zeros_like(leaf_in_sample)
+    skipped = {True: 0, False: 0}
+
+    def leaf_of(main: str, subs: Sequence[str | None]) -> int | None:
+        """The one leaf of a main class and sub-class names (none for a main class without sub-classes)."""
+        if taxonomy[main]:
+            return leaf_index.get(_leaf_name(main, subs[0])) if len(subs) == 1 and subs[0] is not None else None
+        return leaf_index[main] if not any(subs) else None
+
+    for row in rows:
+        if row.main not in index or row.predicted_main not in index:
+            continue
+        (held_out if row.held_out else in_sample)[index[row.main], index[row.predicted_main]] += 1
+        label_leaf = leaf_of(row.main, row.tags)
+        predicted_leaf = leaf_of(row.predicted_main, [row.predicted_sub])
+        if label_leaf is None or predicted_leaf is None:
+            skipped[row.held_out] += 1
+            continue
+        (leaf_held_out if row.held_out else leaf_in_sample)[label_leaf, predicted_leaf] += 1
+    return ClassReport(
+        classes, in_sample, held_out, leaves, leaf_in_sample, leaf_held_out, skipped[False], skipped[True]
+    )
 
 
 def class_report(engine: Engine, model_version_id: int) -> ClassReport:
     with reading(engine) as session:
         version = session.get(ModelVersion, model_version_id)
         newest = int((version.data_snapshot or {}).get("newest_annotation_id", 0)) if version else 0
-        names = {main_id: name for main_id, name in session.execute(select(MainClass.id, MainClass.name))}
-        classes = [name for _, name in sorted(session.execute(select(MainClass.position, MainClass.name)))]
+        taxonomy = taxonomy_mapping(session)
+        main_names = {main_id: name for main_id, name in session.execute(select(MainClass.id, MainClass.name))}
+        sub_names = {sub_id: name for sub_id, name in session.execute(select(SubClass.id, SubClass.name))}
         labels = {label.image_id: label for label in current_labels(session)}
-        predicted: dict[int, int | None] = {}
+        predicted: dict[int, tuple[int | None, int | None]] = {}
         audit: set[int] = set()
         ids = sorted(labels)
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
             rows = session.execute(
-                select(Prediction.image_id, Prediction.main_class_id).where(
+                select(Prediction.image_id, Prediction.main_class_id, Prediction.sub_class_id).where(
                     Prediction.model_version_id == model_version_id, Prediction.image_id.in_(chunk)
                 )
             )
-            predicted.update((image_id, main_id) for image_id, main_id in rows)
+            predicted.update((image_id, (main_id, sub_id)) for image_id, main_id, sub_id in rows)
             audit.update(session.scalars(select(Image.id).where(Image.id.in_(chunk), Image.audit.is_(True))))
-    index = {name: i for i, name in enumerate(classes)}
-    in_sample = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    held_out = np.zeros_like(in_sample)
+    rows = []
     for image_id, label in labels.items():
-        guess = names.get(predicted.get(image_id))  # type: ignore[arg-type]
-        if guess not in index or label.main_class not in index:
-            continue
-        trained_on = label.annotation_id <= newest and image_id not in audit
-        (in_sample if trained_on else held_out)[index[label.main_class], index[guess]] += 1
-    return ClassReport(classes, in_sample, held_out)
+        main_id, sub_id = predicted.get(image_id, (None, None))
+        rows.append(
+            LabelledPrediction(
+                main=label.main_class,
+                tags=tuple(label.tags),
+                predicted_main=main_names.get(main_id) if main_id is not None else None,
+                predicted_sub=sub_names.get(sub_id) if sub_id is not None else None,
+                held_out=image_id in audit or label.annotation_id > newest,
+            )
+        )
+    return build_class_report(taxonomy, rows)
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -218,7 +218,9 @@ else:
         st.markdown("**Promotion decisions**")
         st.caption(
             "Each new version is measured beside the active one on the same held-out audit labels; it is "
-            "promoted when better, or not worse within the noise (95% interval of the difference)."
+            "promoted when better, or not worse within the noise (95% interval of the difference). The test "
+            "is paired (McNemar on the images where they disagree, Newcombe's paired interval) where both "
+            "versions' right and wrong images are known, unpaired otherwise; the reason says which."
         )
         st.dataframe(
             pd.DataFrame(promotions),
@@ -257,10 +259,11 @@ else:
         "Per-class results of", [v.id for v in versions], format_func=lambda i: f"version {i}", key="report-version"
     )
     report = train_report.class_report(engine, report_version)
-    for title, matrix, note in (
-        ("Held out", report.held_out, "audit-slice labels and labels given after this version was trained"),
-        ("In-sample", report.in_sample, "labels this version trained on: optimistic, not a measure of accuracy"),
+    for title, held_out, note in (
+        ("Held out", True, "audit-slice labels and labels given after this version was trained"),
+        ("In-sample", False, "labels this version trained on: optimistic, not a measure of accuracy"),
     ):
+        matrix = report.held_out if held_out else report.in_sample
         if not matrix.sum():
             continue
         st.caption(f"{title}: {note} ({int(matrix.sum())} images; rows: label, columns: prediction).")
@@ -272,6 +275,20 @@ else:
             column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
         )
         cells[1].dataframe(pd.DataFrame(matrix, index=report.classes, columns=report.classes), key=f"confusion-{title}")
+        leaf_matrix = report.leaf_held_out if held_out else report.leaf_in_sample
+        if leaf_note := report.leaf_note(title, held_out):
+            st.caption(leaf_note)
+        if report.has_sub_classes and leaf_matrix.sum():
+            cells = st.columns([1, 2])
+            cells[0].dataframe(
+                pd.DataFrame(report.accuracy_rows(report.leaves, leaf_matrix, what="sub-class")),
+                hide_index=True,
+                key=f"leaf-accuracy-{title}",
+                column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+            )
+            cells[1].dataframe(
+                pd.DataFrame(leaf_matrix, index=report.leaves, columns=report.leaves), key=f"leaf-confusion-{title}"
+            )
 
     if len(versions) >= 2:
         st.markdown("**Compare versions** (as `labeller models compare A B`)")
@@ -279,9 +296,9 @@ else:
         pair = st.columns(2)
         first = pair[0].selectbox("A", ids, index=1, format_func=lambda i: f"version {i}", key="compare-a")
         second = pair[1].selectbox("B", ids, index=0, format_func=lambda i: f"version {i}", key="compare-b")
-        metric_rows, difference_rows = train_report.comparison_rows(
-            train_report.compare_versions(engine, first, second)
-        )
+        comparison = train_report.compare_versions(engine, first, second)
+        st.caption(f"Same held-out labels: {train_report.held_out_comparison(comparison)}.")
+        metric_rows, difference_rows = train_report.comparison_rows(comparison)
         st.dataframe(pd.DataFrame(metric_rows), hide_index=True, width="stretch", key="compare-metrics")
         if difference_rows:
             st.dataframe(pd.DataFrame(difference_rows), hide_index=True, width="stretch", key="compare-settings")
