@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +10,10 @@ from sqlalchemy import Engine
 
 from db.engine import reading
 from db.queries import app_views
-from labeller.app.services.common import active_model_version_id, display_file
+from labeller.app.services.common import active_model_version_id
+from labeller.app.services.renditions import served_thumbnail
 from labeller.project import Project
+from labeller.thumbnails import Veil
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,11 @@ def grid_page(
     image_ids: Sequence[int] = (),
     page: int = 0,
     page_size: int = 24,
+    veil: Veil | None = None,
+    unveiled: Collection[int] = (),
 ) -> tuple[list[Tile], int]:
-    """One page of the Grid under a filter (see ``app_views.grid_images``) and the filter's total count."""
+    """One page of the Grid under a filter (see ``app_views.grid_images``) and the filter's total count; the
+    tiles' files are veiled renditions under ``veil``, except the ``unveiled`` images (revealed by a hold)."""
     with reading(engine) as session:
         rows, total = app_views.grid_images(
             session,
@@ -46,7 +51,11 @@ def grid_page(
             limit=page_size,
         )
         images = {image.id: image for image in app_views.images_by_ids(session, [row.image_id for row in rows])}
-        return [Tile(row, display_file(project, images[row.image_id])) for row in rows], total
+        tiles = [
+            Tile(row, served_thumbnail(project, images[row.image_id], None if row.image_id in unveiled else veil))
+            for row in rows
+        ]
+        return tiles, total
 
 
 MATCHING_LIMIT = 20_000  # "Select all that match" takes at most this many images at once
