@@ -19,6 +19,7 @@ from core.evaluate import (
     balanced_draw,
     digits_data,
     evaluate,
+    evaluation_split,
     from_class_labels,
     stratified_test_split,
 )
@@ -226,9 +227,24 @@ def test_cli_runs_seeds_in_parallel_processes_and_merges_them(tmp_path: Path) ->
     out = tmp_path / "parallel.json"
     arguments = ["evaluate", str(project.root), "--budgets", "4", "--strategies", "random", "--models", "supervised"]
     arguments += ["--baselines", "", "--seeds", "2", "--workers", "2", "--epochs", "1", "--device", "cpu"]
-    result = CliRunner().invoke(cli, [*arguments, "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(cli, [*arguments, "--on-validation", "--json", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "[2/2 seeds]" in result.output
     written = json.loads(out.read_text())
+    # 20 images: 6 held out for test and never seen; the 14 left split into 9 to label and 5 to measure on.
+    assert written["dataset"]["measured_on"] == "validation" and written["config"]["on_validation"] is True
+    assert (written["dataset"]["num_pool"], written["dataset"]["num_test"]) == (9, 5)
+    assert out.with_suffix(".md").read_text().startswith("Validation accuracy")
     assert sorted(run["seed"] for run in written["runs"]) == [0, 1]
     assert written["config"]["seeds"] == 2 and written["summary"][0]["seeds"] == 2
+
+
+def test_the_validation_split_is_drawn_from_the_pool_and_never_touches_the_test_split() -> None:
+    data = digits_data()
+    pool, test = stratified_test_split(data, 0.3, seed=0)
+    tune, validation = evaluation_split(data, 0.3, 0, on_validation=True)
+    assert set(tune) | set(validation) == set(pool) and not set(validation) & set(tune)
+    assert not (set(tune) | set(validation)) & set(test)
+    shares = np.bincount(data.main_labels[validation], minlength=10) / len(validation)
+    np.testing.assert_allclose(shares, np.bincount(data.main_labels[pool], minlength=10) / len(pool), atol=0.01)
+    assert [a.tolist() for a in evaluation_split(data, 0.3, 0)] == [pool.tolist(), test.tolist()]

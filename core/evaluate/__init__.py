@@ -53,7 +53,14 @@ test images whose label names exactly one leaf (null when none does or the learn
 ``macro_f1`` is the unweighted mean of per-main-class F1. Standard deviations are population (ddof=0).
 """
 
-from core.evaluate.data import EvaluationData, digits_data, folder_data, from_class_labels, stratified_test_split
+from core.evaluate.data import (
+    EvaluationData,
+    digits_data,
+    evaluation_split,
+    folder_data,
+    from_class_labels,
+    stratified_test_split,
+)
 from core.evaluate.results import BASELINES, INITIAL_SELECTIONS, SCHEMA, EvaluationConfig, EvaluationResult, RunResult
 from core.evaluate.simulation import balanced_draw, evaluate
 
@@ -68,6 +75,7 @@ __all__ = [
     "balanced_draw",
     "digits_data",
     "evaluate",
+    "evaluation_split",
     "folder_data",
     "from_class_labels",
     "stratified_test_split",

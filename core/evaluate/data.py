@@ -117,3 +117,20 @@ def stratified_test_split(data: EvaluationData, test_fraction: float, seed: int)
     indices = np.arange(len(data.images))
     pool, test = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=data.main_labels)
     return np.asarray(pool), np.asarray(test)
+
+
+def evaluation_split(
+    data: EvaluationData, test_fraction: float, seed: int, *, on_validation: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, measured) indices. By default the stratified test split. ``on_validation`` splits the pool
+    again, with the same fraction and the next seed, and measures on that validation part: settings are
+    chosen there, so the test images never influence the settings that are then reported on them."""
+    pool, test = stratified_test_split(data, test_fraction, seed)
+    if not on_validation:
+        return pool, test
+    from sklearn.model_selection import train_test_split
+
+    tune, validation = train_test_split(
+        pool, test_size=test_fraction, random_state=seed + 1, stratify=data.main_labels[pool]
+    )
+    return np.asarray(tune), np.asarray(validation)

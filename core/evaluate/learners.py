@@ -64,15 +64,20 @@ class TrainedModelLearner:
         self.train_images = np.concatenate([data.images[pool], extra])
         self.trained: Any = None
 
-    def fit(self, labelled: np.ndarray, *, warm: bool) -> None:
+    def training_pool(self, labelled: np.ndarray) -> Any:
+        """The pool a fit sees: every pool and extra image, the ``labelled`` pool rows with their labels."""
         from core.data import LabelledPool
-        from core.training import fit
 
         admissible = np.ones((len(self.train_images), self.data.taxonomy.num_leaves), dtype=bool)
         admissible[labelled] = self.data.admissible[self.pool_rows[labelled]]
         is_labelled = np.zeros(len(self.train_images), dtype=bool)
         is_labelled[labelled] = True
-        pool = LabelledPool(images=self.train_images, admissible=admissible, labelled=is_labelled)
+        return LabelledPool(images=self.train_images, admissible=admissible, labelled=is_labelled)
+
+    def fit(self, labelled: np.ndarray, *, warm: bool) -> None:
+        from core.training import fit
+
+        pool = self.training_pool(labelled)
         config = self.base
         init = self.trained if (warm and self.trained is not None) else None
         if init is not None and self.warm_epochs is not None:
@@ -90,6 +95,44 @@ class TrainedModelLearner:
 
         scores = score_pool(self.trained, self.data.images[self.pool_rows], mc_samples=self.mc_samples)
         return scores.uncertainty(), scores.latent_mean
+
+
+class AutoLearner(TrainedModelLearner):
+    """``model = "auto"`` as a train job runs it: before every fit, the kind that cross-validation on the
+    labels revealed so far picks (core.training.selection), then that kind trained on all of them.
+    ``choices`` keeps each fit's choice."""
+
+    def __init__(
+        self,
+        data: EvaluationData,
+        pool: np.ndarray,
+        config: EvaluationConfig,
+        seed: int,
+        *,
+        needs_bald: bool,
+        on_training: Callable[[Any], None] | None = None,
+    ) -> None:
+        from core.registry import AUTO, DEFAULT_MODEL
+
+        super().__init__(DEFAULT_MODEL, data, pool, config, seed, needs_bald=needs_bald, on_training=on_training)
+        self.name = AUTO
+        self.evaluation = config
+        self.seed = seed
+        self.choices: list[str] = []
+
+    def fit(self, labelled: np.ndarray, *, warm: bool) -> None:
+        from core.training import TrainConfig, select_model
+
+        overrides = self.evaluation.model_train
+        selection = select_model(self.training_pool(labelled), self.data.taxonomy, self.base, overrides=overrides)
+        chosen = selection.chosen
+        self.choices.append(chosen)
+        self.base = TrainConfig(
+            **{**self.evaluation.train, **overrides.get(chosen, {}), "model": chosen, "seed": self.seed}
+        )
+        if self.trained is not None and self.trained.config.model != chosen:
+            self.trained = None  # a warm start continues the same kind only
+        super().fit(labelled, warm=warm)
 
 
 class ScikitLearner:

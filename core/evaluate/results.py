@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.registry import MODEL_KINDS, STRATEGIES
+from core.registry import MODEL_CHOICES, STRATEGIES
 
 SCHEMA = "latent-labeller/evaluate/1"
 BASELINES = ("label_spreading", "logistic_regression")
@@ -29,6 +29,8 @@ class EvaluationConfig:
     first_seed: int = 0  # seeds run are first_seed, first_seed + 1, ... (lets seeds run in parallel processes)
     test_fraction: float = 0.3
     split_seed: int = 0
+    # Measure on a validation split of the pool instead of the test split: for choosing settings.
+    on_validation: bool = False
     initial_labels: int = 10
     # How the first labels of an active run are chosen: "random" (the anchors' protocol), "typical" (TypiClust
     # on the features) or "diverse" (k-centre on the features, the tool's cold start without a model).
@@ -60,9 +62,9 @@ class EvaluationConfig:
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown:
             problems.append(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-        unknown = sorted(set(self.models) - set(MODEL_KINDS))
+        unknown = sorted(set(self.models) - set(MODEL_CHOICES))
         if unknown:
-            problems.append(f"unknown models {unknown}; choose from {list(MODEL_KINDS)}")
+            problems.append(f"unknown models {unknown}; choose from {list(MODEL_CHOICES)}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             problems.append(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -142,9 +144,10 @@ class EvaluationResult:
         }
 
     def markdown(self) -> str:
+        measured_on = self.dataset.get("measured_on", "test")
         lines = [
-            f"Test accuracy on {self.dataset['name']} ({self.dataset['num_test']} test images, "
-            f"pool {self.dataset['num_pool']}), mean ± std over seeds.\n",
+            f"{measured_on.capitalize()} accuracy on {self.dataset['name']} ({self.dataset['num_test']} "
+            f"{measured_on} images, pool {self.dataset['num_pool']}), mean ± std over seeds.\n",
             "| model | strategy | labels | main accuracy | leaf accuracy | macro-F1 | seeds |",
             "|---|---|---|---|---|---|---|",
         ]

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from core.acquisition import cold_start, get_strategy, rank_pool, typical_coverage
-from core.evaluate.data import EvaluationData, stratified_test_split
-from core.evaluate.learners import Learner, Prediction, ScikitLearner, TrainedModelLearner
+from core.evaluate.data import EvaluationData, evaluation_split
+from core.evaluate.learners import AutoLearner, Learner, Prediction, ScikitLearner, TrainedModelLearner
 from core.evaluate.results import BASELINES, EvaluationConfig, EvaluationResult, RunResult
+from core.registry import AUTO
 
 
 def _metrics(data: EvaluationData, rows: np.ndarray, prediction: Prediction) -> dict[str, float | None]:
@@ -149,6 +150,10 @@ def _learner_factory(
     """seed -> a fresh learner called ``name``."""
     if name in BASELINES:
         return lambda seed: ScikitLearner(name, data, pool)
+    if name == AUTO:
+        return lambda seed: AutoLearner(
+            data, pool, config, seed, needs_bald=strategy == "bald", on_training=on_training
+        )
     return lambda seed: TrainedModelLearner(
         name, data, pool, config, seed, needs_bald=strategy == "bald", on_training=on_training
     )
@@ -165,11 +170,14 @@ def evaluate(
     """Run every (learner, strategy, seed) and measure at every budget.
 
     split: explicit (pool, test) indices into ``data`` (e.g. a dataset's own train/val folders); by
-    default a stratified ``config.test_fraction`` split with ``config.split_seed``. on_event: one line per
+    default a stratified ``config.test_fraction`` split with ``config.split_seed`` (its validation part when
+    ``config.on_validation``; an explicit split is then taken to be that validation split). on_event: one line per
     finished run, prefixed with runs done of runs planned; on_training: every training's
     ``core.training.Progress``."""
     config.validate()
-    pool, test = split if split is not None else stratified_test_split(data, config.test_fraction, config.split_seed)
+    if split is None:
+        split = evaluation_split(data, config.test_fraction, config.split_seed, on_validation=config.on_validation)
+    pool, test = split
     pool, test = np.asarray(pool, dtype=np.int64), np.asarray(test, dtype=np.int64)
     if np.intersect1d(pool, test).size:
         raise ValueError("pool and test splits overlap")
@@ -214,6 +222,7 @@ def evaluate(
         "name": data.name,
         "num_pool": len(pool),
         "num_test": len(test),
+        "measured_on": "validation" if config.on_validation else "test",
         "num_extra_unlabelled": 0 if data.extra_unlabelled is None else len(data.extra_unlabelled),
         "image_shape": list(data.images.shape[1:]),
         "taxonomy": data.taxonomy.to_dict(),

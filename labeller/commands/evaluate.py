@@ -77,9 +77,9 @@ def _evaluate_in_processes(data: Any, config: Any, workers: int) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from core.evaluate import EvaluationResult, stratified_test_split
+    from core.evaluate import EvaluationResult, evaluation_split
 
-    split = stratified_test_split(data, config.test_fraction, config.split_seed)
+    split = evaluation_split(data, config.test_fraction, config.split_seed, on_validation=config.on_validation)
     seeds = range(config.first_seed, config.first_seed + config.seeds)
     parts = []
     context = multiprocessing.get_context("spawn")  # torch state must not be forked
@@ -109,7 +109,11 @@ def _csv(kind: type, value: str) -> tuple:
 @click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--budgets", default="20,50,100", show_default=True, help="Label budgets, comma-separated.")
 @click.option("--strategies", default=f"random,{DEFAULT_STRATEGY}", show_default=True, help="Query strategies.")
-@click.option("--models", help="m1, m2, m1m2, supervised. Default: the project's model (training.model).")
+@click.option(
+    "--models",
+    help="m1, m2, m1m2, supervised, auto (chosen by cross-validation before every fit, as a train job does). "
+    "Default: the project's model (training.model).",
+)
 @click.option(
     "--baselines",
     default=",".join(BASELINES),
@@ -132,6 +136,11 @@ def _csv(kind: type, value: str) -> tuple:
 )
 @click.option(
     "--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, show_default=True
+)
+@click.option(
+    "--on-validation",
+    is_flag=True,
+    help="Measure on a validation split of the pool (for choosing settings); the test split is left untouched.",
 )
 @click.option(
     "--initial",
@@ -198,6 +207,7 @@ def evaluate_command(
     seeds: int,
     workers: int,
     test_fraction: float,
+    on_validation: bool,
     initial_labels: int,
     round_size: int,
     initial_selection: str,
@@ -233,6 +243,7 @@ def evaluate_command(
         baselines=_csv(str, baselines),
         seeds=seeds,
         test_fraction=test_fraction,
+        on_validation=on_validation,
         initial_labels=initial_labels,
         round_size=round_size,
         initial_selection=initial_selection,
