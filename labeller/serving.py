@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import ipaddress
 import os
 import signal
 import socket
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,73 @@ REQUIRED_OPTIONS = {
 }
 
 
+# Only this machine: the app has no login of its own unless one is configured (see ``login_problem``).
+DEFAULT_HOST = "127.0.0.1"
+SECRETS_FILE = Path(".streamlit") / "secrets.toml"
+# What Streamlit's OIDC login needs in [auth] (the provider's client_id, client_secret and
+# server_metadata_url may sit in [auth] or in a named provider's table such as [auth.google]).
+LOGIN_KEYS = ("redirect_uri", "cookie_secret")
+PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
+
+
 class ServeError(RuntimeError):
     """The app cannot be started as asked (e.g. its port is taken); the message says what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.1, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def secrets_files(project: Project, *, home: Path | None = None, cwd: Path | None = None) -> list[Path]:
+    """The secrets files the app reads, last wins: Streamlit's own two (the user's and the working folder's)
+    and the project's. ``labeller serve`` passes exactly these, so what it checks is what the app uses."""
+    files = [(home or Path.home()) / SECRETS_FILE, (cwd or Path.cwd()) / SECRETS_FILE, project.root / SECRETS_FILE]
+    return list(dict.fromkeys(path.absolute() for path in files))
+
+
+def login_problem(files: Sequence[Path], *, authlib_installed: bool | None = None) -> str | None:
+    """None when Streamlit's OIDC login is configured in ``files`` and can work; else what is missing."""
+    auth: dict[str, object] = {}
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            auth.update(tomllib.loads(path.read_text(encoding="utf-8")).get("auth", {}))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, TypeError, ValueError) as error:
+            return f"{path} cannot be read as TOML: {error}"
+    if not auth:
+        return "no login is configured (no [auth] section in " + ", ".join(str(path) for path in files) + ")"
+    missing = [key for key in LOGIN_KEYS if not auth.get(key)]
+    providers = [auth, *(value for value in auth.values() if isinstance(value, Mapping))]
+    if not any(all(provider.get(key) for key in PROVIDER_KEYS) for provider in providers):
+        missing.append("a provider's " + ", ".join(PROVIDER_KEYS))
+    if missing:
+        return "the [auth] section lacks " + "; ".join(missing)
+    if authlib_installed is None:
+        authlib_installed = importlib.util.find_spec("authlib") is not None
+    if not authlib_installed:
+        return "Streamlit's login needs Authlib: pip install 'Authlib>=1.3.2'"
+    return None
+
+
+def check_host(project: Project, host: str) -> None:
+    """Refuse to listen beyond this machine without a working login: anyone who reached the port could
+    label as anyone, import and train."""
+    if is_loopback(host):
+        return
+    if problem := login_problem(secrets_files(project)):
+        raise ServeError(
+            f"refusing to listen on {host} without a login: {problem}. Configure Streamlit's OIDC login in "
+            f"{project.root / SECRETS_FILE} ([auth] with redirect_uri, cookie_secret, client_id, client_secret "
+            f"and server_metadata_url; see the README's Security section), or leave out --host to listen on "
+            f"this machine only"
+        )
 
 
 def port_in_use(port: int) -> bool:
@@ -49,28 +116,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def streamlit_flags(config_file: Path = STREAMLIT_CONFIG) -> list[str]:
-    """The repository's ``.streamlit/config.toml`` as command-line flags.
+def streamlit_flags(config_file: Path = STREAMLIT_CONFIG, overrides: Mapping[str, object] | None = None) -> list[str]:
+    """The repository's ``.streamlit/config.toml`` as command-line flags, then ``overrides``.
 
     ``streamlit run`` reads that file only from its working directory; flags make the theme, upload limit
-    and XSRF protection hold wherever ``labeller serve`` is started from.
+    and XSRF protection hold wherever ``labeller serve`` is started from. A list becomes one flag per item.
     """
     options: dict[str, object] = {}
     if config_file.is_file():
         for section, values in tomllib.loads(config_file.read_text()).items():
             options.update({f"{section}.{key}": value for key, value in values.items()})
     options.update(REQUIRED_OPTIONS)
+    options.update(overrides or {})
     flags: list[str] = []
     for name, value in options.items():
-        flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+        for item in value if isinstance(value, list) else [value]:
+            flags += [f"--{name}", str(item).lower() if isinstance(item, bool) else str(item)]
     return flags
 
 
-def streamlit_command(project: Project, port: int) -> list[str]:
+def streamlit_command(project: Project, port: int, host: str = DEFAULT_HOST) -> list[str]:
+    overrides = {
+        "server.address": host,
+        "server.port": port,
+        "secrets.files": [str(path) for path in secrets_files(project)],
+    }
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
-        *streamlit_flags(),
-        "--server.port", str(port),
+        *streamlit_flags(overrides=overrides),
         "--", "--project", str(project.root),
     ]  # fmt: skip
 
@@ -91,14 +164,15 @@ class Served:
         return f"http://localhost:{self.port}"
 
 
-def start(project: Project, *, port: int | None = None, with_worker: bool = True) -> Served:
+def start(project: Project, *, port: int | None = None, with_worker: bool = True, host: str = DEFAULT_HOST) -> Served:
     """Start the app (and a worker) as child processes; the caller stops them with ``stop``."""
     if not APP_ENTRY.is_file():
         raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
+    check_host(project, host)
     if port is not None and port_in_use(port):
         raise ServeError(f"port {port} is in use: pick another with --port, or leave --port out for a free one")
     port = port or free_port()
-    app = _spawn(streamlit_command(project, port), project)
+    app = _spawn(streamlit_command(project, port, host), project)
     worker = _spawn(worker_command(project), project) if with_worker else None
     return Served(app=app, worker=worker, port=port)
 
@@ -171,7 +245,7 @@ def _stop_requested(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def serve(project: Project, *, port: int | None = None, with_worker: bool = True) -> int:
+def serve(project: Project, *, port: int | None = None, with_worker: bool = True, host: str = DEFAULT_HOST) -> int:
     """Run until Ctrl-C or SIGTERM (or the app exits); restart a worker that dies. Returns the app's exit code.
 
     Both signals are handled explicitly: a process started in the background inherits an ignored SIGINT,
@@ -181,21 +255,22 @@ def serve(project: Project, *, port: int | None = None, with_worker: bool = True
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _stop_requested) for sig in stop_signals}
     try:
-        return _run(project, port=port, with_worker=with_worker)
+        return _run(project, port=port, with_worker=with_worker, host=host)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run(project: Project, *, port: int | None, with_worker: bool) -> int:
-    served = start(project, port=port, with_worker=with_worker)
+def _run(project: Project, *, port: int | None, with_worker: bool, host: str) -> int:
+    served = start(project, port=port, with_worker=with_worker, host=host)
     restarts = 0
     try:
         # The URL only once the app answers: a URL printed before a failed start sends people nowhere.
         if not wait_until_healthy(served, timeout=HEALTH_TIMEOUT_S):
             print(f"the app did not start (exit code {served.app.returncode}); see its messages above", file=sys.stderr)
             return served.app.returncode or 1
-        print(f"Latent Labeller: {served.url}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
+        where = "" if is_loopback(host) else f", listening on {host} with login"
+        print(f"Latent Labeller: {served.url}{where}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
         while served.app.poll() is None:
             if served.worker is not None and served.worker.poll() is not None:
                 code = served.worker.returncode
