@@ -84,20 +84,30 @@ class ImportOptions:
     annotator: str = IMPORT_ANNOTATOR
     batch_size: int = 64
     progress: bool = True  # a tqdm bar on stderr when it is a terminal
+    # Folders every imported file must really lie in (links resolved); empty: anywhere. The app's server-folder
+    # import sets the project's import_roots, so a link inside a root cannot lead the import elsewhere.
+    within: tuple[Path, ...] = ()
 
 
 # --- finding files -----------------------------------------------------------------------------------
 
 
 OWN_FOLDER_REASON = "the project's own folder (thumbnails or model checkpoints): never imported"
+OUTSIDE_ROOTS_REASON = "a link that leads out of the import roots: not imported"
 
 
-def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[Path | Skipped]:
+def walk_images(root: Path, *, exclude: Iterable[Path] = (), within: Sequence[Path] = ()) -> Iterator[Path | Skipped]:
     """Image files under ``root`` in a stable order; every other file, and every folder not searched,
     comes back as :class:`Skipped` with the reason. Symlinked folders are followed, each real folder
     once (a link loop ends); folders in ``exclude`` (the project's own) and hidden folders are not
-    searched. Hidden files are treated like any other file."""
+    searched. Hidden files are treated like any other file. With ``within``, a file or folder whose real
+    path lies outside all of them is skipped."""
     excluded = {folder.resolve() for folder in exclude}
+    roots = [folder.resolve() for folder in within]
+
+    def outside(path: Path) -> bool:
+        return bool(roots) and not any(path.resolve().is_relative_to(folder) for folder in roots)
+
     resolved = root.resolve()
     if resolved in excluded or not excluded.isdisjoint(resolved.parents):
         yield Skipped(printable(root), OWN_FOLDER_REASON)
@@ -117,6 +127,8 @@ def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[Path | 
                 yield Skipped(printable(folder), "hidden folder (name starts with '.'): not searched")
             elif folder.resolve() in excluded:
                 yield Skipped(printable(folder), OWN_FOLDER_REASON)
+            elif outside(folder):
+                yield Skipped(printable(folder), OUTSIDE_ROOTS_REASON)
             elif (key := _folder_key(folder)) in visited:
                 yield Skipped(printable(folder), "a link to a folder already searched (link loop or duplicate)")
             else:
@@ -125,7 +137,8 @@ def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[Path | 
                 searched.append(name)
         subdirectories[:] = searched
         for name in sorted(files):
-            yield _candidate(Path(directory) / name)
+            path = Path(directory) / name
+            yield Skipped(printable(path), OUTSIDE_ROOTS_REASON) if outside(path) else _candidate(path)
     yield from _unreadable_folders(unreadable)
 
 
@@ -163,7 +176,7 @@ def folder_label(root: Path, path: Path) -> PreLabel | None:
 
 
 def items_from_paths(
-    paths: Sequence[Path], *, labels_from_folders: bool, exclude: Iterable[Path] = ()
+    paths: Sequence[Path], *, labels_from_folders: bool, exclude: Iterable[Path] = (), within: Sequence[Path] = ()
 ) -> tuple[list[ImportItem], list[Skipped]]:
     items: list[ImportItem] = []
     skipped: list[Skipped] = []
@@ -172,7 +185,7 @@ def items_from_paths(
         if not root.exists() and not root.is_symlink():
             skipped.append(Skipped(printable(root), "no such file or folder"))
             continue
-        for found in walk_images(root, exclude=exclude):
+        for found in walk_images(root, exclude=exclude, within=within):
             if isinstance(found, Skipped):
                 skipped.append(found)
             else:
@@ -309,6 +322,7 @@ def import_images(
         [Path(p) for p in paths],
         labels_from_folders=options.labels_from_folders,
         exclude=(project.thumbs_dir, project.models_dir),
+        within=options.within,
     )
     parsed = None
     if manifest is not None:

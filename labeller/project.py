@@ -70,11 +70,23 @@ class TrainingSettings:
 
 
 @dataclass
+class AccessSettings:
+    """Who may do what in the app once it asks for a login (``labeller serve --host``); without login the app
+    only listens on this machine and its one user is an admin."""
+
+    admins: list[str] = field(default_factory=list)  # e-mail addresses: taxonomy, import, export, train, promote
+    annotators: list[str] = field(default_factory=list)  # e-mail addresses that may label; empty: anyone logged in
+    # Absolute folders the Data page may import from on the server; empty: the folder box is off (uploads work).
+    import_roots: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ProjectSettings:
     name: str
     database_url: str | None = None
     labelling: LabellingSettings = field(default_factory=LabellingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     def to_toml(self) -> str:
         data = dataclasses.asdict(self)
@@ -86,7 +98,9 @@ class ProjectSettings:
     def from_mapping(cls, data: dict[str, Any]) -> ProjectSettings:
         from labeller.settings_check import settings_problems
 
-        problems = settings_problems(data, {"labelling": LabellingSettings, "training": TrainingSettings})
+        problems = settings_problems(
+            data, {"labelling": LabellingSettings, "training": TrainingSettings, "access": AccessSettings}
+        )
         if problems:
             listed = "\n".join(f"  - {problem}" for problem in problems)
             raise ProjectError(f"{SETTINGS_FILE} has {len(problems)} problem(s); fix them and try again:\n{listed}")
@@ -96,6 +110,7 @@ class ProjectSettings:
                 database_url=data.get("database_url"),
                 labelling=LabellingSettings(**data.get("labelling", {})),
                 training=TrainingSettings(**data.get("training", {})),
+                access=AccessSettings(**data.get("access", {})),
             )
         except (KeyError, TypeError) as error:
             raise ProjectError(f"{SETTINGS_FILE}: {error}") from error

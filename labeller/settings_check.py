@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 # Positive; each worker also refuses a timeout under three of its own heartbeat periods (labeller.worker),
@@ -65,9 +66,30 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | Non
     return check
 
 
+def _string_list(what: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+            return f"must be a list of {what} (non-empty strings), got {value!r}"
+        return None
+
+    return check
+
+
+def _import_roots(value: Any) -> str | None:
+    if problem := _string_list("absolute folder paths")(value):
+        return problem
+    for root in value:
+        if not PurePosixPath(root).is_absolute():
+            return f"must hold absolute folder paths, got {root!r}"
+        if PurePosixPath(root) == PurePosixPath("/"):
+            # Every file the server can read, which import_roots exists to prevent.
+            return "must not include / (the whole file system): name the folders images come from"
+    return None
+
+
 _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("labelling", "default_strategy"): _one_of(_names("STRATEGIES")),
-    ("training", "model"): _one_of(_names("MODEL_KINDS")),
+    ("training", "model"): _one_of(_names("MODEL_CHOICES")),
     ("training", "backbone"): _one_of(lambda: ("auto", *_names("INPUT_KINDS")())),
     ("training", "feature_view"): _one_of(lambda: ("centre", "centre_flip")),
     ("training", "image_size"): _zero_or_between(4, 1024),
@@ -81,6 +103,9 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("training", "auto_retrain_every"): _at_least(0),
     ("training", "consistency"): _at_least(0),
     ("training", "balance"): _auto_or_at_least(0),
+    ("access", "admins"): _string_list("e-mail addresses"),
+    ("access", "annotators"): _string_list("e-mail addresses"),
+    ("access", "import_roots"): _import_roots,
     ("training", "heartbeat_timeout_seconds"): lambda value: (
         None
         if value >= MIN_HEARTBEAT_TIMEOUT_SECONDS

@@ -412,7 +412,7 @@ def test_data_page_and_card_show_the_taxonomy_files_keys(project: Project) -> No
     import tomllib
 
     text = data_service.taxonomy_toml(project.engine).replace('key = "2"', 'key = "9"')
-    data_service.apply_taxonomy_toml(project.engine, text)
+    data_service.apply_taxonomy_toml(project.engine, text, role=common.Role.ADMIN)
     spec = tomllib.loads(data_service.taxonomy_toml(project.engine))  # what `labeller taxonomy --show` prints
     from_file = {main["name"]: main.get("key") for main in spec["main"]}
     assert from_file["strokes"] == "9"

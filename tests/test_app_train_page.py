@@ -18,6 +18,7 @@ from db.queries.models import register_model_version, write_predictions
 from db.queries.taxonomy import list_main_classes
 from db.schema import AnnotationKind, Image, Job, JobStatus
 from labeller.app.services import train, train_report
+from labeller.app.services.common import Role
 from labeller.app.services.train import TrainingInProgress, VersionView
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model, make_app_project
@@ -115,7 +116,7 @@ def test_one_click_one_job_and_the_button_is_disabled_while_one_is_pending(proje
     assert app.button(key=START).disabled
     # A second click that reached the server anyway (two tabs, a double click): refused, the same job shown.
     with pytest.raises(TrainingInProgress) as refused:
-        train.start_training(project.engine, model="m2", epochs=3, device="cpu")
+        train.start_training(project.engine, model="m2", epochs=3, device="cpu", role=Role.ADMIN)
     assert refused.value.job_id == job.id
     with unit_of_work(project.engine) as session:
         assert len(list_jobs(session, kind="train")) == 1
@@ -206,7 +207,7 @@ def test_promotion_reasons_metrics_per_class_comparison_and_flat_calibration(pro
         "promotion": promotion,
     }
     second = _version(project, metrics, 0.36, label_count=105)  # three main classes: uniform is 0.333
-    train.promote(project.engine, second)
+    train.promote(project.engine, second, role=Role.ADMIN)
     app = open_page(project, "train")
     assert not app.exception
     tables = [frame.value for frame in app.dataframe]

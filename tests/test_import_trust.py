@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.engine import reading
 from db.schema import Image
 from labeller.app.services import data
+from labeller.app.services.common import Role
 from labeller.files import FileRefused, hash_file
 from labeller.ingest import ImportOptions, ImportReport, import_images
 from labeller.project import Project, init_project
@@ -42,7 +43,7 @@ def png_bytes(tmp_path: Path, seed: int) -> bytes:
 def test_uploads_with_the_same_name_are_all_imported(project: Project, tmp_path: Path) -> None:
     # The old naming put the third file at "2-x.png", over the first one.
     files = [("2-x.png", png_bytes(tmp_path, 1)), ("x.png", png_bytes(tmp_path, 2)), ("x.png", png_bytes(tmp_path, 3))]
-    report = data.import_uploads(project, files)
+    report = data.import_uploads(project, files, role=Role.ADMIN)
     assert (report.added, report.skipped) == (3, [])
     assert stored_names(project) == ["2-x.png", "x (2).png", "x.png"]
 
@@ -56,7 +57,7 @@ def test_uploads_with_hidden_or_hostile_names_are_imported_inside_the_uploads_fo
         ("C:\\Users\\me\\win.png", png_bytes(tmp_path, 3)),
         ("..", png_bytes(tmp_path, 4)),
     ]
-    report = data.import_uploads(project, files)
+    report = data.import_uploads(project, files, role=Role.ADMIN)
     # The nameless one has no image suffix: reported, not silently dropped.
     assert report.added == 3
     assert [skipped.reason for skipped in report.skipped] == ["not an image file type (no extension)"]

@@ -18,12 +18,7 @@ from labeller.project import Project
 NEW_NAME = "New annotator..."
 
 
-def _oidc_configured() -> bool:
-    # st.user carries "is_logged_in" only when an [auth] section is in secrets.toml.
-    return "is_logged_in" in st.user.to_dict()
-
-
-def _sign_in(name: str) -> None:
+def _sign_in(name: str, *, remember: bool = True) -> None:
     name = name.strip()
     if not name:
         st.session_state["identity_error"] = "A name cannot be empty."
@@ -33,8 +28,9 @@ def _sign_in(name: str) -> None:
             annotator = get_or_create_annotator(session, name)
             state.set_identity(state.Identity(annotator.id, annotator.name))
         st.session_state.pop("identity_error", None)
-        # Kept in the URL so that a reload or a bookmarked page keeps the same name.
-        st.query_params["annotator"] = annotator.name
+        if remember:
+            # Kept in the URL so that a reload or a bookmarked page keeps the same name (without login only).
+            st.query_params["annotator"] = annotator.name
     except AnnotatorError as error:
         st.session_state["identity_error"] = str(error)
 
@@ -44,18 +40,35 @@ def _sign_out() -> None:
     st.query_params.pop("annotator", None)
 
 
-def identity_picker(project: Project) -> None:
-    """Who is labelling: the OIDC user when login is configured, else a name picked from a list."""
-    if _oidc_configured():
-        if not st.user.is_logged_in:
-            st.button("Log in", on_click=st.login, icon=":material/login:")
-            return
-        name = str(st.user.get("email") or st.user.get("name"))
-        who = state.identity()
-        if who is None or who.name != name:
-            _sign_in(name)
-        st.caption(f"Signed in as **{name}**")
+def _logged_in_identity(project: Project) -> None:
+    """With login, the identity follows the login on every run: logged out (or not allowed in) leaves none,
+    even if an earlier run of this session had one."""
+    name = state.logged_in_user()
+    if name is None:
+        if state.identity() is not None:
+            state.set_identity(None)
+        st.button("Log in", on_click=st.login, icon=":material/login:")
+        return
+    if state.role(project) is None:
+        if state.identity() is not None:
+            state.set_identity(None)
+        st.error(f"{name} is not on this project's list of annotators; ask one of its admins.")
         st.button("Log out", on_click=st.logout)
+        return
+    who = state.identity()
+    if who is None or who.name != name:
+        _sign_in(name, remember=False)
+    if error := st.session_state.get("identity_error"):
+        st.error(error)
+    st.caption(f"Signed in as **{name}** ({state.role(project)})")
+    st.button("Log out", on_click=st.logout)
+
+
+def identity_picker(project: Project) -> None:
+    """Who is labelling: the OIDC user when login is configured (never the URL's ``?annotator=``), else a name
+    picked from a list."""
+    if state.login_configured():
+        _logged_in_identity(project)
         return
 
     who = state.identity()

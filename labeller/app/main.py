@@ -16,6 +16,7 @@ from streamlit.navigation.page import StreamlitPage
 
 from labeller.app import state
 from labeller.app.components import identity_picker, wellbeing_panel
+from labeller.serving import is_loopback
 
 VIEWS = Path(__file__).parent / "views"
 # A local file: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
@@ -76,9 +77,22 @@ def build_navigation() -> StreamlitPage:
     return st.navigation(pages)
 
 
+def refuse_open_server() -> None:
+    """Stop every page of a server that listens beyond this machine without a login (``streamlit run`` by hand
+    with ``--server.address``; ``labeller serve`` refuses to start that way)."""
+    address = st.get_option("server.address")
+    if address and not is_loopback(str(address)) and not state.login_configured():
+        st.error(
+            "This server listens beyond this machine but has no login, so anyone could label as anyone. "
+            "Configure Streamlit's login ([auth] in .streamlit/secrets.toml) or listen on 127.0.0.1."
+        )
+        st.stop()
+
+
 def main() -> None:
     st.set_page_config(page_title="Latent Labeller", page_icon=str(FAVICON), layout="wide")
     st.html(STYLE)
+    refuse_open_server()
     project = state.current_project()
     # The project's image-safety defaults, before any page draws an image.
     st.session_state.setdefault("blur", project.settings.labelling.blur_images)

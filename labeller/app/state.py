@@ -4,6 +4,7 @@ model version, and the per-browser-session state (who is labelling, what is on s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from labeller.app.services import common
 from labeller.project import Project, ProjectError, open_project
 
 PROJECT_ENV = "LABELLER_PROJECT"
+_LOG = logging.getLogger(__name__)
 
 
 def project_root_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path | None:
@@ -48,7 +50,9 @@ def current_project() -> Project:
     try:
         return _open_project(str(root.resolve()))
     except ProjectError as error:
-        st.error(str(error))
+        # The whole message goes to the server's log; the browser gets it without the server's paths.
+        _LOG.error("cannot open the project: %s", error)
+        st.error(common.public_message(str(error), [root.resolve()]))
         st.stop()
         raise  # unreachable: st.stop raises
 
@@ -93,10 +97,42 @@ def set_identity(value: Identity | None) -> None:
 def require_identity() -> Identity:
     who = identity()
     if who is None:
-        st.info("Pick or enter your name in the sidebar to start. Every label records who made it.")
+        if login_configured():
+            st.info("Log in (in the sidebar) to start. Every label records who made it.")
+        else:
+            st.info("Pick or enter your name in the sidebar to start. Every label records who made it.")
         st.stop()
     assert who is not None
     return who
+
+
+def login_configured() -> bool:
+    """Streamlit's OIDC login is set up (an [auth] section in its secrets): then who labels is the logged-in
+    user, never a name typed or taken from the URL. ``st.user`` carries "is_logged_in" only in that case."""
+    return "is_logged_in" in st.user.to_dict()
+
+
+def logged_in_user() -> str | None:
+    """The logged-in user's e-mail (their name when the provider gives none); None when nobody is logged in."""
+    if not st.user.get("is_logged_in"):
+        return None
+    value = str(st.user.get("email") or st.user.get("name") or "").strip()
+    return value or None
+
+
+def role(project: Project) -> common.Role | None:
+    """What this browser session may do, from the login and the project's [access] settings (read afresh on
+    every run, so a role is never left behind in the session)."""
+    login = login_configured()
+    return common.role_of(project.settings.access, logged_in_user() if login else None, login=login)
+
+
+def admin_only(project: Project, what: str) -> bool:
+    """True for an admin; for anyone else a note that ``what`` is for admins (the page shows the rest)."""
+    if role(project) is common.Role.ADMIN:
+        return True
+    st.info(f"{what} is for the project's admins.", icon=":material/lock:")
+    return False
 
 
 def load_wellbeing(project: Project) -> None:

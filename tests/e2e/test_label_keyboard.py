@@ -13,6 +13,7 @@ from db.engine import unit_of_work
 from db.queries.annotations import current_labels, recent_annotations
 from db.queries.taxonomy import TaxonomySpec
 from labeller.app.services import data
+from labeller.app.services.common import Role
 from labeller.taxonomy_file import parse_taxonomy_toml, taxonomy_to_toml
 from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
 from tests.e2e.project_factory import DIGIT_TAXONOMY, MAIN_KEYS
@@ -173,7 +174,7 @@ def demo_style_keys(server: AppServer) -> str:
         )
     )
     text = taxonomy_to_toml(spec)
-    data.apply_taxonomy_toml(engine, text)
+    data.apply_taxonomy_toml(engine, text, role=Role.ADMIN)
     return data.taxonomy_toml(engine)  # what `labeller taxonomy --show` prints and the Data page edits
 
 

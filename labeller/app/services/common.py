@@ -1,9 +1,12 @@
-"""What several pages need: the taxonomy as the app shows it, image files it may serve, label counts."""
+"""What several pages need: the taxonomy as the app shows it, image files it may serve, label counts, who may
+do what (roles) and messages fit for a browser (no server paths)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -19,7 +22,7 @@ from db.queries.images import image_count
 from db.queries.models import active_model_version
 from db.schema import MAX_ID, Image
 from labeller.app.keys import KeyMap, build_key_map
-from labeller.project import Project
+from labeller.project import AccessSettings, Project
 
 LARGE_VIEW_SIZE = 768  # longest side of the Label page's image, pixels
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -27,6 +30,73 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".
 
 class UnsafePathError(ValueError):
     """A file the app was asked to show lies outside the project's image roots."""
+
+
+# ----------------------------------------------------------------------------------------- access
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # taxonomy, import, export, train, promote, and everything an annotator does
+    ANNOTATOR = "annotator"  # label, and review their own work
+
+
+class NotAllowed(PermissionError):
+    """An annotator asked for an admin's action. The pages hide those actions; this is the server's own check,
+    so a crafted request (or a page that forgot) changes nothing."""
+
+
+def role_of(access: AccessSettings, user: str | None, *, login: bool) -> Role | None:
+    """The role of ``user`` (the logged-in e-mail); None: not allowed in at all.
+
+    Without login the app listens only on this machine (``labeller serve``), so its user is the person at it:
+    an admin. With login, ``access.admins`` are admins, and everyone else logged in is an annotator unless
+    ``access.annotators`` lists who may label."""
+    if not login:
+        return Role.ADMIN
+    who = (user or "").strip().casefold()
+    if not who:
+        return None
+    if who in {name.strip().casefold() for name in access.admins}:
+        return Role.ADMIN
+    if not access.annotators or who in {name.strip().casefold() for name in access.annotators}:
+        return Role.ANNOTATOR
+    return None
+
+
+def require_admin(role: Role | None, action: str) -> None:
+    """Raise NotAllowed unless ``role`` is admin; ``action`` completes "Only admins may ..."."""
+    if role is not Role.ADMIN:
+        raise NotAllowed(f"Only the project's admins may {action} (admins in [access] of labeller.toml).")
+
+
+# ----------------------------------------------------------------------------------------- messages
+
+# An absolute POSIX path in a message: a "/" that does not follow a word character, a ":" or another "/"
+# (so "50/100", "and/or" and "http://host" are left alone), up to whitespace or quoting.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/[^\s'\"`,;()\[\]]+")
+
+
+def public_path(path: str | Path, bases: Sequence[Path] = ()) -> str:
+    """A server path as a browser may see it: relative to the first of ``bases`` that holds it (the project,
+    the folder being imported), else only its file name. Where files live on the server is not the web
+    user's business, and it helps whoever probes the server."""
+    candidate = Path(path)
+    for base in bases:
+        for form in (base, base.resolve()):
+            if candidate.is_relative_to(form):
+                return candidate.relative_to(form).as_posix() or "."
+    return candidate.name or "."
+
+
+def public_message(text: str, bases: Sequence[Path] = ()) -> str:
+    """``text`` with every absolute path in it shortened by :func:`public_path`."""
+
+    def shorten(match: re.Match[str]) -> str:
+        found = match.group(0)
+        path = found.rstrip(".:")  # the sentence's full stop or colon is not part of the path
+        return public_path(path, bases) + found[len(path) :]
+
+    return _ABSOLUTE_PATH.sub(shorten, text)
 
 
 @dataclass(frozen=True)

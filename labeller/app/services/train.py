@@ -15,6 +15,7 @@ from db.queries import jobs as job_queries
 from db.queries.jobs import enqueue_job, get_job, job_events, list_jobs, request_cancel
 from db.queries.models import list_model_versions, rollback_model_version
 from db.schema import Job
+from labeller.app.services.common import Role, require_admin
 
 TRAIN_MODELS = MODEL_KINDS  # core.registry: the one list of model kinds
 
@@ -69,8 +70,10 @@ def pending_training(engine: Engine) -> JobView | None:
         return _job_view(pending[0]) if pending else None
 
 
-def start_training(engine: Engine, *, model: str, epochs: int, device: str, backbone: str | None = None) -> int:
-    """Queue a train job for a worker; returns its id. The app never trains in its own process.
+def start_training(
+    engine: Engine, *, model: str, epochs: int, device: str, role: Role | None, backbone: str | None = None
+) -> int:
+    """Queue a train job for a worker (admins only); returns its id. The app never trains in its own process.
 
     Refused with TrainingInProgress while a train job is queued or running (a double click queues one job).
     ``backbone``: the job's input (pixels or a backbone name); None leaves it to the project's setting."""
@@ -79,6 +82,7 @@ def start_training(engine: Engine, *, model: str, epochs: int, device: str, back
     from db.queries.jobs import AUTO_RETRAIN_LOCK_KEY, pending_jobs
     from labeller.jobs.params import TrainParams
 
+    require_admin(role, "start training")
     params = TrainParams(model=model, epochs=int(epochs), device=device, backbone=backbone, reason="app")
     if problems := params.problems():
         raise ValueError("; ".join(problems))
@@ -93,7 +97,8 @@ def start_training(engine: Engine, *, model: str, epochs: int, device: str, back
         return enqueue_job(session, "train", params.to_params()).id
 
 
-def cancel(engine: Engine, job_id: int) -> JobView:
+def cancel(engine: Engine, job_id: int, *, role: Role | None) -> JobView:
+    require_admin(role, "cancel a job")
     with unit_of_work(engine) as session:
         return _job_view(request_cancel(session, job_id))
 
@@ -160,8 +165,9 @@ def model_versions(engine: Engine) -> list[VersionView]:
         ]
 
 
-def promote(engine: Engine, version_id: int) -> str:
+def promote(engine: Engine, version_id: int, *, role: Role | None) -> str:
     """Promote now if the version is scored, else queue the score job that promotes it; says which."""
+    require_admin(role, "promote a model version")
     with unit_of_work(engine) as session:
         job = job_queries.promote_when_scored(session, version_id)
     if job is None:
@@ -169,6 +175,7 @@ def promote(engine: Engine, version_id: int) -> str:
     return f"Model version {version_id} is being scored (job {job.id}); it becomes active once its predictions are in."
 
 
-def roll_back(engine: Engine) -> int:
+def roll_back(engine: Engine, *, role: Role | None) -> int:
+    require_admin(role, "roll back the model")
     with unit_of_work(engine) as session:
         return rollback_model_version(session).id

@@ -4,6 +4,8 @@ download the labels."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -17,10 +19,13 @@ from labeller.ingest import ImportReport
 project = state.current_project()
 engine = project.engine
 state.require_identity()
+role = state.role(project)
+# Skipped files are shown relative to an import root or the project: never where they are on the server.
+shown_under = [Path(root) for root in project.settings.access.import_roots] + [project.root]
 SKIPPED_IN_FULL = 100  # skipped files listed with their whole reason; more go in a scrolling table
 
 
-def show_report(report: ImportReport) -> None:
+def show_report(report: ImportReport, bases: Sequence[Path]) -> None:
     st.success(
         f"Added {report.added} images ({report.duplicates} duplicates, {report.labelled} pre-labelled) "
         f"in {report.seconds:.1f} s."
@@ -29,7 +34,10 @@ def show_report(report: ImportReport) -> None:
         count = len(report.skipped)
         with st.expander(f"{count} file{'' if count == 1 else 's'} skipped", expanded=count <= 5):
             table = pd.DataFrame(
-                {"file": [str(s.path) for s in report.skipped], "reason": [s.reason for s in report.skipped]}
+                {
+                    "file": [common.public_path(s.path, bases) for s in report.skipped],
+                    "reason": [common.public_message(s.reason, bases) for s in report.skipped],
+                }
             )
             if count <= SKIPPED_IN_FULL:
                 st.table(table.set_index("file"))  # wraps long reasons instead of cutting them off
@@ -47,27 +55,37 @@ imports, taxonomy_tab, counts_tab, export_tab = st.tabs(["Import", "Taxonomy", "
 
 with imports:
     total_box = st.empty()  # filled after the forms, so that it counts what they just imported
-    left, right = st.columns(2, gap="large")
-    with left, st.form("import_folder"):
-        st.markdown("**A folder on the server**")
-        folder = st.text_input("Folder path", placeholder="/data/new-batch")
-        from_folders = st.checkbox(
-            "Sub-folder names are labels", help="main/ or main/sub/ folders pre-label their images (ImageFolder layout)"
-        )
-        if st.form_submit_button("Import folder", type="primary"):
-            try:
+    if state.admin_only(project, "Importing images"):
+        roots = project.settings.access.import_roots
+        left, right = st.columns(2, gap="large")
+        with left, st.form("import_folder"):
+            st.markdown("**A folder on the server**")
+            if roots:
+                st.caption("Folders under " + ", ".join(f"`{root}`" for root in roots) + " (import_roots).")
+            else:
+                st.caption(data.NO_IMPORT_ROOTS)
+            folder = st.text_input("Folder path", placeholder=roots[0] if roots else "", disabled=not roots)
+            from_folders = st.checkbox(
+                "Sub-folder names are labels",
+                help="main/ or main/sub/ folders pre-label their images (ImageFolder layout)",
+                disabled=not roots,
+            )
+            if st.form_submit_button("Import folder", type="primary", disabled=not roots):
+                try:
+                    with st.spinner("Importing..."):
+                        report = data.import_folder(project, folder, labels_from_folders=from_folders, role=role)
+                    show_report(report, shown_under)
+                except (OSError, ValueError) as error:
+                    st.error(common.public_message(str(error), shown_under))
+        with right, st.form("upload", clear_on_submit=True):
+            st.markdown("**Upload from this computer**")
+            uploads = st.file_uploader(
+                "Images", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"], accept_multiple_files=True
+            )
+            if st.form_submit_button("Import uploads", type="primary") and uploads:
                 with st.spinner("Importing..."):
-                    show_report(data.import_folder(project, folder, labels_from_folders=from_folders))
-            except (FileNotFoundError, ValueError) as error:
-                st.error(str(error))
-    with right, st.form("upload", clear_on_submit=True):
-        st.markdown("**Upload from this computer**")
-        uploads = st.file_uploader(
-            "Images", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"], accept_multiple_files=True
-        )
-        if st.form_submit_button("Import uploads", type="primary") and uploads:
-            with st.spinner("Importing..."):
-                show_report(data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads]))
+                    report = data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads], role=role)
+                show_report(report, shown_under)
     total_box.metric("Images in the project", common.image_total(engine))
 
 with taxonomy_tab:
@@ -75,11 +93,14 @@ with taxonomy_tab:
         'Edit the taxonomy as TOML. Rename with `renamed_from = "old"`, merge with `merge_into = "other"`: '
         "labels follow. A class that has labels cannot simply disappear."
     )
+    may_edit = state.admin_only(project, "Changing the taxonomy")
     revision = st.session_state.setdefault("taxonomy_revision", 0)
-    text = st.text_area("Taxonomy", data.taxonomy_toml(engine), height=320, key=f"taxonomy-{revision}")
-    if st.button("Apply taxonomy", type="primary"):
+    text = st.text_area(
+        "Taxonomy", data.taxonomy_toml(engine), height=320, key=f"taxonomy-{revision}", disabled=not may_edit
+    )
+    if may_edit and st.button("Apply taxonomy", type="primary"):
         try:
-            changes = data.apply_taxonomy_toml(engine, text)
+            changes = data.apply_taxonomy_toml(engine, text, role=role)
         except TaxonomyError as error:
             st.error(str(error))
         else:
@@ -115,19 +136,20 @@ with export_tab:
         "Every labelled image with its current label, who made it, when, and which model version queued it. "
         "`labeller export` also writes an ImageFolder tree."
     )
-    downloads = st.container(horizontal=True)
-    downloads.download_button(
-        "Labels (CSV)",
-        # A callable: the export is built when the button is clicked, not on every rerun of the page.
-        functools.partial(data.labels_csv, project),
-        file_name=f"{project.settings.name}-labels.csv",
-        mime="text/csv",
-        icon=":material/download:",
-    )
-    downloads.download_button(
-        "Labels (JSON lines)",
-        functools.partial(data.labels_jsonl, project),
-        file_name=f"{project.settings.name}-labels.jsonl",
-        mime="application/jsonl",
-        icon=":material/download:",
-    )
+    if state.admin_only(project, "Exporting the labels"):
+        downloads = st.container(horizontal=True)
+        downloads.download_button(
+            "Labels (CSV)",
+            # A callable: the export is built when the button is clicked, not on every rerun of the page.
+            functools.partial(data.labels_csv, project, role=role),
+            file_name=f"{project.settings.name}-labels.csv",
+            mime="text/csv",
+            icon=":material/download:",
+        )
+        downloads.download_button(
+            "Labels (JSON lines)",
+            functools.partial(data.labels_jsonl, project, role=role),
+            file_name=f"{project.settings.name}-labels.jsonl",
+            mime="application/jsonl",
+            icon=":material/download:",
+        )

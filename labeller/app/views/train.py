@@ -18,6 +18,7 @@ FOLLOW_UP_NAMES = {"score": "Scoring the pool", "embed": "Latent map for Explore
 project = state.current_project()
 engine = project.engine
 state.require_identity()
+role = state.role(project)  # starting, cancelling, promoting and rolling back are the admins' (services check it)
 defaults = project.settings.training
 
 
@@ -34,32 +35,35 @@ def start(model: str, epochs: int, device: str, backbone: str) -> None:
             model=model,
             epochs=epochs,
             device=device,
+            role=role,
             backbone=train_report.backbone_param(project, backbone),
         )
     except train.TrainingInProgress as busy:
         st.session_state["watched_job"] = busy.job_id
         st.session_state["train_flash"] = str(busy)
+    except (common.NotAllowed, ValueError) as error:
+        st.session_state["train_flash"] = str(error)
 
 
 def cancel(job_id: int) -> None:
     try:
-        train.cancel(engine, job_id)
-    except JobError as error:
+        train.cancel(engine, job_id, role=role)
+    except (JobError, common.NotAllowed) as error:
         st.session_state["train_flash"] = str(error)
 
 
 def promote(version_id: int) -> None:
     try:
-        st.session_state["train_flash"] = train.promote(engine, version_id)
-    except ModelVersionError as error:
+        st.session_state["train_flash"] = train.promote(engine, version_id, role=role)
+    except (ModelVersionError, common.NotAllowed) as error:
         st.session_state["train_flash"] = str(error)
 
 
 def roll_back() -> None:
     try:
-        version_id = train.roll_back(engine)
+        version_id = train.roll_back(engine, role=role)
         st.session_state["train_flash"] = f"Rolled back: model version {version_id} is active again."
-    except ModelVersionError as error:
+    except (ModelVersionError, common.NotAllowed) as error:
         st.session_state["train_flash"] = str(error)
 
 
@@ -99,14 +103,14 @@ def live_progress() -> None:
         f"**Job {job.id}** ({job.params.get('model', job.kind)}, {epochs} epochs"
         f"{', ' + backbone if backbone else ''}): {status}"
     )
-    if job.status in ("queued", "running") and not job.cancel_requested:
+    if job.status in ("queued", "running") and not job.cancel_requested and is_admin:
         st.button("Cancel", key=f"cancel-{job.id}", on_click=cancel, args=(job.id,), icon=":material/stop_circle:")
     elif job.cancel_requested and not job.finished:
         st.caption("Cancelling...")
     if job.status == "cancelled":
         st.info(f"Cancelled{': ' + job.error if job.error else ''}.", icon=":material/cancel:")
     elif job.error and job.status != "succeeded":
-        st.error(job.error)
+        st.error(common.public_message(job.error, [project.root]))  # the worker's message, without server paths
     if job.status == "succeeded":
         st.success(
             f"Finished: model version {job.model_version_id} registered." if job.model_version_id else "Finished."
@@ -151,8 +155,9 @@ def live_progress() -> None:
 
 
 st.title("Train")
+is_admin = state.admin_only(project, "Starting, cancelling, promoting and rolling back training")
 if flash := st.session_state.pop("train_flash", None):
-    st.toast(flash)
+    st.toast(common.public_message(flash, [project.root]))
 
 decision = input_decision(str(project.root), common.image_total(engine), defaults.backbone)
 st.caption(f"Input: **{decision.backbone}** ({decision.reason}).")
@@ -180,7 +185,7 @@ with st.form("retrain"):
         "Start retrain",
         type="primary",
         icon=":material/play_arrow:",
-        disabled=pending is not None,
+        disabled=pending is not None or not is_admin,
         help=f"Train job {pending.id} is {pending.status}." if pending else None,
     ):
         start(model, int(epochs), device, backbone)
@@ -210,8 +215,10 @@ else:
         st.dataframe(pd.DataFrame(setting_rows), hide_index=True, width="stretch", key="version-settings")
     actions = st.columns([2, 1, 1], vertical_alignment="bottom")
     chosen = actions[0].selectbox("Version", [v.id for v in versions], format_func=lambda i: f"version {i}")
-    actions[1].button("Promote", on_click=promote, args=(chosen,), type="primary", width="stretch")
-    actions[2].button("Roll back", on_click=roll_back, width="stretch")
+    actions[1].button(
+        "Promote", on_click=promote, args=(chosen,), type="primary", width="stretch", disabled=not is_admin
+    )
+    actions[2].button("Roll back", on_click=roll_back, width="stretch", disabled=not is_admin)
 
     promotions = train_report.promotion_rows(versions)
     if promotions:
