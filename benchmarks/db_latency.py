@@ -119,7 +119,6 @@ def measure(path: Path, count: int, *, iterations: int) -> dict[str, Any]:
                     main_class_id=setup["main_class_id"],
                     sub_class_ids=[setup["sub_class_id"]],
                     model_version_id=setup["version_id"],
-                    strategy="entropy",
                 )
 
         cold_ms = _repeat(engine, iterations // 3, "cold", lambda s, a: _next(s, a, None))

@@ -148,6 +148,63 @@ class AnnotationKind(enum.StrEnum):
     UNDO = "undo"  # withdraws the annotation it supersedes
 
 
+class AnnotationSource(enum.StrEnum):
+    """What put an image in front of the annotator, recorded on each annotation (and on the claim that
+    served it until the decision): the one vocabulary of ``annotations.source`` and ``claims.source``.
+
+    The Label page's queue (``db.queries.queue``) says which of its sources served each image; the
+    annotation's ``strategy`` names the strategy only when that strategy's order served it (RANKED, SCORE,
+    RANDOM). Other ways of labelling name themselves.
+    """
+
+    # -- the Label page's queue
+    RANKED = "ranked"  # the version's queue_rank: core.acquisition.rank_pool's order, which `evaluate` simulates
+    SCORE = "score"  # the strategy's plain score order: past the ranked head, or a strategy not ranked
+    RANDOM = "random"  # random-key order, asked for (the random strategy)
+    COLD_START = "cold_start"  # no model version yet: random-key order (evaluate's initial_selection="random")
+    AUDIT = "audit"  # the audit slice (its share of the queue, or what is left of it when nothing else is)
+    FALLBACK = "fallback"  # the strategy had nothing left (unscored images, a score the version lacks): random order
+    RETURNING = "returning"  # the annotator's own skipped or unsure image, handed back when nothing else is left
+    REQUESTED = "requested"  # one image asked for by id (a link such as ?image=42)
+    # -- elsewhere
+    HISTORY = "history"  # a correction from the Label page's Recent list
+    GRID = "grid"  # bulk labelling on the Grid page
+    EXPLORE = "explore"  # bulk labelling of an Explore (lasso) selection, on the Grid page
+    IMPORT = "import"  # labeller import (class folders, manifests)
+    DEMO = "demo"  # the demo project's generated labels
+    UNREADABLE = "unreadable"  # the automatic skip of an image whose file cannot be read
+    # -- no more known
+    APP = "app"  # before revision c4e7a2d91b36: the Label page, what served it unrecorded (strategy: the one asked)
+    UNKNOWN = "unknown"  # the Label page, but the claim that served the image was gone when the decision came
+
+    @classmethod
+    def parse(cls, value: str | None) -> AnnotationSource:
+        """The source called ``value``; UNKNOWN for anything else (a row another tool wrote)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+    def describe(self, strategy: str | None = None) -> str:
+        """For people: "entropy, ranked", "entropy" (its score order), "audit slice", "cold start", "grid"..."""
+        if self == AnnotationSource.RANKED and strategy:
+            return f"{strategy}, ranked"
+        if self == AnnotationSource.SCORE and strategy:
+            return strategy
+        if self == AnnotationSource.APP and strategy:
+            return f"{strategy} (asked; what served it was not recorded)"
+        return _SOURCE_WORDS.get(self, self.value.replace("_", " "))
+
+
+_SOURCE_WORDS = {
+    AnnotationSource.AUDIT: "audit slice",
+    AnnotationSource.FALLBACK: "fallback (random order: the strategy had nothing left)",
+    AnnotationSource.RETURNING: "returning (your skipped or unsure image)",
+    AnnotationSource.REQUESTED: "requested by link",
+    AnnotationSource.APP: "Label page (what served it was not recorded)",
+}
+
+
 CURRENT_ANNOTATION_INDEX = "ux_annotations_one_current"
 
 
@@ -178,10 +235,11 @@ class Annotation(Base):
     main_class_id: Mapped[int | None] = mapped_column(ForeignKey("main_classes.id"))
     superseded: Mapped[bool] = mapped_column(Boolean, default=False)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
-    # Provenance: which model version and strategy put this image in front of the annotator.
+    # Provenance: the model version active when the image was served, what served it (an AnnotationSource)
+    # and, when that was a strategy's own order, the strategy.
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     strategy: Mapped[str | None] = mapped_column(String(32))
-    source: Mapped[str] = mapped_column(String(32), default="app")  # app, grid, import, cli, ...
+    source: Mapped[str] = mapped_column(String(32), default=AnnotationSource.UNKNOWN.value)
 
     image: Mapped[Image] = relationship(back_populates="annotations")
     tags: Mapped[list[AnnotationTag]] = relationship(cascade="all, delete-orphan")
@@ -204,6 +262,10 @@ class Claim(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # What served the image (an AnnotationSource) and the strategy when its own order did: the decision
+    # that fulfils the claim records them. NULL on claims taken before revision c4e7a2d91b36.
+    source: Mapped[str | None] = mapped_column(String(32))
+    strategy: Mapped[str | None] = mapped_column(String(32))
 
 
 class ModelVersion(Base):

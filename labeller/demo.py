@@ -28,7 +28,7 @@ from db.queries.taxonomy import (
     main_class_by_name,
     sub_class_by_name,
 )
-from db.schema import AnnotationKind
+from db.schema import AnnotationKind, AnnotationSource
 from labeller.ingest import ImportOptions, import_images
 from labeller.project import SETTINGS_FILE, Project, TrainingSettings, init_project, open_project
 
@@ -155,5 +155,5 @@ def _prelabel(project: Project, files: list[tuple[Path, str]], config: DemoConfi
                 kind=AnnotationKind.LABEL,
                 main_class_id=main_class_by_name(session, main).id,
                 sub_class_ids=tags,
-                source="demo",
+                source=AnnotationSource.DEMO,
             )

@@ -26,6 +26,7 @@ from db.engine import unit_of_work
 from db.queries.annotators import get_or_create_annotator
 from db.queries.exports import image_ids_by_path, record_imported_label
 from db.queries.images import image_ids_by_sha, images_with_current_annotation
+from db.schema import AnnotationSource
 from labeller.export import (
     FIFTYONE_DATA,
     FIFTYONE_LABELS,
@@ -44,7 +45,7 @@ MAIN_COLUMNS = ("main_class", "class", "label", "ground_truth")
 TAG_COLUMNS = ("sub_classes", "tags")
 LEAF_COLUMNS = ("leaf",)
 LABEL_COLUMNS = (*MAIN_COLUMNS, *TAG_COLUMNS, *LEAF_COLUMNS)
-IMPORT_SOURCE = "import"
+IMPORT_SOURCE = AnnotationSource.IMPORT
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,20 @@ class Manifest:
                     main_class_id=label.main_class_id,
                     sub_class_ids=label.sub_class_ids,
                     created_at=entry.labelled_at,
-                    source=entry.source or IMPORT_SOURCE,
+                    source=imported_source(entry.source),
                     strategy=entry.strategy,
                 )
                 decided.add(image_id)
                 written += 1
         self._pending = []
         return written
+
+
+def imported_source(value: str | None) -> AnnotationSource:
+    """The source an imported label records: the one its row names when that is one of ours (an export of
+    this tool: export -> import keeps it), "import" otherwise."""
+    source = AnnotationSource.parse(value)
+    return source if source.value == value else IMPORT_SOURCE
 
 
 def _sha256(path: Path) -> str | None:

@@ -14,7 +14,7 @@ from db.engine import unit_of_work
 from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.taxonomy import apply_taxonomy_spec, main_class_by_name, sub_class_by_name
-from db.schema import AnnotationKind, Image, ModelVersion
+from db.schema import AnnotationKind, AnnotationSource, Image, ModelVersion
 from labeller.export import ExportError, export_labels, iter_export_rows
 from labeller.ingest import ImportOptions, import_images
 from labeller.project import Project, init_project
@@ -56,6 +56,7 @@ def project(tmp_path: Path, engine) -> Project:
             ],
             model_version_id=version.id,
             strategy="entropy",
+            source=AnnotationSource.SCORE,  # served by entropy's score order
         )
     return project
 
@@ -87,6 +88,7 @@ def test_csv(project: Project, tmp_path: Path) -> None:
     assert by_name["h1.png"]["sub_classes"] == "red;black"
     assert by_name["h1.png"]["model_version"] == "m2-v1"
     assert by_name["h1.png"]["strategy"] == "entropy"
+    assert by_name["h1.png"]["source"] == "score"
     assert by_name["a1.png"]["annotator"] == "import"
     assert by_name["a1.png"]["source"] == "import"
     assert not list(out.parent.glob("*.tmp"))

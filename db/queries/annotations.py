@@ -29,6 +29,7 @@ from db.schema import (
     CURRENT_ANNOTATION_INDEX,
     Annotation,
     AnnotationKind,
+    AnnotationSource,
     AnnotationTag,
     Annotator,
     Claim,
@@ -57,7 +58,7 @@ class CurrentLabel:
     strategy: str | None
     annotation_id: int = 0
     main_class_id: int = 0
-    source: str = "app"
+    source: str = AnnotationSource.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ class AnnotationView:
     model_version_id: int | None
     strategy: str | None
     source: str
+
+    @property
+    def served_by(self) -> str:
+        """What put the image in front of the annotator, for people ("entropy, ranked", "audit slice"...)."""
+        known = AnnotationSource.parse(self.source)
+        return known.describe(self.strategy) if known.value == self.source else self.source
 
 
 @dataclass(frozen=True)
@@ -131,15 +138,21 @@ def record_annotation(
     sub_class_ids: Sequence[int] = (),
     model_version_id: int | None = None,
     strategy: str | None = None,
-    source: str = "app",
+    source: AnnotationSource | None = None,
 ) -> Annotation:
     """Append one decision; it supersedes the annotator's current annotation of the image, if any.
 
-    The annotator's claim on the image is released: the decision fulfils it.
+    The annotator's claim on the image is released: the decision fulfils it. ``source`` None records what
+    served that claim (``db.queries.queue``) and its strategy, or "unknown" without one; otherwise the
+    caller names the source (grid, import...) and the strategy, if any.
     """
     kind = AnnotationKind(kind)
     tag_ids = _unique(sub_class_ids)
     _validate_decision(session, image_id, annotator_id, kind, main_class_id, tag_ids)
+    if source is None:
+        if strategy is not None:
+            raise AnnotationError("the strategy of a queued image comes from its claim: name no strategy")
+        source, strategy = served_by_claim(session, image_id, annotator_id)
 
     for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
         try:
@@ -175,6 +188,15 @@ def record_annotation(
     elif previous is not None and previous.kind == AnnotationKind.LABEL:
         _sync_labelled_hint(session, image_id)
     return annotation
+
+
+def served_by_claim(session: Session, image_id: int, annotator_id: int) -> tuple[AnnotationSource, str | None]:
+    """(source, strategy) of the annotator's claim on the image, expired or not: what served it to them.
+    ("unknown", None) when they hold none, or one taken before claims recorded it."""
+    claim = session.get(Claim, image_id)
+    if claim is None or claim.annotator_id != annotator_id or claim.source is None:
+        return AnnotationSource.UNKNOWN, None
+    return AnnotationSource(claim.source), claim.strategy
 
 
 # Each lost race means another session committed a decision meanwhile; a handful of tries is plenty.

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from db.schema import (
     Annotation,
     AnnotationKind,
+    AnnotationSource,
     Annotator,
     Claim,
     Image,
@@ -45,19 +46,38 @@ def prediction_for(session: Session, model_version_id: int | None, image_id: int
     return session.get(Prediction, (model_version_id, image_id))
 
 
-def claim_image(session: Session, *, image_id: int, annotator_id: int, lease_seconds: int) -> bool:
-    """Claim one given image (e.g. the one an undo brings back); False when someone else holds it."""
+def claim_image(
+    session: Session,
+    *,
+    image_id: int,
+    annotator_id: int,
+    lease_seconds: int,
+    source: AnnotationSource = AnnotationSource.UNKNOWN,
+    strategy: str | None = None,
+) -> bool:
+    """Claim one given image (e.g. the one an undo brings back); False when someone else holds it.
+
+    A claim the annotator already holds is renewed and keeps what served it; a new one records ``source``
+    and ``strategy`` (see ``db.schema.AnnotationSource``) for the decision that will fulfil it."""
     now = utcnow()
     claim = session.get(Claim, image_id)
     if claim is not None and claim.annotator_id != annotator_id and claim.expires_at > now:
         return False
+    expires_at = now + timedelta(seconds=lease_seconds)
     if claim is None:
         session.add(
-            Claim(image_id=image_id, annotator_id=annotator_id, expires_at=now + timedelta(seconds=lease_seconds))
+            Claim(
+                image_id=image_id,
+                annotator_id=annotator_id,
+                expires_at=expires_at,
+                source=source.value,
+                strategy=strategy,
+            )
         )
     else:
-        claim.annotator_id = annotator_id
-        claim.expires_at = now + timedelta(seconds=lease_seconds)
+        if claim.annotator_id != annotator_id:  # an expired lease of someone else's, taken over
+            claim.annotator_id, claim.source, claim.strategy = annotator_id, source.value, strategy
+        claim.expires_at = expires_at
     session.flush()
     return True
 

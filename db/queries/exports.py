@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.queries.annotations import record_annotation
-from db.schema import AnnotationKind, Image, MainClass, ModelVersion, Prediction, SubClass
+from db.schema import AnnotationKind, AnnotationSource, Image, MainClass, ModelVersion, Prediction, SubClass
 
 _ID_CHUNK = 500
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -110,7 +110,7 @@ def record_imported_label(
     main_class_id: int,
     sub_class_ids: Sequence[int],
     created_at: datetime | None,
-    source: str,
+    source: AnnotationSource,
     strategy: str | None,
 ) -> None:
     """A label read from another tool's file, keeping its time (``None``: now). The model version that

@@ -14,6 +14,10 @@ How the next image is chosen, in order:
    until everything else is done (then oldest first); other annotators still get it, since an unsure
    image is exactly the one that wants a second opinion.
 
+Each claim records which of these served its image (``db.schema.AnnotationSource``: ranked, score,
+random, cold_start, audit, fallback, returning) and, for a strategy's own order, the strategy; the
+decision that fulfils the claim records them (``db.queries.annotations.record_annotation``).
+
 An image is a candidate for annotator A when it has no current LABEL from anyone (audit images: from A),
 no current decision from A, and no unexpired claim by someone else. Asking again without deciding returns
 the same image (A's own lease does not hide it from A), so a page reload resumes where A was.
@@ -26,7 +30,9 @@ transaction and is then re-checked), so no image is leased to two annotators at 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
@@ -34,7 +40,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from core.registry import STRATEGIES
-from db.schema import Annotation, AnnotationKind, Claim, Image, ModelVersion, Prediction, utcnow
+from db.schema import (
+    Annotation,
+    AnnotationKind,
+    AnnotationSource,
+    Claim,
+    Image,
+    ModelVersion,
+    Prediction,
+    utcnow,
+)
 
 DEFAULT_AUDIT_EVERY = 20
 DEFAULT_LEASE_SECONDS = 600
@@ -57,6 +72,18 @@ class QueueError(ValueError):
     """A queue request that cannot be served as asked (unknown strategy, bad lease); the message says why."""
 
 
+@dataclass(frozen=True)
+class Served:
+    """One image the queue claimed for an annotator, with what served it (as its claim records)."""
+
+    image_id: int
+    source: AnnotationSource
+    strategy: str | None = None  # the strategy whose own order served it (ranked, score, random), else None
+
+
+Candidates = Callable[[int, Sequence[int]], Select]
+
+
 def next_image(
     session: Session,
     *,
@@ -70,7 +97,32 @@ def next_image(
 ) -> int | None:
     """Claim the next image for the annotator and return its id; None when nothing is left. Images in
     ``exclude`` are passed over (the Label page's look-ahead: the images it already holds)."""
-    batch = next_batch(
+    served = serve_next(
+        session,
+        annotator_id=annotator_id,
+        strategy=strategy,
+        model_version_id=model_version_id,
+        lease_seconds=lease_seconds,
+        audit_every=audit_every,
+        now=now,
+        exclude=exclude,
+    )
+    return None if served is None else served.image_id
+
+
+def serve_next(
+    session: Session,
+    *,
+    annotator_id: int,
+    strategy: str,
+    model_version_id: int | None,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    audit_every: int = DEFAULT_AUDIT_EVERY,
+    now: datetime | None = None,
+    exclude: Sequence[int] = (),
+) -> Served | None:
+    """``next_image``, saying what served the image."""
+    batch = serve_batch(
         session,
         annotator_id=annotator_id,
         strategy=strategy,
@@ -98,6 +150,33 @@ def next_batch(
 ) -> list[int]:
     """Claim up to ``size`` images for the annotator (the grid), best first; one in every
     ``audit_every`` is an audit image (``audit_every <= 0``: none). Images in ``exclude`` are passed over."""
+    served = serve_batch(
+        session,
+        annotator_id=annotator_id,
+        strategy=strategy,
+        model_version_id=model_version_id,
+        size=size,
+        lease_seconds=lease_seconds,
+        audit_every=audit_every,
+        now=now,
+        exclude=exclude,
+    )
+    return [item.image_id for item in served]
+
+
+def serve_batch(
+    session: Session,
+    *,
+    annotator_id: int,
+    strategy: str,
+    model_version_id: int | None,
+    size: int,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    audit_every: int = DEFAULT_AUDIT_EVERY,
+    now: datetime | None = None,
+    exclude: Sequence[int] = (),
+) -> list[Served]:
+    """``next_batch``, saying what served each image (the order of the module's docstring)."""
     if strategy not in STRATEGIES:
         raise QueueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if lease_seconds <= 0:
@@ -108,25 +187,46 @@ def next_batch(
     expires_at = now + timedelta(seconds=lease_seconds)
     audit_share = _audit_share(session, annotator_id, size, audit_every)
 
-    sources: list[tuple[int, Callable[[int, Sequence[int]], Select]]] = []
-    if audit_share:
-        sources.append((audit_share, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=True)))
-    if model_version_id is not None and strategy != "random":
-        if _ranked_strategy(session, model_version_id) == strategy:
-            sources.append((size, lambda n, skip: _by_rank(annotator_id, now, n, skip, model_version_id)))
-        sources.append(
-            (size, lambda n, skip: _by_score(annotator_id, now, n, skip, model_version_id, _SCORE_COLUMNS[strategy]))
-        )
-    sources.append((size, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=False)))
-    sources.append((size, lambda n, skip: _random_order(annotator_id, now, n, skip, audit=True)))
-    sources.append((size, lambda n, skip: _returning(annotator_id, now, n, skip)))
+    sources: list[tuple[int, Candidates, AnnotationSource, str | None]] = []
 
-    claimed: list[int] = []
-    for share, candidates in sources:
+    def audit(n: int, skip: Sequence[int]) -> Select:
+        return _random_order(annotator_id, now, n, skip, audit=True)
+
+    def unlabelled(n: int, skip: Sequence[int]) -> Select:
+        return _random_order(annotator_id, now, n, skip, audit=False)
+
+    if audit_share:
+        sources.append((audit_share, audit, AnnotationSource.AUDIT, None))
+    if model_version_id is not None and strategy != "random":
+        score = _SCORE_COLUMNS[strategy]
+        if _ranked_strategy(session, model_version_id) == strategy:
+            ranked = functools.partial(_by_rank, annotator_id, now, model_version_id=model_version_id)
+            sources.append((size, ranked, AnnotationSource.RANKED, strategy))
+        by_score = functools.partial(_by_score, annotator_id, now, model_version_id=model_version_id, score=score)
+        sources.append((size, by_score, AnnotationSource.SCORE, strategy))
+    sources.append((size, unlabelled, *_random_source(strategy, model_version_id)))
+    sources.append((size, audit, AnnotationSource.AUDIT, None))
+    sources.append((size, functools.partial(_returning, annotator_id, now), AnnotationSource.RETURNING, None))
+
+    claimed: list[Served] = []
+    for share, candidates, source, served_strategy in sources:
         wanted = min(share, size - len(claimed))
         if wanted > 0:
-            claimed += _claim_from(session, candidates, wanted, [*exclude, *claimed], annotator_id, now, expires_at)
+            already = [*exclude, *(item.image_id for item in claimed)]
+            served = (source, served_strategy)  # what the claims record
+            won = _claim_from(session, candidates, wanted, already, annotator_id, now, expires_at, served)
+            claimed += [Served(image_id, source, served_strategy) for image_id in won]
     return claimed
+
+
+def _random_source(strategy: str, model_version_id: int | None) -> tuple[AnnotationSource, str | None]:
+    """What random-key order of the unlabelled images is when it serves: the random strategy itself, the
+    cold start before any model version, or the fallback of a strategy that has nothing left to give."""
+    if strategy == "random":
+        return AnnotationSource.RANDOM, strategy
+    if model_version_id is None:
+        return AnnotationSource.COLD_START, None
+    return AnnotationSource.FALLBACK, None
 
 
 def mark_labelled_predictions(session: Session, model_version_id: int) -> int:
@@ -316,12 +416,13 @@ def _audit_share(session: Session, annotator_id: int, size: int, audit_every: in
 
 def _claim_from(
     session: Session,
-    candidates: Callable[[int, Sequence[int]], Select],
+    candidates: Candidates,
     wanted: int,
     already: list[int],
     annotator_id: int,
     now: datetime,
     expires_at: datetime,
+    served: tuple[AnnotationSource, str | None],
 ) -> list[int]:
     """Claim up to ``wanted`` images from one candidate query, in its order. A lost race (PostgreSQL)
     is made up from the spare candidates of the same query, then from a new query."""
@@ -334,7 +435,7 @@ def _claim_from(
         while position < len(ids) and len(claimed) < wanted:
             attempt = ids[position : position + wanted - len(claimed)]
             position += len(attempt)
-            won = _claim(session, attempt, annotator_id, now, expires_at)
+            won = _claim(session, attempt, annotator_id, now, expires_at, served)
             claimed += [image_id for image_id in attempt if image_id in won]
         tried += ids[:position]
         if len(claimed) >= wanted or len(ids) < asked:  # done, or the query has nothing more
@@ -343,18 +444,28 @@ def _claim_from(
 
 
 def _claim(
-    session: Session, image_ids: Sequence[int], annotator_id: int, now: datetime, expires_at: datetime
+    session: Session,
+    image_ids: Sequence[int],
+    annotator_id: int,
+    now: datetime,
+    expires_at: datetime,
+    served: tuple[AnnotationSource, str | None],
 ) -> set[int]:
-    """Lease the images to the annotator unless someone else holds an unexpired lease; the ids won."""
+    """Lease the images to the annotator unless someone else holds an unexpired lease, recording what
+    served them (source and strategy); the ids won."""
     if not image_ids:
         return set()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(Claim).values(
-        [{"image_id": image_id, "annotator_id": annotator_id, "expires_at": expires_at} for image_id in image_ids]
-    )
+    row = {
+        "annotator_id": annotator_id,
+        "expires_at": expires_at,
+        "source": served[0].value,
+        "strategy": served[1],
+    }
+    statement = insert(Claim).values([{"image_id": image_id, **row} for image_id in image_ids])
     statement = statement.on_conflict_do_update(
         index_elements=[Claim.image_id],
-        set_={"annotator_id": statement.excluded.annotator_id, "expires_at": statement.excluded.expires_at},
+        set_={column: statement.excluded[column] for column in row},
         where=or_(Claim.expires_at <= now, Claim.annotator_id == annotator_id),
     ).returning(Claim.image_id)
     won = set(session.scalars(statement))

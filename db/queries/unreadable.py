@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from db.queries.annotations import record_annotation, undo_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.queue import release_claim
-from db.schema import Annotation, AnnotationKind, Annotator
+from db.schema import Annotation, AnnotationKind, AnnotationSource, Annotator
 
 UNREADABLE_ANNOTATOR = "(unreadable file)"
-UNREADABLE_SOURCE = "unreadable"
+UNREADABLE_SOURCE = AnnotationSource.UNREADABLE
 
 
 def _current(session: Session, image_id: int, annotator_id: int) -> Annotation | None:

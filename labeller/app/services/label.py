@@ -15,10 +15,11 @@ from db.queries.annotations import (
     AnnotationView,
     recent_annotations,
     record_annotation,
+    served_by_claim,
     undo_annotation,
 )
-from db.queries.queue import next_image
-from db.schema import AnnotationKind
+from db.queries.queue import serve_next
+from db.schema import AnnotationKind, AnnotationSource
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.project import Project
 
@@ -35,8 +36,10 @@ class Decision:
 @dataclass(frozen=True)
 class QueuedImage:
     image_id: int
-    strategy: str
+    strategy: str  # the one asked for
     model_version_id: int | None
+    source: AnnotationSource = AnnotationSource.UNKNOWN  # what served it (its claim records it too)
+    served_strategy: str | None = None  # the strategy whose own order served it, if one did
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,22 @@ def claim_next(engine: Engine, *, annotator_id: int, strategy: str, lease_second
 
 def _claim_next(session: Session, *, annotator_id: int, strategy: str, lease_seconds: int) -> QueuedImage | None:
     version_id = active_model_version_id(session)
-    image_id = next_image(
+    served = serve_next(
         session,
         annotator_id=annotator_id,
         strategy=strategy,
         model_version_id=version_id,
         lease_seconds=lease_seconds,
     )
-    return None if image_id is None else QueuedImage(image_id, strategy, version_id)
+    if served is None:
+        return None
+    return QueuedImage(served.image_id, strategy, version_id, served.source, served.strategy)
+
+
+def _held(session: Session, image_id: int, annotator_id: int, strategy: str) -> QueuedImage:
+    """The image the annotator now holds a claim on, with what served it (as the claim records)."""
+    source, served_strategy = served_by_claim(session, image_id, annotator_id)
+    return QueuedImage(image_id, strategy, active_model_version_id(session), source, served_strategy)
 
 
 def claim_requested(
@@ -71,10 +82,14 @@ def claim_requested(
         if app_views.image_by_id(session, image_id) is None:
             return None
         if not app_views.claim_image(
-            session, image_id=image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
+            session,
+            image_id=image_id,
+            annotator_id=annotator_id,
+            lease_seconds=lease_seconds,
+            source=AnnotationSource.REQUESTED,
         ):
             return None
-        return QueuedImage(image_id, strategy, active_model_version_id(session))
+        return _held(session, image_id, annotator_id, strategy)
 
 
 def decide_and_advance(
@@ -86,7 +101,8 @@ def decide_and_advance(
     strategy: str,
     lease_seconds: int,
 ) -> StepResult:
-    """Record the decision on the current image and claim the next one, in one transaction."""
+    """Record the decision on the current image and claim the next one, in one transaction. The annotation
+    records what served the image, as its claim says (``record_annotation``)."""
     with unit_of_work(engine) as session:
         annotation = record_annotation(
             session,
@@ -96,8 +112,6 @@ def decide_and_advance(
             main_class_id=decision.main_class_id,
             sub_class_ids=decision.sub_class_ids,
             model_version_id=current.model_version_id,
-            strategy=current.strategy,
-            source="app",
         )
         annotation_id = annotation.id  # recording it also released my claim on the image
         upcoming = _claim_next(session, annotator_id=annotator_id, strategy=strategy, lease_seconds=lease_seconds)
@@ -113,15 +127,22 @@ def undo_and_return(
     strategy: str,
     lease_seconds: int,
 ) -> QueuedImage:
-    """Withdraw one of my annotations and put its image back in front of me."""
+    """Withdraw one of my annotations and put its image back in front of me; its claim keeps what served it
+    first, so the decision that replaces the withdrawn one records the same source."""
     with unit_of_work(engine) as session:
         undone = undo_annotation(session, annotation_id, annotator_id)
         image_id = undone.image_id
         if current is not None and current.image_id != image_id:
             app_views.drop_claims(session, [current.image_id], annotator_id)
-        app_views.claim_image(session, image_id=image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
-        version_id = active_model_version_id(session)
-    return QueuedImage(image_id, strategy, version_id)
+        app_views.claim_image(
+            session,
+            image_id=image_id,
+            annotator_id=annotator_id,
+            lease_seconds=lease_seconds,
+            source=AnnotationSource.parse(undone.source),
+            strategy=undone.strategy,
+        )
+        return _held(session, image_id, annotator_id, strategy)
 
 
 def release(engine: Engine, *, annotator_id: int, image_id: int) -> None:
@@ -140,14 +161,20 @@ def correct_annotation(engine: Engine, *, annotator_id: int, image_id: int, deci
             kind=decision.kind,
             main_class_id=decision.main_class_id,
             sub_class_ids=decision.sub_class_ids,
-            source="history",
+            source=AnnotationSource.HISTORY,
         ).id
 
 
 def label_many(
-    engine: Engine, *, annotator_id: int, image_ids: Sequence[int], decision: Decision, source: str = "grid"
+    engine: Engine,
+    *,
+    annotator_id: int,
+    image_ids: Sequence[int],
+    decision: Decision,
+    source: AnnotationSource = AnnotationSource.GRID,
 ) -> int:
-    """Give every image in ``image_ids`` the same decision (Grid and Explore bulk labelling)."""
+    """Give every image in ``image_ids`` the same decision (Grid bulk labelling; ``source`` EXPLORE for an
+    Explore selection)."""
     with unit_of_work(engine) as session:
         for image_id in image_ids:
             record_annotation(
@@ -197,7 +224,7 @@ def image_card(engine: Engine, project: Project, queued: QueuedImage, taxonomy: 
             name=Path(image.path).name,
             width=image.width,
             height=image.height,
-            strategy=queued.strategy if queued.model_version_id is not None else "cold start",
+            strategy=queued.source.describe(queued.served_strategy),
             score=score,
             predicted_main=taxonomy.main_name(prediction.main_class_id) if prediction else None,
             predicted_sub=taxonomy.sub_name(prediction.sub_class_id)

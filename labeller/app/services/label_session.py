@@ -16,7 +16,7 @@ import base64
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,18 @@ from db.queries.annotations import (
     label_counts,
     recent_annotations,
     record_annotation,
+    served_by_claim,
     undo_annotation,
 )
 from db.queries.queue import (
     DEFAULT_AUDIT_EVERY,
     STRATEGIES,
     claimed_images,
-    next_image,
     release_claim,
     release_claims,
+    serve_next,
 )
-from db.schema import Annotation, AnnotationKind, Image, ModelVersion, utcnow
+from db.schema import Annotation, AnnotationKind, AnnotationSource, Image, ModelVersion, utcnow
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.app.services.label import Decision
@@ -211,6 +212,19 @@ def held_elsewhere(image_id: int) -> str:
     return f"Image {image_id} is with someone else now: nothing undone. Undo it from Recent once they are done."
 
 
+def reclaim_undone(session: Session, target: Annotation, annotator_id: int, lease_seconds: int) -> bool:
+    """Claim the image of an annotation being undone (False: someone else holds it). The claim keeps what
+    served the image first, so the decision that replaces the withdrawn one records the same source."""
+    return app_views.claim_image(
+        session,
+        image_id=target.image_id,
+        annotator_id=annotator_id,
+        lease_seconds=lease_seconds,
+        source=AnnotationSource.parse(target.source),
+        strategy=target.strategy,
+    )
+
+
 def apply_op(
     session: Session, *, annotator_id: int, op: CardOp, taxonomy: TaxonomyView, lease_seconds: int
 ) -> OpResult:
@@ -229,15 +243,11 @@ def apply_op(
             )
             if not undone:
                 return result("rejected", message="That decision was changed since: nothing undone.")
-            if not app_views.claim_image(
-                session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
-            ):
+            if not reclaim_undone(session, target, annotator_id, lease_seconds):
                 return result("rejected", message=held_elsewhere(op.image_id))
             return result("duplicate", target.id)
         # Claim first: an undo never brings back an image that another annotator holds (nothing is undone).
-        if not app_views.claim_image(
-            session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
-        ):
+        if not reclaim_undone(session, target, annotator_id, lease_seconds):
             return result("rejected", message=held_elsewhere(op.image_id))
         undo = undo_annotation(session, target.id, annotator_id)
         return result("applied", undo.id)
@@ -262,9 +272,7 @@ def apply_op(
         target = rows[op.target_step - 1] if op.target_step <= len(rows) else None
         if target is None or target.kind == AnnotationKind.UNDO or target.superseded:
             return result("rejected", message=f"Image {op.image_id}: that decision is no longer current.")
-        if not app_views.claim_image(
-            session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
-        ):
+        if not reclaim_undone(session, target, annotator_id, lease_seconds):
             return result("rejected", message=held_elsewhere(op.image_id))
         undo = undo_annotation(session, target.id, annotator_id)
         return result("applied", undo.id)
@@ -273,6 +281,7 @@ def apply_op(
     version_id = op.model_version_id
     if version_id is not None and session.get(ModelVersion, version_id) is None:
         version_id = None
+    # What served the image (and its strategy) comes from my claim on it, not from the card's op.
     annotation = record_annotation(
         session,
         image_id=op.image_id,
@@ -281,8 +290,6 @@ def apply_op(
         main_class_id=decision.main_class_id,
         sub_class_ids=decision.sub_class_ids,
         model_version_id=version_id,
-        strategy=op.strategy,
-        source="app",
     )
     return result("applied", annotation.id)
 
@@ -309,9 +316,11 @@ def apply_ops(
 @dataclass(frozen=True)
 class WindowItem:
     image_id: int
-    strategy: str
+    strategy: str  # the one asked for
     model_version_id: int | None
     audit: bool = False
+    source: AnnotationSource = AnnotationSource.UNKNOWN  # what served it, as its claim records
+    served_strategy: str | None = None  # the strategy whose own order served it, if one did
 
 
 def image_data_url(path: Path) -> str:
@@ -418,17 +427,32 @@ class LabelSession:
             for item in self.window:
                 # Renews my lease; fails only when the lease ran out and someone else took the image.
                 if app_views.claim_image(
-                    session, image_id=item.image_id, annotator_id=self.annotator_id, lease_seconds=lease_seconds
+                    session,
+                    image_id=item.image_id,
+                    annotator_id=self.annotator_id,
+                    lease_seconds=lease_seconds,
+                    source=item.source,  # only if the claim was gone: a held one keeps what served it
+                    strategy=item.served_strategy,
                 ):
-                    kept.append(item)
+                    source, served_strategy = served_by_claim(session, item.image_id, self.annotator_id)
+                    kept.append(replace(item, source=source, served_strategy=served_strategy))
             passed: list[int] = []  # unreadable images the queue offered: not offered again in this refill
             if not self.window:
                 held = claimed_images(session, self.annotator_id)[:size]
-                kept = [WindowItem(image_id, self.strategy, version_id) for image_id in held]
+                kept = [
+                    WindowItem(
+                        image_id,
+                        self.strategy,
+                        version_id,
+                        False,
+                        *served_by_claim(session, image_id, self.annotator_id),
+                    )
+                    for image_id in held
+                ]
                 kept = self._pass_over_unreadable(session, kept, passed)
             while len(kept) < size:
                 has_audit = any(item.audit for item in kept)
-                image_id = next_image(
+                served = serve_next(
                     session,
                     annotator_id=self.annotator_id,
                     strategy=self.strategy,
@@ -437,16 +461,16 @@ class LabelSession:
                     audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
                     exclude=[item.image_id for item in kept] + passed,
                 )
-                if image_id is None:
+                if served is None:
                     break
-                kept += self._pass_over_unreadable(session, [WindowItem(image_id, self.strategy, version_id)], passed)
+                item = WindowItem(served.image_id, self.strategy, version_id, False, served.source, served.strategy)
+                kept += self._pass_over_unreadable(session, [item], passed)
             audit = label_history.audit_flags(session, [item.image_id for item in kept])
             self.window = [
-                WindowItem(
-                    item.image_id,
-                    item.strategy,
-                    item.model_version_id if item.model_version_id is not None else version_id,
-                    bool(audit.get(item.image_id)),
+                replace(
+                    item,
+                    model_version_id=item.model_version_id if item.model_version_id is not None else version_id,
+                    audit=bool(audit.get(item.image_id)),
                 )
                 for item in kept
                 if item.image_id in audit
@@ -454,7 +478,7 @@ class LabelSession:
 
     def _pass_over_unreadable(self, session: Session, items: list[WindowItem], passed: list[int]) -> list[WindowItem]:
         """Leave out images already marked unreadable (their file is missing or not an image): the
-        annotator's own skip is recorded once, and ``passed`` collects them for ``next_image``'s exclude."""
+        annotator's own skip is recorded once, and ``passed`` collects them for ``serve_next``'s exclude."""
         marked = unreadable.unreadable_ids(session, [item.image_id for item in items])
         for image_id in marked:
             unreadable.pass_over(session, image_id, self.annotator_id)
@@ -542,7 +566,7 @@ def _item_payload(session: Session, project: Project, taxonomy: TaxonomyView, it
         "h": image.height,
         "strategy": item.strategy,
         "mv": item.model_version_id,
-        "reason": item.strategy if item.model_version_id is not None else "cold start",
+        "reason": item.source.describe(item.served_strategy),
         "score": score,
         "audit": bool(image.audit),
         "pred": pred,
@@ -647,9 +671,7 @@ def undo_from_history(engine: Engine, *, annotator_id: int, annotation_id: int, 
     """The Recent list's Undo: withdraw one of my annotations and claim its image again; returns the image."""
     with unit_of_work(engine) as session:
         target = session.get(Annotation, annotation_id)
-        if target is not None and not app_views.claim_image(
-            session, image_id=target.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds
-        ):
+        if target is not None and not reclaim_undone(session, target, annotator_id, lease_seconds):
             raise AnnotationError(held_elsewhere(target.image_id))
         undone = undo_annotation(session, annotation_id, annotator_id)
         return undone.image_id

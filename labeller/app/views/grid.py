@@ -9,7 +9,7 @@ import math
 import streamlit as st
 
 from db.queries.annotations import AnnotationError
-from db.schema import AnnotationKind
+from db.schema import AnnotationKind, AnnotationSource
 from labeller.app import state
 from labeller.app.components import image_tile
 from labeller.app.grid_keys import grid_keys, requested_range
@@ -72,6 +72,7 @@ def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
             annotator_id=who.annotator_id,
             image_ids=selected,
             decision=label.Decision(AnnotationKind.LABEL, main_class_id, tuple(tag_ids)),
+            source=AnnotationSource.EXPLORE if st.session_state.get("grid_mode") == "ids" else AnnotationSource.GRID,
         )
     except AnnotationError as error:
         st.session_state["grid_flash"] = f"Nothing was labelled: {error}"

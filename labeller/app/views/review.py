@@ -48,7 +48,7 @@ with mine:
                     "decision": [str(h.kind) for h in history],
                     "main class": [h.main_class or "" for h in history],
                     "tags": [", ".join(h.tags) for h in history],
-                    "queued by": [h.strategy or h.source for h in history],
+                    "queued by": [h.served_by for h in history],
                 }
             ),
             hide_index=True,
