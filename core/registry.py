@@ -18,6 +18,13 @@ AUTO = "auto"
 # classifier on its latent means. supervised: the same classifier on the labelled images alone.
 MODEL_KINDS: tuple[str, ...] = ("m2", "m1m2", "m1", "supervised")
 DEFAULT_MODEL = "m2"
+# What a project or a train job may ask for: a kind, or auto, which compares AUTO_MODEL_CANDIDATES by
+# cross-validation on the current labels in every train job and trains the best (core.training.selection).
+MODEL_CHOICES: tuple[str, ...] = (AUTO, *MODEL_KINDS)
+# M2 and the same q(y|x) trained on the labels alone (on features: a linear probe, the logistic-regression
+# baseline as a model version). Each measured best somewhere: M2 on features and on digits, supervised on
+# hymenoptera pixels. m1 and m1m2 pre-train a VAE first: too slow to fit once per fold in every train job.
+AUTO_MODEL_CANDIDATES: tuple[str, ...] = ("m2", "supervised")
 
 # -- q(y|x) ----------------------------------------------------------------------------------------------
 # cnn, mlp, colour and cnn_colour are built in core.nets; vgg16 is torchvision's VGG16 (a local checkpoint);
