@@ -18,12 +18,15 @@ Protocol (that of ``../shared/anchors/digits.py``, so numbers compare with the a
   at 50 labels against 88.0% retrained.)
   Ties in the score are broken at random (the anchors use ``argsort`` order; LabelSpreading gives many
   exact ties on points its graph does not reach, so active LabelSpreading numbers differ slightly).
-Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features (the
-tool's cold start), ``"typical"`` from the most typical image of each of ``initial_labels`` k-means
-clusters (TypiClust); ``diversify=True`` spreads each round by k-centre over the ``5 x round_size`` most
-uncertain candidates in the model's latent space (pixels for the scikit-learn learners);
-``exploration`` gives a share of each round to coverage, ``coverage="typical"`` choosing the most typical
-image of the largest unlabelled k-means cluster (TypiClust) rather than the farthest one.
+The default initial selection is also the app's cold start: before any model version its queue serves
+images in random-key order (recorded as ``cold_start`` on each annotation).
+Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features
+(``core.acquisition.cold_start``; the app does not serve it), ``"typical"`` from the most typical image of
+each of ``initial_labels`` k-means clusters (TypiClust); ``diversify=True`` spreads each round by k-centre
+over the ``5 x round_size`` most uncertain candidates in the model's latent space (pixels for the
+scikit-learn learners); ``exploration`` gives a share of each round to coverage, ``coverage="typical"``
+choosing the most typical image of the largest unlabelled k-means cluster (TypiClust) rather than the
+farthest one.
 Note the random arm's balanced draw uses the true labels, which no real annotator can: at 20 labels it
 is worth about 20 points to LabelSpreading on digits over a uniform draw.
 Learners: the models of ``core.training`` (m1, m2, m1m2, supervised) and two scikit-learn baselines,

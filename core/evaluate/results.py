@@ -32,8 +32,9 @@ class EvaluationConfig:
     # Measure on a validation split of the pool instead of the test split: for choosing settings.
     on_validation: bool = False
     initial_labels: int = 10
-    # How the first labels of an active run are chosen: "random" (the anchors' protocol), "typical" (TypiClust
-    # on the features) or "diverse" (k-centre on the features, the tool's cold start without a model).
+    # How the first labels of an active run are chosen: "random" (the anchors' protocol, and the app's cold start:
+    # before any model version its queue serves images in random-key order), "typical" (TypiClust on the
+    # features) or "diverse" (k-centre on the features, core.acquisition.cold_start, which the app does not serve).
     initial_selection: str = "random"
     round_size: int = 5
     balanced_random: bool = True
