@@ -22,3 +22,14 @@ def test_typos_and_bad_values_are_refused_with_every_problem_named() -> None:
     message = str(error.value)
     for fragment in ("model must be", "backbone must be", "epochs must be", "promote must be"):
         assert fragment in message
+
+
+def test_auto_is_a_model_choice_for_a_job_and_for_the_project_settings() -> None:
+    from labeller.project import LabellingSettings, TrainingSettings
+    from labeller.settings_check import settings_problems
+
+    assert TrainParams.from_params({"model": "auto"}).model == "auto"
+    sections = {"labelling": LabellingSettings, "training": TrainingSettings}
+    assert settings_problems({"name": "p", "training": {"model": "auto"}}, sections) == []
+    (problem,) = settings_problems({"name": "p", "training": {"model": "best"}}, sections)
+    assert problem.startswith("[training] model must be one of auto, m2")

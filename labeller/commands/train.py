@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from core.registry import AUTO, INPUT_KINDS, MODEL_KINDS
+from core.registry import AUTO, INPUT_KINDS, MODEL_CHOICES
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -23,7 +23,11 @@ NO_WORKER_HINT_SECONDS = 15.0
 
 @click.command("train")
 @click.argument("project", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--model", type=click.Choice(MODEL_KINDS), help="Default: the project setting (training.model).")
+@click.option(
+    "--model",
+    type=click.Choice(MODEL_CHOICES),
+    help="auto: the kind cross-validation on the current labels picks. Default: the project setting (training.model).",
+)
 @click.option(
     "--backbone",
     type=click.Choice([AUTO, *INPUT_KINDS]),

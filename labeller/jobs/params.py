@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.registry import AUTO, INPUT_KINDS, MODEL_KINDS
+from core.registry import AUTO, INPUT_KINDS, MODEL_CHOICES
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 
@@ -47,8 +47,8 @@ class TrainParams:
 
     def problems(self) -> list[str]:
         found = []
-        if self.model is not None and self.model not in MODEL_KINDS:
-            found.append(f"model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
+        if self.model is not None and self.model not in MODEL_CHOICES:
+            found.append(f"model must be one of {', '.join(MODEL_CHOICES)}, got {self.model!r}")
         if self.backbone is not None and self.backbone not in (AUTO, *INPUT_KINDS):
             found.append(f"backbone must be auto or one of {', '.join(INPUT_KINDS)}, got {self.backbone!r}")
         if self.promote not in PROMOTE_CHOICES:

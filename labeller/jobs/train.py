@@ -1,7 +1,8 @@
 """Train job: fit a model on the project's current labels, save it, register it as a model version,
 promote it when it beats the active one on the audit slice (or on request), and queue re-scoring.
 
-Params (all optional; defaults from the project's [training] settings): ``model``, ``epochs``,
+Params (all optional; defaults from the project's [training] settings): ``model`` (a kind, or auto: the
+kind cross-validation on the training labels picks, recorded in the version's metrics), ``epochs``,
 ``batch_size``, ``device``, ``image_size``, ``channels``, ``config`` (any other core.training.TrainConfig
 field), ``promote`` ("auto" | "always" | "never"), ``warm_start`` (start from the active version's weights
 when it is the same kind of model on the same taxonomy and image size; otherwise from scratch).
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core.registry import AUTO
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -67,8 +69,15 @@ def input_choice(context: JobContext, params: TrainParams) -> InputChoice:
     )
 
 
+def requested_model(context: JobContext, params: TrainParams) -> str:
+    """The job's ``model``, else the project's: a kind, or auto (chosen by ``choose_model``)."""
+    return params.model if params.model is not None else context.project.settings.training.model
+
+
 def train_config(context: JobContext, choice: InputChoice, params: TrainParams) -> Any:
-    """The TrainConfig for this job: project settings, then the job's params on top."""
+    """The TrainConfig for this job: project settings, then the job's params on top. With model auto it
+    holds the default kind until ``choose_model`` replaces it."""
+    from core.registry import DEFAULT_MODEL
     from core.training import TrainConfig
 
     settings = context.project.settings.training
@@ -76,8 +85,9 @@ def train_config(context: JobContext, choice: InputChoice, params: TrainParams) 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
+    model = requested_model(context, params)
     fields = {
-        "model": pick(params.model, settings.model),
+        "model": DEFAULT_MODEL if model == AUTO else model,
         "backbone": choice.backbone,
         "backbone_weights": choice.weights,
         "feature_view": choice.view,
@@ -206,6 +216,22 @@ def promotion_decision(
     )
 
 
+def choose_model(context: JobContext, pool: Any, taxonomy: Any, config: Any) -> Any:
+    """model = "auto": the kind cross-validation on the training labels picks (core.training.selection),
+    logged with why. The audit slice is already held out of ``pool``, so promotion still compares on
+    labels neither the choice nor the fit has seen."""
+    from core.training import select_model
+
+    def on_fold(candidate: str, fold: int, folds: int) -> None:
+        context.report_progress(
+            {"stage": "choosing the model", "candidate": candidate, "fold": fold, "folds": folds}, force=True
+        )
+
+    selection = select_model(pool, taxonomy, config, on_fold=on_fold, should_stop=context.should_stop)
+    context.log(f"model: auto chose {selection.chosen} ({selection.reason})")
+    return selection
+
+
 def checkpoint_name(config: Any, context: JobContext) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{config.model}-{stamp}-job{context.job.id}-a{context.job.attempt}.pt"
@@ -293,6 +319,10 @@ def run(context: JobContext) -> None:
         context.report_progress(payload, force=progress.step == progress.steps_per_epoch)
 
     try:
+        selection = None
+        if requested_model(context, params) == AUTO:
+            selection = choose_model(context, train_pool, data.taxonomy, config)
+            config = dataclasses.replace(config, model=selection.chosen)
         init = warm_start_model(context, config, data.taxonomy, train_pool.image_shape) if params.warm_start else None
         trained = fit(
             train_pool, data.taxonomy, config, on_progress=on_progress, should_stop=context.should_stop, init=init
@@ -317,6 +347,8 @@ def run(context: JobContext) -> None:
         promote, new_audit, active_audit, trained.metrics.get("val_main_accuracy"), active_val
     )
     metrics = {**trained.metrics, **new_audit.as_metrics()}
+    if selection is not None:
+        metrics["model_selection"] = selection.as_dict()
     metrics["promotion"] = {
         "promoted": promoted,
         "reason": reason,
