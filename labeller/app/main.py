@@ -22,8 +22,8 @@ VIEWS = Path(__file__).parent / "views"
 # A local file: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).parent / "assets" / "favicon.png"
 
-# Hidden images: a CSS filter on the container, so the cached file is served as is (no re-encoding)
-# and revealing it costs nothing.
+# Hidden images: with blur on, pages send veiled renditions made on the server (a "hide-veiled" container,
+# nothing to filter); a CSS filter hides what goes in full: greyscale, and a tile revealed by a hold.
 STYLE = """
 <style>
 [class*="st-key-hide-blurred"] img { filter: blur(var(--ll-blur, 22px)); }
@@ -45,6 +45,7 @@ def hiding_style(hiding: state.Hiding) -> str:
     rules = [f":root {{ --ll-blur: {int(hiding.blur_px)}px; }}"]
     if hiding.reveal_on_hold:
         rules.append('[class*="st-key-hide-"]:active img { filter: none !important; }')
+        rules.append("[data-ll-held] img { filter: none !important; }")  # marked by the hold layer (reveal/)
     return "<style>" + "\n".join(rules) + "</style>"
 
 

@@ -5,7 +5,8 @@
 // "explore-map"), listens to plotly's hover events, and asks the server for the hovered image's thumbnail
 // through its "hover" state; the server answers with a data URL in `data.thumb`. Thumbnails already
 // received are kept, so hovering back over a point is instant. The image is hidden (blur, greyscale)
-// as the annotator's settings say; holding Shift reveals it while held, when reveal on hold is on.
+// as the annotator's settings say; holding Shift reveals it while held, when reveal on hold is on. With
+// blur on ("veiled") the thumbnail is blurred on the server: Shift asks for the full one ("reveal" state).
 
 const tips = new WeakMap();
 
@@ -13,6 +14,8 @@ class HoverTip {
   constructor(parent) {
     this.parent = parent;
     this.cache = new Map(); // image id -> data URL
+    this.full = new Map(); // image id -> data URL of the full thumbnail (veiled: asked for on reveal)
+    this.nonce = 0;
     this.hovered = null;
     this.requested = null;
     this.shift = false;
@@ -70,8 +73,15 @@ class HoverTip {
 
   update(data, setStateValue) {
     this.setStateValue = setStateValue;
+    if (!this.data || this.data.veil !== data.veil) {
+      // Images are hidden another way now: what was received was hidden the old way.
+      this.cache.clear();
+      this.full.clear();
+      this.revealRequested = null;
+    }
     this.data = data;
     if (data.thumb && data.thumb.src) this.cache.set(Number(data.thumb.id), data.thumb.src);
+    if (data.full && data.full.src) this.full.set(Number(data.full.id), data.full.src);
     this.attach();
     this.render();
   }
@@ -85,14 +95,26 @@ class HoverTip {
       return;
     }
     const hide = this.data ? this.data.hide : "blurred";
-    const revealed = this.shift && this.data && this.data.revealOnHold;
-    this.img.src = src;
+    let revealed = this.shift && this.data && this.data.revealOnHold;
+    let shown = src;
+    if (revealed && hide === "veiled") {
+      shown = this.full.get(id);
+      if (!shown && this.revealRequested !== id) {
+        this.revealRequested = id;
+        // A new nonce each time (a remounted tip starts with none of the full thumbnails).
+        this.nonce = Math.max(this.nonce + 1, Date.now());
+        this.setStateValue("reveal", { image: id, nonce: this.nonce });
+      }
+      revealed = Boolean(shown);
+      shown = shown || src; // the veiled one until the full one arrives
+    }
+    if (this.img.src !== shown) this.img.src = shown;
     this.img.style.filter =
-      revealed || hide === "plain"
+      revealed || hide === "plain" || hide === "veiled"
         ? "none"
         : hide === "grey"
           ? "grayscale(1) contrast(0.9)"
-          : `blur(${(this.data && this.data.blurPx) || 22}px)` + (this.data && this.data.greyscale ? " grayscale(1)" : "");
+          : `blur(${(this.data && this.data.blurPx) || 22}px)`;
     this.tip.dataset.hide = revealed ? "plain" : hide;
     this.tip.dataset.imageId = String(id);
     this.caption.textContent = `image ${id}`;

@@ -10,9 +10,10 @@ import streamlit as st
 
 from labeller.app import state
 from labeller.app.components import image_tile
-from labeller.app.hover_thumb import MAP_KEY, hover_thumbnail, requested_image
+from labeller.app.hover_thumb import MAP_KEY, hover_thumbnail, requested_image, requested_reveal
+from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.selection import selected_image_ids
-from labeller.app.services import common, explore
+from labeller.app.services import common, explore, renditions
 from labeller.app.services.label_session import image_data_url
 
 # Categorical colours (Okabe-Ito, colour-blind safe), cycled when there are more categories.
@@ -100,13 +101,25 @@ with st.container(key=MAP_KEY):
 
 @st.fragment
 def hover_tip() -> None:
-    """A hover asks for one thumbnail and reruns only this fragment."""
+    """A hover asks for one thumbnail and reruns only this fragment; so does Shift, for the full one."""
     image_id = requested_image()
-    files = common.display_files(engine, project, [image_id]) if image_id is not None else {}
-    thumb = {"id": image_id, "src": image_data_url(files[image_id])} if image_id in files else None
+    veil = page_veil(project)
     hiding = state.hiding(project)
+    files = renditions.served_thumbnails(engine, project, [image_id], veil) if image_id is not None else {}
+    thumb = {"id": image_id, "src": image_data_url(files[image_id])} if image_id in files else None
+    full = None
+    reveal = requested_reveal() if veil is not None and hiding.reveal_on_hold else None
+    if reveal is not None and st.session_state.get("hover_revealed") != reveal:
+        st.session_state["hover_revealed"] = reveal  # sent once: the tip keeps it
+        shown = common.display_files(engine, project, [reveal[0]])
+        full = {"id": reveal[0], "src": image_data_url(shown[reveal[0]])} if reveal[0] in shown else None
     hover_thumbnail(
-        thumb, hide=state.image_filter_class(project), blur_px=hiding.blur_px, reveal_on_hold=hiding.reveal_on_hold
+        thumb,
+        full=full,
+        hide="veiled" if veil is not None else state.image_filter_class(project),
+        veil=repr(veil),
+        blur_px=hiding.blur_px,
+        reveal_on_hold=hiding.reveal_on_hold,
     )
 
 
@@ -124,14 +137,16 @@ if chosen:
         st.session_state["explore_selection"] = chosen
         st.session_state["grid_from_explore"] = True
         st.switch_page("views/grid.py")
-    files = common.display_files(engine, project, chosen[:PREVIEW])
     hidden = state.image_filter_class(project)
-    if st.toggle("Reveal these images", key="explore_reveal", disabled=hidden == "plain"):
-        hidden = "plain"
+    revealed = st.toggle("Reveal these images", key="explore_reveal", disabled=hidden == "plain")
+    veil = None if revealed else page_veil(project)
+    files = renditions.served_thumbnails(engine, project, chosen[:PREVIEW], veil, held_reveals())
     columns = st.columns(PREVIEW // 2)
     for index, image_id in enumerate(chosen[:PREVIEW]):
         with columns[index % len(columns)]:
-            image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=hidden, caption=str(image_id))
+            shown_as = "plain" if revealed else tile_class(project, image_id)
+            image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=shown_as, caption=str(image_id))
+    hold_reveal(project, [] if revealed else chosen[:PREVIEW], key="explore-hold")
 
 with st.expander("Decoder reconstructions and samples per sub-class", icon=":material/auto_awesome:"):
     checkpoint = explore.active_checkpoint(engine, project)
@@ -139,7 +154,8 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
         st.caption("The active model version has no checkpoint file here.")
     elif st.toggle("Reconstruct labelled examples with the active model", key="show_reconstructions"):
         trained = state.load_model(checkpoint[0], str(checkpoint[1]))
-        hidden = state.image_filter_class(project)
+        veil = page_veil(project)  # real images and their reconstructions: veiled like any other picture
+        hidden = "veiled" if veil is not None else state.image_filter_class(project)
         try:
             for row, (name, image_ids) in enumerate(explore.examples_per_sub_class(engine).items()):
                 st.markdown(f"**{name}** · input, then reconstruction")
@@ -147,9 +163,9 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
                 columns = st.columns(8)
                 for index, (image_id, original, decoded) in enumerate(pairs):
                     with columns[2 * index % 8], st.container(key=f"hide-{hidden}-in-{row}-{image_id}"):
-                        st.image(original, width="stretch", clamp=True)
+                        st.image(renditions.veil_array(original, veil), width="stretch", clamp=True)
                     with columns[(2 * index + 1) % 8], st.container(key=f"hide-{hidden}-out-{row}-{image_id}"):
-                        st.image(decoded, width="stretch", clamp=True)
+                        st.image(renditions.veil_array(decoded, veil), width="stretch", clamp=True)
         except ValueError as error:
             st.info(str(error))
     if checkpoint is not None and st.toggle("Draw samples per sub-class from the decoder", key="show_samples"):
@@ -157,7 +173,9 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
         try:
             for row, (leaf, images) in enumerate(explore.decoder_samples(trained).items()):
                 st.markdown(f"**{leaf}** · drawn from p(x | y, z), z ~ N(0, I)")
-                with st.container(key=f"hide-{state.image_filter_class(project)}-samples-{row}"):
-                    st.image(list(images), width=72, clamp=True)
+                veil = page_veil(project)  # made up, but as like the real images as the model can draw them
+                hidden = "veiled" if veil is not None else state.image_filter_class(project)
+                with st.container(key=f"hide-{hidden}-samples-{row}"):
+                    st.image([renditions.veil_array(i, veil, shown_px=72) for i in images], width=72, clamp=True)
         except ValueError as error:
             st.info(str(error))

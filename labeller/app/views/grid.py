@@ -14,6 +14,7 @@ from labeller.app import state
 from labeller.app.components import image_tile
 from labeller.app.grid_keys import grid_keys, requested_range
 from labeller.app.grid_selection import select_matching, select_range
+from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.services import grid, label
 
 MODES = {
@@ -108,7 +109,15 @@ grid_filter = {
     "image_ids": explore_ids,
 }
 st.session_state["grid_filter"] = grid_filter
-tiles, total = grid.grid_page(engine, project, **grid_filter, page=st.session_state["grid_page"], page_size=page_size)
+tiles, total = grid.grid_page(
+    engine,
+    project,
+    **grid_filter,
+    page=st.session_state["grid_page"],
+    page_size=page_size,
+    veil=page_veil(project),
+    unveiled=held_reveals(),
+)
 
 if flash := st.session_state.pop("grid_flash", None):
     st.toast(flash, icon=":material/done_all:")
@@ -148,11 +157,7 @@ for start in range(0, len(tiles), COLUMNS):
     for column, tile in zip(columns, tiles[start : start + COLUMNS], strict=False):
         row = tile.row
         with column:
-            image_tile(
-                tile.file,
-                key=f"tile-{row.image_id}",
-                hidden_class=state.image_filter_class(project),
-            )
+            image_tile(tile.file, key=f"tile-{row.image_id}", hidden_class=tile_class(project, row.image_id))
             st.caption(":green[**✓ labelled**]" if row.labelled else "unlabelled")
             predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
             confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
@@ -165,6 +170,7 @@ for start in range(0, len(tiles), COLUMNS):
             )
 
 grid_keys(page_ids, columns=COLUMNS, on_range=select_shift_range)
+hold_reveal(project, page_ids, key="grid-hold")
 st.caption("Arrow keys move between tiles, Space ticks one, Shift-click ticks every tile from the last one ticked.")
 
 with st.form("bulk_label", border=True):

@@ -10,7 +10,8 @@ import streamlit as st
 
 from labeller.app import state
 from labeller.app.components import image_tile
-from labeller.app.services import common, label, review
+from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
+from labeller.app.services import common, label, renditions, review
 from labeller.app.services.label_session import image_data_url
 from labeller.app.services.review import kappa_text
 
@@ -64,18 +65,20 @@ with mistakes:
     if not found:
         st.info("No human label is contradicted by the active model at this confidence (or no model is active).")
     else:
-        files = common.display_files(engine, project, [m.image_id for m in found])
-        hidden = state.image_filter_class(project)
+        found_ids = [m.image_id for m in found]
+        files = renditions.served_thumbnails(engine, project, found_ids, page_veil(project), held_reveals())
         columns = st.columns(6)
         for index, item in enumerate(found):
             with columns[index % 6]:
-                image_tile(files[item.image_id], key=f"mistake-{index}", hidden_class=hidden)
+                shown_as = tile_class(project, item.image_id)
+                image_tile(files[item.image_id], key=f"mistake-{index}-{item.image_id}", hidden_class=shown_as)
                 link = f"./?image={item.image_id}&annotator={quote(who.name)}"
                 st.caption(
                     f"{item.image_id}: **{taxonomy.main_name(item.human_main_id)}** by {item.annotator}; "
                     f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%}) · "
                     f"[relabel]({link})"
                 )
+        hold_reveal(project, found_ids, key="review-hold")
         if st.button("Open these in the Grid", icon=":material/grid_view:"):
             st.session_state["explore_selection"] = list(dict.fromkeys(m.image_id for m in found))
             st.session_state["grid_from_explore"] = True
