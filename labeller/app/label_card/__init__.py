@@ -24,15 +24,33 @@ _render = st.components.v2.component(
 )
 
 
+def _sent(name: str) -> Any:
+    state = st.session_state.get(KEY)
+    value = getattr(state, name, None) if state is not None else None
+    if value is None and isinstance(state, dict):
+        value = state.get(name)
+    return value
+
+
 def sent_outbox() -> dict[str, Any]:
     """What the card sent last (its ``outbox`` state): ``{"epoch": ..., "ops": [...]}``; empty before it did."""
-    state = st.session_state.get(KEY)
-    value = getattr(state, "outbox", None) if state is not None else None
-    if value is None and isinstance(state, dict):
-        value = state.get("outbox")
+    value = _sent("outbox")
     return value if isinstance(value, dict) else {}
+
+
+def sent_reveal() -> Any:
+    """The card's last reveal request (its ``reveal`` state): ``{"image": id, "nonce": ...}``, or None. With
+    blur on, the card holds only veiled pictures and asks for the full one of the image it reveals."""
+    return _sent("reveal")
 
 
 def label_card(data: dict[str, Any], on_change: Callable[[], None] | None = None) -> None:
     """Mount the card with ``data`` (see ``services.label_session.LabelSession.card_data``)."""
-    _render(key=KEY, data=data, default={"outbox": {}}, on_outbox_change=on_change or (lambda: None))
+    changed = on_change or (lambda: None)
+    _render(
+        key=KEY,
+        data=data,
+        default={"outbox": {}, "reveal": None},
+        on_outbox_change=changed,
+        on_reveal_change=changed,
+    )

@@ -8,6 +8,10 @@
 // card's decisions and undos on it), so the server applies each one exactly once, to that image, even
 // when it is sent again after a rerun, a reconnect or a server restart (the outbox is kept in
 // localStorage until the server acknowledges it).
+//
+// With blur on (`hide` "blurred") every `src` is a veiled rendition, blurred on the server: the full
+// picture of an image is not in the browser until the annotator reveals it. Revealing asks for it through
+// the "reveal" state; it comes back as the item's `full`, kept while the image is in the window.
 
 const cards = new WeakMap();
 const RESEND_MS = 3000;
@@ -96,6 +100,7 @@ class Card {
     for (const item of data.items) {
       const known = this.items.get(item.id);
       if (!item.src && known && known.src) item.src = known.src;
+      if (!item.full && known && known.full) item.full = known.full;
       this.items.set(item.id, item);
       if (item.src) this.preload(item);
     }
@@ -173,16 +178,28 @@ class Card {
   }
 
   preload(item) {
-    if (this.imgs.has(item.id)) return;
+    const known = this.imgs.get(item.id);
+    if (known) {
+      // Sent again: the annotator changed how images are hidden (blur on or off, another strength).
+      if (known.llSrc !== item.src && known.llSrc !== item.full) this.setSource(known, item.src);
+      return;
+    }
     const img = document.createElement("img");
     img.className = "lc-img";
     img.alt = item.name;
     img.decoding = "sync";
-    img.src = item.src;
+    this.setSource(img, item.src);
     img.dataset.imageId = String(item.id);
     this.stage.appendChild(img);
     this.imgs.set(item.id, img);
     if (img.decode) img.decode().catch(() => {});
+  }
+
+  setSource(img, src) {
+    // Compared by identity: the same string object costs nothing to compare on every key press.
+    if (!src || img.llSrc === src) return;
+    img.llSrc = src;
+    img.src = src;
   }
 
   // ------------------------------------------------------------------------------- outbox
@@ -413,6 +430,11 @@ class Card {
     const image = this.current();
     if (image === undefined || this.data.hide === "plain") return;
     this.revealed = this.revealed === image ? null : image;
+    const item = this.items.get(image);
+    if (this.revealed === image && this.data.hide === "blurred" && !item.full) {
+      // Only now does the full picture leave the server; the veiled one stays until it arrives.
+      this.setStateValue("reveal", { image, nonce: newId() });
+    }
     this.show();
   }
 
@@ -563,13 +585,18 @@ class Card {
       this.renderHelp();
     }
     const hide = this.data.hide;
+    const item = image === undefined ? undefined : this.items.get(image);
     for (const [id, img] of this.imgs) {
       const visible = id === image;
       img.classList.toggle("lc-visible", visible);
-      img.classList.toggle("lc-blurred", visible && hide === "blurred" && this.revealed !== id);
       img.classList.toggle("lc-grey", visible && hide === "grey" && this.revealed !== id);
     }
-    const item = image === undefined ? undefined : this.items.get(image);
+    if (item && this.imgs.has(image)) {
+      // Blurred: the veiled rendition, or the full picture once revealed and received.
+      const full = hide === "blurred" && this.revealed === image && item.full;
+      this.setSource(this.imgs.get(image), full || item.src);
+      this.root.dataset.revealed = full ? "full" : "";
+    }
     if (item && this.imgs.has(image)) {
       this.empty.hidden = true;
       this.caption.textContent = `${item.name} · ${item.w}x${item.h} · image ${item.id}`;

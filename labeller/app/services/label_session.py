@@ -47,8 +47,9 @@ from db.schema import Annotation, AnnotationKind, AnnotationSource, Image, Model
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.app.services.label import Decision
+from labeller.app.services.renditions import veiled_large_view
 from labeller.project import Project
-from labeller.thumbnails import placeholder_file
+from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file
 
 WINDOW_SIZE = 16  # images the card holds: the one on screen and the next ones, preloaded
 LEFT_REFRESH_S = 30.0
@@ -323,6 +324,21 @@ class WindowItem:
     served_strategy: str | None = None  # the strategy whose own order served it, if one did
 
 
+def parse_reveal_request(raw: object) -> tuple[int, str] | None:
+    """The card's last reveal request, ``{"image": id, "nonce": text}``, or None when there is none or it is
+    malformed (the browser can send anything)."""
+    if not isinstance(raw, Mapping):
+        return None
+    nonce = raw.get("nonce")
+    try:
+        image_id = _int(raw.get("image"), minimum=1)
+    except ValueError:
+        return None
+    if not isinstance(nonce, str) or not 0 < len(nonce) <= 64:
+        return None
+    return image_id, nonce
+
+
 def image_data_url(path: Path) -> str:
     """A cached display file (thumbnail or large view) as a data URL, for the card and image columns."""
     return _data_url(str(path))
@@ -351,6 +367,9 @@ class LabelSession:
     messages: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=utcnow)
     left: tuple[float, int] | None = None  # (when, images left to label) for the window's size
+    veil: Veil | None = None  # how the card's images were last sent: veiled (blur on) or in full
+    full_request: tuple[int, str] | None = None  # (image, nonce): the card's last reveal request
+    full_sent: set[int] = field(default_factory=set)  # images whose full picture this card has
 
     # --- ops
 
@@ -364,6 +383,7 @@ class LabelSession:
         if isinstance(epoch, str) and epoch != self.epoch:
             self.epoch = epoch
             self.sent = set()  # a new card instance: it has none of the images yet
+            self.full_sent = set()
         new = [op for op in ops if op.op_id not in self.results]
         for result in apply_ops(
             engine, annotator_id=self.annotator_id, ops=new, taxonomy=taxonomy, lease_seconds=lease_seconds
@@ -488,6 +508,13 @@ class LabelSession:
     def current_image(self) -> int | None:
         return self.window[0].image_id if self.window else None
 
+    def request_full(self, request: tuple[int, str] | None) -> None:
+        """The card asked to reveal an image (a new nonce: it lacks the full picture): send it next time."""
+        if request is None or request == self.full_request:
+            return
+        self.full_request = request
+        self.full_sent.discard(request[0])
+
     # --- what the card gets
 
     def card_data(
@@ -499,7 +526,20 @@ class LabelSession:
         acks: Sequence[OpResult],
         hide: str,
         storage: str,
+        blur_px: int = DEFAULT_BLUR_PX,
+        greyscale: bool = False,
     ) -> dict[str, Any]:
+        """What the card gets. With ``hide="blurred"`` each image goes as its veiled rendition (blurred at
+        ``blur_px``, grey too with ``greyscale``); its full picture goes only once the card asks for it
+        (``request_full``), so the browser never holds an image the annotator has not revealed."""
+        veil = Veil(blur_px, greyscale) if hide == "blurred" else None
+        if veil != self.veil:
+            # The annotator changed how images are hidden: every image goes again, as it must be sent now.
+            self.veil = veil
+            self.payloads.clear()
+            self.sent = set()
+            self.full_sent = set()
+        wanted = self.full_request[0] if self.full_request is not None and veil is not None else None
         with unit_of_work(engine) as session:
             after = label_history.newest_rows(
                 session, image_ids=[item.image_id for item in self.window], annotator_id=self.annotator_id
@@ -508,12 +548,16 @@ class LabelSession:
             for item in self.window:
                 payload = self.payloads.get(item.image_id)
                 if payload is None:
-                    payload = _item_payload(session, project, taxonomy, item)
+                    payload = _item_payload(session, project, taxonomy, item, veil)
                     self.payloads[item.image_id] = payload
                 entry = {**payload, "after": after.get(item.image_id, 0)}
                 if item.image_id not in self.sent or self.epoch is None:
                     entry["src"] = _data_url(str(payload["file"]))
+                if item.image_id == wanted and item.image_id not in self.full_sent:
+                    entry["full"] = _data_url(str(payload["full_file"]))
+                    self.full_sent.add(item.image_id)
                 entry.pop("file")
+                entry.pop("full_file")
                 items.append(entry)
             undoable = _newest_current(session, self.annotator_id)
         self.sent.update(item.image_id for item in self.window)
@@ -541,7 +585,9 @@ class LabelSession:
         }
 
 
-def _item_payload(session: Session, project: Project, taxonomy: TaxonomyView, item: WindowItem) -> dict[str, Any]:
+def _item_payload(
+    session: Session, project: Project, taxonomy: TaxonomyView, item: WindowItem, veil: Veil | None = None
+) -> dict[str, Any]:
     image = app_views.image_by_id(session, item.image_id)
     if image is None:
         raise LookupError(f"no image {item.image_id}")
@@ -570,8 +616,17 @@ def _item_payload(session: Session, project: Project, taxonomy: TaxonomyView, it
         "score": score,
         "audit": bool(image.audit),
         "pred": pred,
-        "file": _display_or_placeholder(session, project, image),
+        **_card_files(session, project, image, veil),
     }
+
+
+def _card_files(session: Session, project: Project, image: Image, veil: Veil | None) -> dict[str, Path]:
+    """``file``: what the card shows until a reveal (the veiled rendition when ``veil`` says so);
+    ``full_file``: the large view itself. An unreadable image's placeholder is both: it hides nothing."""
+    full = _display_or_placeholder(session, project, image)
+    if veil is None or full.name == UNREADABLE_PLACEHOLDER:
+        return {"file": full, "full_file": full}
+    return {"file": veiled_large_view(project, image, full, veil), "full_file": full}
 
 
 def _display_or_placeholder(session: Session, project: Project, image: Image) -> Path:

@@ -10,8 +10,9 @@ from db.queries.annotations import AnnotationError
 from db.queries.queue import STRATEGIES
 from db.schema import AnnotationKind
 from labeller.app import state
-from labeller.app.label_card import label_card, sent_outbox
-from labeller.app.services import common, label, label_session
+from labeller.app.label_card import label_card, sent_outbox, sent_reveal
+from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
+from labeller.app.services import common, label, label_session, renditions
 from labeller.app.services.label import Decision
 from labeller.app.services.label_session import LabelSession
 
@@ -116,6 +117,8 @@ def card() -> None:
     while session.messages:
         st.toast(session.messages.pop(0), icon=":material/info:")
     storage = "latent-labeller:" + hashlib.sha256(str(project.root.resolve()).encode()).hexdigest()[:12]
+    session.request_full(label_session.parse_reveal_request(sent_reveal()))
+    hiding = state.hiding(project)
     label_card(
         session.card_data(
             engine,
@@ -124,6 +127,8 @@ def card() -> None:
             acks=acks,
             hide=state.image_filter_class(project),
             storage=f"{storage}:{who.annotator_id}",
+            blur_px=hiding.blur_px,
+            greyscale=hiding.greyscale,
         )
     )
 
@@ -142,13 +147,14 @@ def recent() -> None:
     history = label.my_history(engine, who.annotator_id, limit=8)
     if not history:
         st.caption("Your labels appear here.")
-    thumbs = common.display_files(engine, project, [item.image_id for item in history]) if history else {}
+    shown_ids = [item.image_id for item in history]
+    thumbs = renditions.served_thumbnails(engine, project, shown_ids, page_veil(project), held_reveals())
     main_names = [m.name for m in taxonomy.main_classes]
-    hidden = state.image_filter_class(project)
     for item in history:
         row = st.columns([1, 1, 3, 3, 1], vertical_alignment="center")
         if item.image_id in thumbs:
-            with row[0].container(key=f"hide-{hidden}-recent-{item.id}"):
+            hidden = tile_class(project, item.image_id)
+            with row[0].container(key=f"hide-{hidden}-recent-{item.id}-{item.image_id}"):
                 st.image(str(thumbs[item.image_id]), width=56)
         row[1].caption(item.created_at.strftime("%H:%M:%S"))
         row[2].markdown(f"image {item.image_id} · {item.kind}" + (f" · {', '.join(item.tags)}" if item.tags else ""))
@@ -163,6 +169,7 @@ def recent() -> None:
             placeholder="no class",
         )
         row[4].button("Undo", key=f"undo-{item.id}", on_click=undo, args=(item.id,))
+    hold_reveal(project, shown_ids, key="recent-hold")
 
 
 st.session_state["label_full_runs"] = st.session_state.get("label_full_runs", 0) + 1
