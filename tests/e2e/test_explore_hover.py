@@ -1,11 +1,14 @@
 """Explore in the browser: hovering a point of the latent map shows that image's thumbnail, hidden as the
-annotator's settings say; holding Shift reveals it."""
+annotator's settings say (with blur on, a thumbnail blurred on the server); holding Shift reveals it."""
 
 from __future__ import annotations
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from db.engine import unit_of_work
+from db.queries.annotators import get_or_create_annotator
+from db.queries.wellbeing import save_settings
 from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -37,7 +40,8 @@ def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_s
     tip = page.get_by_test_id("explore-hover-thumb")
     expect(tip).to_be_visible(timeout=15_000)
     expect(tip).to_have_attribute("data-image-id", str(point["id"]))
-    assert tip.locator("img").get_attribute("src").startswith("data:image/")
+    plain = tip.locator("img").get_attribute("src") or ""
+    assert plain.startswith("data:image/")
     expect(tip).to_have_attribute("data-hide", "plain")  # this project does not blur by default
     page.mouse.move(5, 5)
     expect(tip).to_be_hidden()
@@ -50,19 +54,25 @@ def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_s
     page.mouse.move(point["x"] - 30, point["y"] - 30)
     page.mouse.move(point["x"], point["y"], steps=5)
     expect(tip).to_be_visible(timeout=15_000)
-    expect(tip).to_have_attribute("data-hide", "blurred")
-    assert "blur" in tip.locator("img").evaluate("img => img.style.filter")
-    screenshot(page, "explore-hover")
-    page.keyboard.down("Shift")
-    expect(tip).to_have_attribute("data-hide", "plain")
+    # Blurred on the server: another picture than the full thumbnail, nothing for CSS to filter.
+    expect(tip).to_have_attribute("data-hide", "veiled")
+    assert tip.locator("img").get_attribute("src") != plain
     assert tip.locator("img").evaluate("img => img.style.filter") == "none"
+    screenshot(page, "explore-hover")
+    page.keyboard.down("Shift")  # asks for the full thumbnail: it shows once it arrives
+    expect(tip).to_have_attribute("data-hide", "plain", timeout=15_000)
+    assert tip.locator("img").get_attribute("src") == plain
     page.keyboard.up("Shift")
-    expect(tip).to_have_attribute("data-hide", "blurred")
+    expect(tip).to_have_attribute("data-hide", "veiled")
+    assert tip.locator("img").get_attribute("src") != plain
     page.mouse.move(5, 5)
     expect(tip).to_be_hidden()
 
 
 def test_a_blurred_grid_tile_is_revealed_while_the_mouse_button_is_held(app_server: AppServer, page: Page) -> None:
+    # The annotator's own blur strength, kept in the database, makes the tiles and the CSS blur alike.
+    with unit_of_work(app_server.project.engine) as session:
+        save_settings(session, get_or_create_annotator(session, "holding-hana").id, blur_px=40)
     sign_in(page, app_server.url, "holding-hana")
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("Image safety").click()
@@ -71,13 +81,19 @@ def test_a_blurred_grid_tile_is_revealed_while_the_mouse_button_is_held(app_serv
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Grid").click()
     page.locator("h1", has_text="Grid").wait_for()
     wait_idle(page)
-    image = page.locator('[class*="st-key-hide-blurred-tile-"] img').first
-    expect(image).to_be_visible()
-    assert "blur(22px)" in image.evaluate("e => getComputedStyle(e).filter")
-    box = image.bounding_box()
+    holder = page.locator('[class*="st-key-hide-veiled-tile-"]').first
+    image_id = (holder.get_attribute("class") or "").split("st-key-hide-veiled-tile-")[1].split()[0]
+    expect(holder.locator("img")).to_be_visible()
+    assert holder.locator("img").evaluate("e => getComputedStyle(e).filter") == "none"  # blurred on the server
+    assert list((app_server.project.thumbs_dir / "veiled").rglob("*-thumb-b40.jpg"))
+    box = holder.locator("img").bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
+    page.mouse.down()  # asks for the full thumbnail, shown while the button is held
+    image = page.locator(f'[class*="st-key-hide-blurred-tile-{image_id}"] img')
+    expect(image).to_be_visible(timeout=15_000)
+    expect(page.locator("[data-ll-held] img")).to_have_count(1)
     assert image.evaluate("e => getComputedStyle(e).filter") == "none"
     page.mouse.up()
-    assert "blur(22px)" in image.evaluate("e => getComputedStyle(e).filter")
+    expect(page.locator("[data-ll-held]")).to_have_count(0)
+    assert image.evaluate("e => getComputedStyle(e).filter") == "blur(40px)"
