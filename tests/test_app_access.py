@@ -156,3 +156,11 @@ def test_a_server_listening_beyond_this_machine_without_login_shows_nothing(proj
         config.set_option("server.address", previous)
     assert "listens beyond this machine but has no login" in app.error[0].value
     assert not app.button and not app.selectbox  # no identity picker, no page
+
+
+def test_an_annotator_reviews_their_own_work_and_an_admin_the_team(project: Project) -> None:
+    locked = ("Disagreements between annotators are for the project's admins.", "The team's counts and agreement")
+    annotator = _texts(logged_in("ann@x.org", "review"))
+    assert all(text in annotator for text in locked)
+    admin = _texts(logged_in("boss@x.org", "review"))
+    assert not any(text in admin for text in locked)

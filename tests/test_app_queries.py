@@ -79,6 +79,13 @@ def test_claims_and_likely_mistakes(project: Project) -> None:
     confidences = [m.confidence for m in found]
     assert confidences == sorted(confidences, reverse=True)
     assert review.likely_mistakes(project.engine, min_confidence=1.0) == []
+    # An annotator reviews their own work: bob's own contradicted label only.
+    with unit_of_work(project.engine) as session:
+        prediction = app_views.prediction_for(session, common.active_model_version_id(session), 3)
+        wrong = next(m for m in mains.values() if m != prediction.main_class_id)
+        record_annotation(session, image_id=3, annotator_id=bob, kind=AnnotationKind.LABEL, main_class_id=wrong)
+    bobs = review.likely_mistakes(project.engine, min_confidence=0.0, limit=50, annotator_id=bob)
+    assert [(m.image_id, m.annotator) for m in bobs] == [(3, "bob")]
 
 
 def test_embedding_view_colours(project: Project) -> None:

@@ -178,9 +178,15 @@ class ModelDisagreement:
 
 
 def confident_disagreements(
-    session: Session, model_version_id: int, *, min_confidence: float = 0.9, limit: int = 48
+    session: Session,
+    model_version_id: int,
+    *,
+    min_confidence: float = 0.9,
+    limit: int = 48,
+    annotator_id: int | None = None,
 ) -> list[ModelDisagreement]:
-    """Human labels the model contradicts with at least ``min_confidence``: likely labelling mistakes."""
+    """Human labels the model contradicts with at least ``min_confidence``: likely labelling mistakes
+    (only ``annotator_id``'s own labels when given)."""
     query = (
         select(
             Image.id,
@@ -202,6 +208,8 @@ def confident_disagreements(
         .order_by(Prediction.confidence.desc())
         .limit(limit)
     )
+    if annotator_id is not None:
+        query = query.where(Annotation.annotator_id == annotator_id)
     return [ModelDisagreement(*row) for row in session.execute(query)]
 
 

@@ -70,10 +70,15 @@ def review_summary(engine: Engine) -> ReviewSummary:
         )
 
 
-def likely_mistakes(engine: Engine, *, min_confidence: float, limit: int = 24) -> list[app_views.ModelDisagreement]:
-    """Human labels the active model contradicts with at least ``min_confidence``."""
+def likely_mistakes(
+    engine: Engine, *, min_confidence: float, limit: int = 24, annotator_id: int | None = None
+) -> list[app_views.ModelDisagreement]:
+    """Human labels the active model contradicts with at least ``min_confidence`` (only ``annotator_id``'s
+    own when given: an annotator reviews their own work)."""
     with reading(engine) as session:
         version_id = active_model_version_id(session)
         if version_id is None:
             return []
-        return app_views.confident_disagreements(session, version_id, min_confidence=min_confidence, limit=limit)
+        return app_views.confident_disagreements(
+            session, version_id, min_confidence=min_confidence, limit=limit, annotator_id=annotator_id
+        )

@@ -20,6 +20,9 @@ engine = project.engine
 who = state.require_identity()
 taxonomy = state.taxonomy()
 
+# Annotators review their own work; other people's labels and the team's agreement are for admins.
+admin = state.role(project) is common.Role.ADMIN
+
 st.title("Review")
 mine, mistakes, between, team = st.tabs(["My labels", "Likely mistakes", "Disagreements", "Annotators"])
 
@@ -61,7 +64,7 @@ with mine:
 
 with mistakes:
     threshold = st.slider("Model confidence at least", 0.5, 0.99, 0.9, 0.01)
-    found = review.likely_mistakes(engine, min_confidence=threshold)
+    found = review.likely_mistakes(engine, min_confidence=threshold, annotator_id=None if admin else who.annotator_id)
     if not found:
         st.info("No human label is contradicted by the active model at this confidence (or no model is active).")
     else:
@@ -84,10 +87,12 @@ with mistakes:
             st.session_state["grid_from_explore"] = True
             st.switch_page("views/grid.py")
 
-summary = review.review_summary(engine)
+summary = review.review_summary(engine) if admin else None
 
 with between:
-    if not summary.disagreements:
+    if summary is None:
+        st.info("Disagreements between annotators are for the project's admins.", icon=":material/lock:")
+    elif not summary.disagreements:
         st.info("No image has conflicting labels from different annotators.")
     else:
         st.caption("Labels conflict when no sub-class fits them all: a main class alone agrees with any of its tags.")
@@ -110,13 +115,15 @@ with between:
         )
 
 with team:
-    if summary.counts:
+    if summary is None:
+        st.info("The team's counts and agreement are for the project's admins.", icon=":material/lock:")
+    elif summary.counts:
         counts = pd.DataFrame(summary.counts, columns=["annotator", "decision", "count"])
         st.dataframe(
             counts.pivot_table(index="annotator", columns="decision", values="count", fill_value=0),
             width="stretch",
         )
-    if summary.agreements:
+    if summary is not None and summary.agreements:
         st.markdown("**Agreement on doubly labelled images** (main classes)")
         st.dataframe(
             pd.DataFrame(
@@ -131,5 +138,5 @@ with team:
             width="stretch",
             column_config={"agreement": st.column_config.NumberColumn(format="percent")},
         )
-    else:
+    elif summary is not None:
         st.caption("Cohen's kappa appears once two annotators have labelled the same images.")
