@@ -84,6 +84,8 @@ def project_status(session: Session) -> dict[str, Any]:
                 "label_count": version.label_count,
                 "created_at": version.created_at.isoformat(timespec="seconds"),
                 "metrics": {k: v for k, v in (version.metrics or {}).items() if isinstance(v, int | float | str)},
+                # Why model = "auto" chose this kind (core.training.selection); None for a kind asked for.
+                "chosen_by_auto": ((version.metrics or {}).get("model_selection") or {}).get("reason"),
             }
             for version in versions
         ],

@@ -60,10 +60,12 @@ def format_status(name: str, status: dict[str, Any]) -> str:
         for a in status["annotators"]
     ]
     lines.append(f"model versions: {len(status['model_versions'])}")
-    lines += [
-        f"  #{v['id']} {v['name']} ({v['model_kind']}, {v['label_count']} labels){' ACTIVE' if v['active'] else ''}"
-        for v in status["model_versions"]
-    ]
+    for v in status["model_versions"]:
+        lines.append(
+            f"  #{v['id']} {v['name']} ({v['model_kind']}, {v['label_count']} labels){' ACTIVE' if v['active'] else ''}"
+        )
+        if v.get("chosen_by_auto"):
+            lines.append(f"    model auto: {v['chosen_by_auto']}")
     jobs = ", ".join(f"{status_name} {count}" for status_name, count in sorted(status["jobs"].items()))
     lines.append(f"jobs: {jobs or 'none'}")
     return "\n".join(lines)
