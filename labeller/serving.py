@@ -80,7 +80,7 @@ def login_problem(files: Sequence[Path], *, authlib_installed: bool | None = Non
     if authlib_installed is None:
         authlib_installed = importlib.util.find_spec("authlib") is not None
     if not authlib_installed:
-        return "Streamlit's login needs Authlib: pip install 'Authlib>=1.3.2'"
+        return "Streamlit's login needs Authlib: pip install 'latent-labeller[auth]'"
     return None
 
 

@@ -74,7 +74,7 @@ def test_a_login_section_must_be_complete_and_usable(project: Project) -> None:
     )
     secrets.write_text(AUTH)
     assert login_problem(secrets_files(project), authlib_installed=True) is None
-    assert "pip install 'Authlib" in str(login_problem(secrets_files(project), authlib_installed=False))
+    assert "pip install 'latent-labeller[auth]'" in str(login_problem(secrets_files(project), authlib_installed=False))
     # A named provider ([auth.google]) counts as well.
     provider = AUTH.replace("client_id", "[auth.google]\nclient_id", 1)
     secrets.write_text(provider)
