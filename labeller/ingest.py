@@ -28,7 +28,7 @@ from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
 from db.queries.taxonomy import ensure_class, list_main_classes
-from db.schema import AnnotationKind, MainClass
+from db.schema import AnnotationKind, AnnotationSource, MainClass
 from labeller.files import FileRefused, hash_file, is_utf8_name, printable, read_regular
 from labeller.project import Project
 from labeller.thumbnails import thumbnail_file, write_thumbnail
@@ -463,7 +463,7 @@ def _pre_label(project: Project, labels: Sequence[tuple[int, ResolvedLabel]], an
                 kind=AnnotationKind.LABEL,
                 main_class_id=label.main_class_id,
                 sub_class_ids=label.sub_class_ids,
-                source="import",
+                source=AnnotationSource.IMPORT,
             )
             decided.add(image_id)
             written += 1
