@@ -104,3 +104,24 @@ def test_the_default_is_kept_when_no_candidate_is_clearly_better() -> None:
     """Both candidates linear on XOR: neither separates the classes, so the default stays."""
     selection = select_model(xor_pool(60), TWO, BASE, overrides={"m2": QUICK_M2, "supervised": {"epochs": 5}})
     assert selection.compared and selection.chosen == DEFAULT_MODEL, selection.reason
+
+
+def test_evaluate_runs_model_auto_as_a_train_job_does() -> None:
+    """``labeller evaluate --models auto``: every fit is preceded by the choice, and each run says which kind
+    was trained; here the MLP candidate that separates XOR, so the test accuracy is far above chance."""
+    from core.evaluate import EvaluationConfig, EvaluationData, evaluate
+
+    pool = xor_pool(120, total=120)
+    data = EvaluationData("xor", images=pool.images, admissible=pool.admissible, taxonomy=TWO)
+    config = EvaluationConfig(
+        budgets=(60,),
+        strategies=("random",),
+        models=("auto",),
+        baselines=(),
+        seeds=1,
+        train={"backbone": BASE.backbone, "device": "cpu", "epochs": 30, "consistency": 20.0},
+        model_train={"m2": QUICK_M2, "supervised": {"classifier": "mlp", "epochs": 15, "lr": 2e-2}},
+    )
+    (run,) = evaluate(data, config).runs
+    assert (run.model, run.model_chosen, run.labels) == ("auto", "supervised", 60)
+    assert run.main_accuracy > 0.8

@@ -91,6 +91,7 @@ class RunResult:
     macro_f1: float
     seconds: float
     classes_labelled: int | None = None  # distinct main classes among the labels used (coverage)
+    model_chosen: str | None = None  # model auto: the kind its cross-validation chose for this run's fit
 
 
 @dataclass

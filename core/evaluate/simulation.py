@@ -49,6 +49,12 @@ def balanced_draw(main_labels: np.ndarray, budget: int, num_main: int, rng: np.r
     return picked.astype(np.int64)
 
 
+def _chosen(learner: Learner) -> str | None:
+    """The kind model auto trained last (AutoLearner.choices); None for any other learner."""
+    choices = getattr(learner, "choices", None)
+    return choices[-1] if choices else None
+
+
 def _random_runs(
     learner_factory: Callable[[int], Learner],
     data: EvaluationData,
@@ -79,6 +85,7 @@ def _random_runs(
                 **metrics,
                 seconds=time.perf_counter() - started,
                 classes_labelled=len(np.unique(pool_main[labelled])),
+                model_chosen=_chosen(learner),
             )
         )
     return runs
@@ -124,6 +131,7 @@ def _active_runs(
                     **metrics,
                     seconds=time.perf_counter() - started,
                     classes_labelled=len(np.unique(data.main_labels[pool[labelled]])),
+                    model_chosen=_chosen(learner),
                 )
             )
         upcoming = [b for b in budgets if b > len(labelled)]
