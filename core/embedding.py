@@ -161,3 +161,43 @@ def align_to(
     scale, rotation, source_mean, target_mean = procrustes(coords[shared], old)
     aligned = scale * (coords.astype(np.float64) - source_mean) @ rotation + target_mean
     return aligned.astype(np.float32)
+
+
+# Before any model exists the map is of the inputs themselves: 1,280 feature dimensions (or thousands of
+# pixels) per image. UMAP is usually run on the first few dozen principal components of such vectors: the
+# neighbour graph barely changes, and memory stays at N x MAP_COMPONENTS instead of N x D float32.
+MAP_COMPONENTS = 50
+
+
+def _unit_chunk(rows: np.ndarray) -> np.ndarray:
+    """Stored rows (float feature vectors, or uint8 pixels (n, C, H, W)) as unit-length float32 vectors."""
+    from core.data import unit_rows
+
+    flat = rows.reshape(len(rows), -1)
+    return unit_rows(flat.astype(np.float32) / 255.0 if rows.dtype == np.uint8 else flat)
+
+
+def input_vectors(
+    rows: np.ndarray,
+    *,
+    components: int = MAP_COMPONENTS,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+) -> np.ndarray:
+    """What ``fit_umap`` maps before a model has latents: each row (a backbone's feature vector, or an
+    image's pixels) scaled to unit length, then projected on ``components`` principal components fitted on
+    a seeded sample of ``sample_size`` rows; converted ``TRANSFORM_CHUNK`` rows at a time. (N, k) float32."""
+    from sklearn.decomposition import PCA
+
+    count = len(rows)
+    if count <= 2:
+        return np.zeros((count, 2), dtype=np.float32)  # fit_umap places one or two points by itself
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(count, sample_size, replace=False)) if count > sample_size else np.arange(count)
+    fitted = _unit_chunk(np.asarray(rows[sample]))
+    pca = PCA(n_components=min(components, *fitted.shape), random_state=seed).fit(fitted)
+    out = np.empty((count, pca.n_components_), dtype=np.float32)
+    for start in range(0, count, TRANSFORM_CHUNK):
+        chunk = np.asarray(rows[start : start + TRANSFORM_CHUNK])
+        out[start : start + len(chunk)] = pca.transform(_unit_chunk(chunk))
+    return out

@@ -333,6 +333,19 @@ class Prediction(Base):
     labelled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class InputEmbedding(Base):
+    """Where one image lies on the map of what the models see (a backbone's features, or pixels), before
+    any model version has latent means to map: the Explore page's map until the first version's is made.
+    One map per project; the embed job replaces it whole (``db.queries.models.set_input_embedding``)."""
+
+    __tablename__ = "input_embeddings"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    input: Mapped[str] = mapped_column(String(200))  # what was mapped, for people: "efficientnet_lite2 features"
+    umap_x: Mapped[float] = mapped_column(Float)
+    umap_y: Mapped[float] = mapped_column(Float)
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -164,14 +164,21 @@ def running_worker(project: Project, *args: str, log: Path | None = None) -> Ite
 def run_job_here(project: Project, kind: str, params: dict | None = None) -> Job:
     """Queue a job and run it in this process as a worker would (claim, handler, completion), without a
     worker process: for job-level tests that need no heartbeat or signal."""
+    job_id = enqueue(project, kind, params)
+    job = run_queued_job(project, kind)
+    assert job.id == job_id, "another job of this kind was queued first"
+    return job
+
+
+def run_queued_job(project: Project, kind: str) -> Job:
+    """Claim the oldest queued job of ``kind`` and run it in this process as a worker would."""
     import threading
 
     from labeller.jobs import JobContext, JobFailed, StopFlags, job_handler
 
-    job_id = enqueue(project, kind, params)
     with unit_of_work(project.engine) as session:
         claimed = job_queries.claim_next_job(session, "in-process", [kind])
-    assert claimed is not None and claimed.id == job_id, "another job of this kind was queued first"
+    assert claimed is not None, f"no {kind} job queued"
     context = JobContext(project, claimed, train_device(), StopFlags(shutdown=threading.Event()))
     try:
         job_handler(kind)(context)
@@ -181,4 +188,4 @@ def run_job_here(project: Project, kind: str, params: dict | None = None) -> Job
     except JobFailed as error:
         with unit_of_work(project.engine) as session:
             job_queries.fail_job(session, claimed, str(error))
-    return job_row(project, job_id)
+    return job_row(project, claimed.id)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import Select, and_, delete, exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from db.queries.models import input_embedding
 from db.schema import (
     Annotation,
     AnnotationKind,
@@ -227,13 +228,15 @@ def annotation_counts_by_annotator(session: Session) -> list[tuple[str, str, int
 
 @dataclass(frozen=True)
 class EmbeddingPoints:
+    """A map's points in image-id order; on the input map (``input_map_points``) every prediction is None."""
+
     image_ids: list[int]
     x: list[float]
     y: list[float]
     predicted_main_id: list[int | None]
     predicted_sub_id: list[int | None]
-    confidence: list[float]
-    entropy: list[float]
+    confidence: list[float | None]
+    entropy: list[float | None]
     novelty: list[float | None]
     disagreement: list[float | None]
 
@@ -262,6 +265,14 @@ def embedding_points(session: Session, model_version_id: int) -> EmbeddingPoints
     rows = session.execute(query).all()
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(9)]
     return EmbeddingPoints(*(list(column) for column in columns))
+
+
+def input_map_points(session: Session) -> tuple[str | None, EmbeddingPoints]:
+    """The map made before any model version (UMAP of the backbone's features, or pixels): what was mapped
+    ("efficientnet_lite2 features"; None without a map) and its points, with no predictions."""
+    name, image_ids, coords = input_embedding(session)
+    nothing = ([None] * len(image_ids) for _ in range(6))
+    return name, EmbeddingPoints(image_ids, coords[:, 0].tolist(), coords[:, 1].tolist(), *nothing)
 
 
 def human_main_labels(session: Session) -> dict[int, int]:

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.queries.annotations import current_labels
-from db.schema import Image, ModelVersion, Prediction, utcnow
+from db.schema import Image, InputEmbedding, ModelVersion, Prediction, utcnow
 
 PREDICTION_BATCH_SIZE = 2_000
 PREDICTION_COLUMNS = frozenset(c.name for c in Prediction.__table__.columns)
@@ -327,3 +327,45 @@ def previous_embedded_version(session: Session, model_version_id: int) -> int | 
         .order_by(ModelVersion.promoted_at.is_(None), ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
         .limit(1)
     )
+
+
+def set_input_embedding(
+    session: Session,
+    input_name: str,
+    image_ids: Sequence[int],
+    coords: np.ndarray,
+    *,
+    batch_size: int = PREDICTION_BATCH_SIZE,
+) -> int:
+    """Replace the project's input map (``InputEmbedding``: UMAP of a backbone's features, or pixels, made
+    before any model version) with ``coords`` (N, 2) for ``image_ids``; ``input_name`` says what was mapped."""
+    if len(image_ids) != len(coords):
+        raise ValueError(f"{len(image_ids)} image ids but {len(coords)} coordinates")
+    session.execute(delete(InputEmbedding))
+    rows = (
+        {"image_id": int(image_id), "input": input_name, "umap_x": float(x), "umap_y": float(y)}
+        for image_id, (x, y) in zip(image_ids, coords, strict=True)
+    )
+    written = 0
+    for batch in _batches(rows, batch_size):
+        session.execute(insert(InputEmbedding.__table__), batch)
+        written += len(batch)
+    return written
+
+
+def input_embedding(session: Session) -> tuple[str | None, list[int], np.ndarray]:
+    """(what was mapped, image ids, coordinates (N, 2)) of the project's input map, in image-id order;
+    (None, [], empty) when there is none."""
+    rows = session.execute(
+        select(InputEmbedding.image_id, InputEmbedding.input, InputEmbedding.umap_x, InputEmbedding.umap_y).order_by(
+            InputEmbedding.image_id
+        )
+    ).all()
+    coords = np.array([(row.umap_x, row.umap_y) for row in rows], dtype=np.float32).reshape(-1, 2)
+    return (rows[0].input if rows else None), [row.image_id for row in rows], coords
+
+
+def input_embedding_size(session: Session) -> tuple[str | None, int]:
+    """(what the input map is of, how many images it places); (None, 0) without one."""
+    row = session.execute(select(func.min(InputEmbedding.input), func.count()).select_from(InputEmbedding)).one()
+    return row[0], int(row[1])
