@@ -45,7 +45,9 @@ class LabellingSettings:
 
 @dataclass
 class TrainingSettings:
-    model: str = DEFAULT_MODEL  # measured best here (benchmarks/results/label_efficiency); m1m2 is offered too
+    # measured best here (benchmarks/results/label_efficiency); m1m2 is offered too, and auto (chosen per train
+    # job by cross-validation on the labels: core.training.selection), which on hymenoptera chose m2 every time
+    model: str = DEFAULT_MODEL
     # What the model learns from: auto (pixels for small or greyscale images, the default pretrained
     # backbone's features for colour photos: labeller.inputs), pixels, or a backbone of core.backbones.
     backbone: str = AUTO
