@@ -13,6 +13,7 @@ from db.queries import models as model_queries
 from db.queries.status import project_status
 from db.schema import JobStatus
 from labeller.commands.status import format_status
+from labeller.commands.train import follow_job
 from tests.worker_helpers import make_project, run_job_here
 
 
@@ -27,7 +28,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_a_train_job_with_model_auto_records_its_choice_and_why(tmp_path) -> None:
+def test_a_train_job_with_model_auto_records_its_choice_and_why(tmp_path, capsys) -> None:
     project = make_project(tmp_path, labelled_per_class=10, unlabelled=8)
     project.settings.training.model = "auto"
     project.save_settings()
@@ -49,6 +50,9 @@ def test_a_train_job_with_model_auto_records_its_choice_and_why(tmp_path) -> Non
     with reading(project.engine) as session:
         shown = format_status(project.settings.name, project_status(session))
     assert f"    model auto: {selection['reason']}" in shown
+    follow_job(project, job.id)  # what labeller train --wait prints
+    followed = capsys.readouterr().out
+    assert f"[job {job.id}] model auto: m2, fold 1/5" in followed and f"[job {job.id}] model: auto chose" in followed
 
 
 def test_too_few_labels_keep_the_default_kind_and_say_so(tmp_path) -> None:

@@ -117,6 +117,10 @@ def follow_job(project: Project, job_id: int) -> None:
                 if event.kind == "log":
                     (bar.write if bar else click.echo)(f"[job {job_id}] {payload.get('message', '')}")
                     continue
+                if event.kind == "progress" and payload.get("stage") == "choosing the model":
+                    fold = f"{payload['candidate']}, fold {payload['fold']}/{payload['folds']}"
+                    (bar.write if bar else click.echo)(f"[job {job_id}] model auto: {fold}")
+                    continue
                 if event.kind != "progress" or "epoch" not in payload:
                     continue
                 if payload.get("phase") != phase:
