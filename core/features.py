@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbones import BackboneSpec, backbone_spec, load_backbone
-from core.data import decode_image
+from core.data import MappedPages, decode_image
 from core.device import autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 FEATURE_DTYPE = np.float16
 # Past this many shards a read opens too many files; they are merged into one.
 MAX_SHARDS = 64
+# Rows copied at a time when the cache gathers or merges shards (40 MB of 1,280-d float16).
+GATHER_ROWS = 16_384
 VIEWS = ("centre", "centre_flip")
 
 
@@ -173,8 +177,9 @@ class FeatureCache:
 
     A shard is two files: ``<id>.features.npy`` (float16 (n, D)) and ``<id>.sha256.npy`` (n hashes),
     the second written last, so a shard without it is an unfinished write and is ignored. Readers
-    memory-map the feature files: reading the cache of a million images costs its hash index, not its
-    2.5 GB of features."""
+    memory-map the feature files and look hashes up in sorted arrays: reading the cache of a million
+    images costs about 200 MB of hash index (Python strings in a dict took 0.7 GB), never its 2.5 GB of
+    features in the process's own memory (``get`` hands back a memory map)."""
 
     def __init__(self, root: Path | str, spec: FeatureSpec) -> None:
         self.spec = spec
@@ -185,12 +190,15 @@ class FeatureCache:
             return []
         return sorted(path.name.removesuffix(".sha256.npy") for path in self.folder.glob("*.sha256.npy"))
 
-    def _index(self) -> tuple[dict[str, tuple[int, int]], list[np.ndarray]]:
-        where: dict[str, tuple[int, int]] = {}
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(every cached hash once, sorted, as bytes; the shard and row of its first stored copy) and the
+        shards' feature memory maps."""
+        hash_parts: list[np.ndarray] = []
+        shard_parts: list[np.ndarray] = []
         shards: list[np.ndarray] = []
         for shard_id in self._shard_ids():
             try:
-                hashes = np.load(self.folder / f"{shard_id}.sha256.npy")
+                hashes = np.load(self.folder / f"{shard_id}.sha256.npy", mmap_mode="r")
                 features = np.load(self.folder / f"{shard_id}.features.npy", mmap_mode="r")
             except (OSError, ValueError) as error:
                 log.warning("ignoring unreadable feature shard %s: %s", shard_id, error)
@@ -198,33 +206,93 @@ class FeatureCache:
             if features.ndim != 2 or features.shape[0] != len(hashes) or features.shape[1] != self.spec.feature_dim:
                 log.warning("ignoring feature shard %s of shape %s", shard_id, features.shape)
                 continue
-            for row, sha in enumerate(hashes.tolist()):
-                where.setdefault(sha, (len(shards), row))
+            # Hex digests as bytes: a quarter of the memory of numpy's unicode, and they sort the same.
+            hash_parts.append(hashes.astype(f"S{max(hashes.dtype.itemsize // 4, 1)}"))
+            shard_parts.append(np.full(len(hashes), len(shards), dtype=np.int32))
             shards.append(features)
-        return where, shards
+        if not hash_parts:
+            return np.empty(0, dtype="S64"), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), shards
+        stored = np.concatenate(hash_parts)
+        shard_of = np.concatenate(shard_parts)
+        row_of = np.concatenate([np.arange(len(part), dtype=np.int64) for part in hash_parts])
+        # A stable sort keeps equal hashes in storage order, so the first of each run is its first stored copy.
+        order = np.argsort(stored, kind="stable")
+        stored = stored[order]
+        first = np.ones(len(stored), dtype=bool)
+        first[1:] = stored[1:] != stored[:-1]
+        return stored[first], shard_of[order[first]], row_of[order[first]], shards
+
+    def _locate(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(shard per position of ``hashes``, -1 when not cached; row in that shard) and the shards."""
+        keys, shard_of, row_of, shards = self._index()
+        if not len(keys) or not len(hashes):
+            return np.full(len(hashes), -1, dtype=np.int32), np.zeros(len(hashes), dtype=np.int64), shards
+        width = max(keys.dtype.itemsize, max(map(len, hashes)))
+        keys, wanted = keys.astype(f"S{width}", copy=False), np.array(hashes, dtype=f"S{width}")
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = keys[at] == wanted
+        return np.where(hit, shard_of[at], -1), np.where(hit, row_of[at], 0), shards
 
     def missing(self, hashes: Sequence[str]) -> list[int]:
         """Positions in ``hashes`` whose features are not cached yet."""
-        where, _ = self._index()
-        return [position for position, sha in enumerate(hashes) if sha not in where]
+        shard, _, _ = self._locate(hashes)
+        return np.flatnonzero(shard < 0).tolist()
 
     def get(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(float16 (N, D) features in the order of ``hashes``, bool (N,) found)."""
-        where, shards = self._index()
-        out = np.zeros((len(hashes), self.spec.feature_dim), dtype=FEATURE_DTYPE)
-        found = np.zeros(len(hashes), dtype=bool)
-        by_shard: dict[int, tuple[list[int], list[int]]] = {}
-        for position, sha in enumerate(hashes):
-            hit = where.get(sha)
-            if hit is not None:
-                rows = by_shard.setdefault(hit[0], ([], []))
-                rows[0].append(position)
-                rows[1].append(hit[1])
-        for shard, (positions, rows) in by_shard.items():
-            order = np.argsort(rows)  # sequential reads of the memory map
-            out[np.asarray(positions)[order]] = shards[shard][np.asarray(rows)[order]]
-            found[positions] = True
+        """(float16 (N, D) features in the order of ``hashes``, zero where not found; bool (N,) found).
+
+        The features are a memory map: a view of one shard when the hashes are a run of its rows (a
+        compacted cache read in the order it was computed), else a temporary file beside the shards that
+        the rows are gathered into, a chunk at a time. Nothing of it is the process's own memory."""
+        shard, row, shards = self._locate(hashes)
+        found = shard >= 0
+        count, dim = len(found), self.spec.feature_dim
+        if count and found.all() and (shard == shard[0]).all() and (np.diff(row) == 1).all():
+            return shards[int(shard[0])][int(row[0]) : int(row[0]) + count], found
+        if count == 0:
+            return np.zeros((0, dim), dtype=FEATURE_DTYPE), found
+        out = self._scratch((count, dim))
+        written = MappedPages(out)
+        for number in np.unique(shard[found]):
+            positions = np.flatnonzero(shard == number)
+            order = np.argsort(row[positions], kind="stable")  # sequential reads of the memory map
+            positions, rows = positions[order], row[positions][order]
+            source = shards[int(number)]
+            read = MappedPages(source)
+            for start in range(0, len(rows), GATHER_ROWS):
+                out[positions[start : start + GATHER_ROWS]] = source[rows[start : start + GATHER_ROWS]]
+                read.read(len(rows[start : start + GATHER_ROWS]))
+                written.read(len(rows[start : start + GATHER_ROWS]))
+            read.release()
+        written.release()
         return out, found
+
+    def _scratch(self, shape: tuple[int, int]) -> np.ndarray:
+        """A zero-filled float16 array in a nameless temporary file beside the shards (on the cache's disk,
+        not a tmpfs that would take RAM; the system's temporary folder when the cache is read-only). The
+        file goes away with its last mapping."""
+        for folder in (self.folder, None):
+            try:
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder, prefix=".gathered-features-") as file:
+                    return np.memmap(file, dtype=FEATURE_DTYPE, mode="w+", shape=shape)
+            except OSError:
+                if folder is None:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _publish(self, hashes: np.ndarray, write_features: Callable[[Path], None]) -> None:
+        """A new shard, atomically: ``write_features(path)`` writes the features file first, then the hash
+        list that makes the shard visible is written."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shard_id = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        temporary = self.folder / f".{shard_id}.features.tmp.npy"
+        write_features(temporary)
+        os.replace(temporary, self.folder / f"{shard_id}.features.npy")
+        temporary = self.folder / f".{shard_id}.sha256.tmp.npy"
+        np.save(temporary, hashes)
+        os.replace(temporary, self.folder / f"{shard_id}.sha256.npy")
 
     def put(self, hashes: Sequence[str], features: np.ndarray) -> None:
         """Write one shard atomically (features first, then the hash list that makes it visible)."""
@@ -232,31 +300,40 @@ class FeatureCache:
             raise ValueError(f"{len(hashes)} hashes for {len(features)} feature rows")
         if not len(hashes):
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        shard_id = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-        for suffix, array in (
-            ("features", np.ascontiguousarray(features, dtype=FEATURE_DTYPE)),
-            ("sha256", np.asarray(hashes, dtype="U64")),
-        ):
-            temporary = self.folder / f".{shard_id}.{suffix}.tmp.npy"
-            np.save(temporary, array)
-            os.replace(temporary, self.folder / f"{shard_id}.{suffix}.npy")
+        rows = np.ascontiguousarray(features, dtype=FEATURE_DTYPE)
+        self._publish(np.asarray(hashes, dtype="U64"), lambda path: np.save(path, rows))
         if len(self._shard_ids()) > MAX_SHARDS:
             self.compact()
 
     def compact(self) -> None:
-        """Merge every shard into one; the new shard is visible before the old ones are removed."""
+        """Merge every shard into one, streamed a chunk at a time; the new shard is visible before the old
+        ones are removed. Rows keep their storage order (shard by shard), each hash once."""
         old = self._shard_ids()
-        where, shards = self._index()
         if len(old) < 2:
             return
-        hashes = list(where)
-        merged = np.empty((len(hashes), self.spec.feature_dim), dtype=FEATURE_DTYPE)
-        for position, sha in enumerate(hashes):
-            shard, row = where[sha]
-            merged[position] = shards[shard][row]
-        del shards
-        self.put(hashes, merged)
+        keys, shard_of, row_of, shards = self._index()
+        order = np.lexsort((row_of, shard_of))
+        hashes = np.char.decode(keys[order], "ascii").astype("U64")
+        self._publish(
+            hashes, partial(self._write_merged, shards=shards, shard_of=shard_of[order], row_of=row_of[order])
+        )
+        shards.clear()  # no open maps of files about to be removed
         for shard_id in old:
             (self.folder / f"{shard_id}.sha256.npy").unlink(missing_ok=True)
             (self.folder / f"{shard_id}.features.npy").unlink(missing_ok=True)
+
+    def _write_merged(self, path: Path, *, shards: list[np.ndarray], shard_of: np.ndarray, row_of: np.ndarray) -> None:
+        """Row i of the new ``.npy`` at ``path`` is row ``row_of[i]`` of shard ``shard_of[i]``."""
+        merged = np.lib.format.open_memmap(
+            path, mode="w+", dtype=FEATURE_DTYPE, shape=(len(row_of), self.spec.feature_dim)
+        )
+        written, read = MappedPages(merged), [MappedPages(shard) for shard in shards]
+        for start in range(0, len(row_of), GATHER_ROWS):
+            stop = min(start + GATHER_ROWS, len(row_of))
+            for number in np.unique(shard_of[start:stop]):
+                rows = np.flatnonzero(shard_of[start:stop] == number) + start
+                merged[rows] = shards[int(number)][row_of[rows]]
+                read[int(number)].read(len(rows))
+            written.read(stop - start)
+        merged.flush()
+        del merged

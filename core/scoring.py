@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from core.acquisition import UncertaintyScores
+from core.data import MappedPages, rows_tensor
 from core.device import autocast, eval_mode, resolve_device
 
 if TYPE_CHECKING:
@@ -104,9 +105,11 @@ def score_pool(
     mc_dropout = mc_samples > 0 and _has_dropout(model)
 
     logits_out, latent_out, recon_out, gen_out, bald_out = [], [], [], [], []
+    pages = MappedPages(images)  # a memory-mapped pool's pages are handed back as they are scored
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = trained.inputs(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device))
+            x = trained.inputs(rows_tensor(images[start : start + batch_size]).to(device))
+            pages.read(len(x))
             with autocast(device, use_amp):
                 logits = model.classify(x).float()
                 latent_out.append(model.latent(x).float().cpu())
@@ -126,6 +129,7 @@ def score_pool(
                 bald_out.append(entropy(stack.mean(0)) - entropy(stack).mean(0))
                 model.eval()
 
+    pages.release()
     logits = torch.cat(logits_out) if logits_out else torch.zeros(0, trained.taxonomy.num_leaves)
     leaf_probs = (logits / temperature).softmax(-1).numpy()
     main_probs = leaf_probs @ trained.taxonomy.leaf_to_main_matrix()

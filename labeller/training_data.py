@@ -33,7 +33,7 @@ from core.features import ExtractionProgress, FeatureCache, FeatureSpec
 from core.taxonomy import Taxonomy
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels
-from db.queries.images import iter_images
+from db.queries.images import iter_image_files
 from db.queries.taxonomy import taxonomy_mapping
 from labeller.project import Project, ProjectError
 
@@ -67,59 +67,78 @@ class ProjectPool:
         return self.image_ids[self.pool.labelled]
 
 
-@dataclass(frozen=True)
-class _ImageRow:
-    image_id: int
-    sha256: str
-    path: Path
-    audit: bool
+@dataclass
+class _ProjectImages:
+    """Every image row of a project in image-id order, column by column (a million rows as one Python
+    object each took 650 MB). ``stored_paths`` are as the database holds them: resolve with ``path``."""
+
+    image_ids: np.ndarray  # int64 (N,), ascending
+    sha256: list[str]
+    stored_paths: list[str]
+    audit: np.ndarray  # bool (N,)
+
+    def path(self, project: Project, position: int) -> Path:
+        return project.resolve_image_path(self.stored_paths[position])
 
 
-def _project_rows(project: Project) -> tuple[list[_ImageRow], dict[int, tuple[str, list[str]]], Taxonomy]:
+def _project_rows(project: Project) -> tuple[_ProjectImages, dict[int, tuple[str, list[str]]], Taxonomy]:
+    ids: list[int] = []
+    hashes: list[str] = []
+    paths: list[str] = []
+    audit: list[bool] = []
     with unit_of_work(project.engine) as session:
         mapping = taxonomy_mapping(session)
-        rows = [
-            _ImageRow(image.id, image.sha256, project.resolve_image_path(image.path), bool(image.audit))
-            for image in iter_images(session)
-        ]
+        for image_id, sha256, path, in_audit in iter_image_files(session):
+            ids.append(image_id)
+            hashes.append(sha256)
+            paths.append(path)
+            audit.append(in_audit)
         labels = {label.image_id: (label.main_class, label.tags) for label in current_labels(session)}
     if not mapping:
         raise ProjectError("the project has no taxonomy yet: define its classes with `labeller taxonomy`")
-    return rows, labels, Taxonomy.from_dict(mapping)
+    images = _ProjectImages(np.array(ids, dtype=np.int64), hashes, paths, np.array(audit, dtype=bool))
+    return images, labels, Taxonomy.from_dict(mapping)
 
 
 def _project_pool(
-    rows: list[_ImageRow],
+    images: _ProjectImages,
     labels: dict[int, tuple[str, list[str]]],
     taxonomy: Taxonomy,
     inputs: np.ndarray,
     failures: dict[str, str],
 ) -> ProjectPool:
-    """The readable rows of ``inputs`` (one per image row) with their labels as admissible-leaf masks."""
-    readable = [i for i, row in enumerate(rows) if row.sha256 not in failures]
-    skipped = {row.image_id: failures[row.sha256] for row in rows if row.sha256 in failures}
+    """The readable images (those without a failure) with their labels as admissible-leaf masks. ``inputs``
+    holds one row per image, or one per readable image only (a feature pool gathered for those alone:
+    dropping rows here would copy a memory-mapped pool into memory)."""
+    readable = (
+        np.flatnonzero([sha not in failures for sha in images.sha256]) if failures else np.arange(len(images.sha256))
+    )
+    skipped = {
+        int(images.image_ids[i]): failures[images.sha256[i]]
+        for i in np.setdiff1d(np.arange(len(images.sha256)), readable)
+    }
     if skipped:
         log.warning(
             "%d image(s) could not be read and are left out, e.g. %s", len(skipped), next(iter(skipped.values()))
         )
+    image_ids = images.image_ids[readable]
     admissible = np.ones((len(readable), taxonomy.num_leaves), dtype=bool)
     labelled = np.zeros(len(readable), dtype=bool)
-    for position, index in enumerate(readable):
-        label = labels.get(rows[index].image_id)
-        if label is None:
-            continue
-        main, tags = label
+    for image_id, (main, tags) in sorted(labels.items()):
+        position = int(np.searchsorted(image_ids, image_id))
+        if position == len(image_ids) or image_ids[position] != image_id:
+            continue  # an image left out as unreadable
         try:
             admissible[position] = taxonomy.admissible(main, tags)
         except (KeyError, ValueError) as error:
-            raise ProjectError(f"image {rows[index].image_id}: its label does not fit the taxonomy: {error}") from error
+            raise ProjectError(f"image {image_id}: its label does not fit the taxonomy: {error}") from error
         labelled[position] = True
-    kept = inputs[readable] if len(readable) < len(rows) else inputs
+    kept = inputs if len(inputs) == len(readable) else inputs[readable]
     return ProjectPool(
-        image_ids=np.array([rows[i].image_id for i in readable], dtype=np.int64),
+        image_ids=image_ids,
         pool=LabelledPool(images=kept, admissible=admissible, labelled=labelled),
         taxonomy=taxonomy,
-        audit=np.array([rows[i].audit for i in readable], dtype=bool),
+        audit=images.audit[readable],
         skipped=skipped,
     )
 
@@ -130,10 +149,11 @@ def load_project_pool(
     """Pixels (uint8, ``channels`` x ``image_size`` x ``image_size``) and labels of every project image."""
     if image_size < 1 or channels not in (1, 3):
         raise ValueError(f"need image_size >= 1 and channels 1 or 3, got {image_size} and {channels}")
-    rows, labels, taxonomy = _project_rows(project)
+    images, labels, taxonomy = _project_rows(project)
     cache = PixelCache(project.models_dir / CACHE_FOLDER, image_size=image_size, channels=channels)
-    pixels, failures = cache.get([row.sha256 for row in rows], [row.path for row in rows], workers=workers)
-    return _project_pool(rows, labels, taxonomy, pixels, failures)
+    paths = [images.path(project, position) for position in range(len(images.sha256))]
+    pixels, failures = cache.get(images.sha256, paths, workers=workers)
+    return _project_pool(images, labels, taxonomy, pixels, failures)
 
 
 def feature_cache(project: Project, spec: FeatureSpec) -> FeatureCache:
@@ -153,16 +173,15 @@ def ensure_features(
     as it is computed. Returns (images computed, sha256 -> why an image could not be read)."""
     from core.features import extract_features
 
-    rows, _, _ = _project_rows(project)
+    images, _, _ = _project_rows(project)
     cache = feature_cache(project, spec)
-    unique = {row.sha256: row.path for row in rows}
-    hashes = list(unique)
-    todo = [hashes[i] for i in cache.missing(hashes)]
+    todo_paths = {images.sha256[i]: images.path(project, i) for i in cache.missing(images.sha256)}
+    todo = list(todo_paths)
     failures: dict[str, str] = {}
     if not todo:
         return 0, failures
     for batch in extract_features(
-        [unique[sha] for sha in todo],
+        list(todo_paths.values()),
         spec,
         device=device,
         batch_size=batch_size,
@@ -183,15 +202,23 @@ def load_project_features(
     on_progress: Callable[[ExtractionProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ProjectPool:
-    """Backbone features (float16 (N, D)) and labels of every project image; missing features are computed
-    first (only those), so a retrain never decodes the pool again."""
+    """Backbone features (float16 (N, D), memory-mapped from the cache) and labels of every project image;
+    missing features are computed first (only those), so a retrain never decodes the pool again."""
     _, failures = ensure_features(project, spec, device=device, on_progress=on_progress, should_stop=should_stop)
-    rows, labels, taxonomy = _project_rows(project)
-    features, found = feature_cache(project, spec).get([row.sha256 for row in rows])
-    for row, present in zip(rows, found, strict=True):
-        if not present and row.sha256 not in failures:
-            failures[row.sha256] = f"{row.path}: no features (imported while they were computed)"
-    return _project_pool(rows, labels, taxonomy, features, failures)
+    images, labels, taxonomy = _project_rows(project)
+    cache = feature_cache(project, spec)
+    for position in cache.missing(images.sha256):
+        sha = images.sha256[position]
+        if sha not in failures:
+            failures[sha] = f"{images.path(project, position)}: no features (imported while they were computed)"
+    while True:
+        # Only the readable rows are read, so that none has to be dropped from the memory map afterwards.
+        readable = [sha for sha in images.sha256 if sha not in failures] if failures else images.sha256
+        features, found = cache.get(readable)
+        if found.all():
+            return _project_pool(images, labels, taxonomy, features, failures)
+        for sha in np.asarray(readable)[~found].tolist():  # a shard removed in between (another process)
+            failures[sha] = f"{sha}: no features (the feature cache changed while it was read)"
 
 
 def evaluation_data(project_pool: ProjectPool, name: str) -> EvaluationData:

@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from core.backbones import BACKBONES, BackboneUnavailable, load_backbone
-from core.data import FeatureScaler, LabelledPool
+from core.data import FeatureScaler, LabelledPool, MappedPages
 from core.features import FeatureCache, FeatureSpec, extract_features, open_rgb, preprocess
 from core.registry import DEFAULT_BACKBONE, PIXELS, choose_backbone
 from core.scoring import score_pool
@@ -109,6 +109,42 @@ def test_feature_cache_finds_what_is_stored_and_ignores_unfinished_shards(tmp_pa
     cache.compact()
     assert len(list(cache.folder.glob("*.sha256.npy"))) == 1
     np.testing.assert_array_equal(cache.get(["a", "b", "c", "d"])[0], np.concatenate([first, first[:1]]))
+
+
+def test_feature_cache_hands_back_memory_maps_not_copies(tmp_path) -> None:
+    """A million cached rows must not become 2.5 GB of the reader's own memory: one shard read in its own
+    order is a view of its memory map, rows from several shards are gathered into a temporary memory map,
+    and the first stored copy of a hash wins, as before."""
+    cache = FeatureCache(tmp_path, FeatureSpec("efficientnet_lite0"))
+    rng = np.random.default_rng(2)
+    first, second = (rng.normal(size=(5, 1280)).astype(np.float16) for _ in range(2))
+    cache.put(["a", "b", "c", "d", "e"], first)
+    run, found = cache.get(["b", "c", "d"])
+    assert found.all() and MappedPages(run).mapping is not None
+    np.testing.assert_array_equal(run, first[1:4])
+    cache.put(["e", "f", "g", "h", "i"], second)  # "e" again: the first shard's copy stays the one read
+    gathered, found = cache.get(["f", "a", "zz", "e", "i"])
+    assert found.tolist() == [True, True, False, True, True] and MappedPages(gathered).mapping is not None
+    np.testing.assert_array_equal(gathered, np.stack([second[1], first[0], np.zeros(1280), first[4], second[4]]))
+    assert cache.missing(["i", "j", "a"]) == [1]
+    cache.compact()
+    merged, found = cache.get(["a", "b", "c", "d", "e", "f", "g", "h", "i"])
+    assert found.all() and MappedPages(merged).mapping is not None  # one run of the merged shard
+    np.testing.assert_array_equal(merged, np.concatenate([first, second[1:]]))
+
+
+def test_mapped_pages_hands_pages_back_and_the_rows_read_the_same(tmp_path) -> None:
+    rows = np.random.default_rng(3).normal(size=(4096, 64)).astype(np.float16)
+    np.save(tmp_path / "rows.npy", rows)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    pages = MappedPages(np.asarray(mapped[10:]), release_every=64 * 128)  # a plain view still finds its map
+    assert pages.mapping is not None and MappedPages(rows).mapping is None
+    total = 0.0
+    for start in range(0, len(mapped), 100):
+        total += float(mapped[start : start + 100].astype(np.float64).sum())
+        pages.read(100)
+    assert total == pytest.approx(float(rows.astype(np.float64).sum()))
+    np.testing.assert_array_equal(mapped, rows)
 
 
 def test_auto_input_pixels_for_small_or_grey_images_and_the_backbone_for_colour_photos() -> None:

@@ -89,3 +89,47 @@ def test_prediction_rows_survive_a_class_renamed_since_training() -> None:
     )
     assert rows[0]["main_class_id"] is None and rows[0]["sub_class_id"] is None
     assert rows[0]["probabilities"]["main"] == {"ants": 0.9, "bees": 0.1}
+
+
+class _ScoringContext:
+    """What ``score_in_chunks`` uses of a worker's JobContext."""
+
+    device = "cpu"
+
+    def raise_if_stopped(self) -> None:
+        pass
+
+    def report_progress(self, payload: dict, *, force: bool = False) -> None:
+        pass
+
+
+def test_scoring_in_chunks_gives_the_whole_pool_scores() -> None:
+    """The score job fills whole-pool arrays chunk by chunk (no list of parts held twice); every column,
+    novelty (ranked over the whole pool) included, is what one score_pool call over the pool gives."""
+    import torch
+
+    from core.data import FeatureScaler
+    from core.scoring import score_pool
+    from core.training import TrainConfig, TrainedModel, build_model
+    from labeller.jobs.score import score_in_chunks
+
+    taxonomy = Taxonomy.from_dict({"a": [], "b": ["x", "y"]})
+    features = np.random.default_rng(0).normal(size=(1300, 16)).astype(np.float16)
+    config = TrainConfig(model="m2", backbone="efficientnet_lite0", device="cpu")
+    torch.manual_seed(0)
+    trained = TrainedModel(
+        model=build_model(config, taxonomy, (16,)).eval(),
+        taxonomy=taxonomy,
+        config=config,
+        metrics={},
+        temperature=1.5,
+        image_shape=(16,),
+        scaler=FeatureScaler.fit(features),
+    )
+    torch.manual_seed(1)  # the same dropout draws: chunks of 512 keep score_pool's batches of 256
+    whole = score_pool(trained, features, device="cpu")
+    torch.manual_seed(1)
+    chunked = score_in_chunks(_ScoringContext(), trained, features, chunk=512)  # type: ignore[arg-type]
+    for name, values in vars(whole).items():
+        np.testing.assert_array_equal(getattr(chunked, name), values, err_msg=name)
+        assert getattr(chunked, name).dtype == values.dtype

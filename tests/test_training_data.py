@@ -122,6 +122,34 @@ def test_a_broken_file_is_skipped_and_the_rest_loads(project: Project, tmp_path:
     assert next(iter(data.skipped)) not in data.image_ids.tolist()
 
 
+def test_a_feature_pool_is_read_from_the_cache_memory_map_and_an_unreadable_image_is_left_out(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The features of a million images stay on disk: the pool is a memory map of the cache (never a copy,
+    even when an unreadable image has to be left out), and labels stay with their images."""
+    import labeller.training_data as training_data
+    from core.data import MappedPages
+    from core.features import FeatureSpec
+
+    spec = FeatureSpec("efficientnet_lite0")
+    with unit_of_work(project.engine) as session:
+        hashes = [image.sha256 for image in session.query(Image).order_by(Image.id)]
+    ids = _image_ids(project)
+    stored = np.random.default_rng(4).normal(size=(len(hashes), spec.feature_dim)).astype(np.float16)
+    training_data.feature_cache(project, spec).put(hashes, stored)
+    # Image 2's file could not be read when features were computed (no backbone runs in this test).
+    monkeypatch.setattr(training_data, "ensure_features", lambda *args, **kwargs: (0, {hashes[2]: "broken.png: bad"}))
+    _label(project, ids[3], AnnotationKind.LABEL, "plant")
+
+    data = training_data.load_project_features(project, spec)
+    kept = [0, 1, 3, 4, 5, 6, 7]
+    assert data.image_ids.tolist() == [ids[i] for i in kept] and data.skipped == {ids[2]: "broken.png: bad"}
+    assert MappedPages(data.pool.images).mapping is not None
+    np.testing.assert_array_equal(data.pool.images, stored[kept])
+    assert data.pool.labelled.tolist() == [False, False, True, False, False, False, False]
+    assert data.pool.admissible[2].tolist() == [False, False, False, True]
+
+
 def test_a_project_without_taxonomy_is_a_clear_error(tmp_path: Path) -> None:
     project = init_project(tmp_path / "empty")
     with pytest.raises(ProjectError, match="taxonomy"):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.calibration import expected_calibration_error, fit_temperature, set_nll
-from core.data import FeatureScaler, LabelledPool, augment, stratified_split, to_float
+from core.data import FeatureScaler, LabelledPool, MappedPages, augment, rows_tensor, stratified_split, to_float
 from core.density import LatentDensity
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
 from core.models import M2, VAE, M1Classifier, StackedM1M2
@@ -94,8 +94,12 @@ class _Fitter:
         self.use_amp = config.amp and self.device.type == "cuda"
         self.chosen = _resolved(config, pool.image_shape)
         # Stored rows (uint8 pixels, or float16 features) stay compact on the device; inputs are made per batch.
+        # A memory-mapped pool stays on disk on the cpu: only the pages read recently stay resident.
         self.feature_scaler = FeatureScaler.fit(pool.images) if pool.is_features else None
-        self.images = torch.from_numpy(np.ascontiguousarray(pool.images)).to(self.device)
+        self.pages = MappedPages(pool.images)
+        self.images = rows_tensor(pool.images).to(self.device)
+        if self.device.type != "cpu":
+            self.pages.release()  # copied to the device whole
         self.admissible = torch.from_numpy(pool.admissible).to(self.device)
         # Model init uses the global seed (identical on every rank); the data streams are per rank.
         self.generator = torch.Generator().manual_seed(config.seed * 1009 + self.dist.rank)
@@ -117,6 +121,7 @@ class _Fitter:
                 rng=np.random.default_rng([config.seed, 13]),
                 scaler=self.feature_scaler,
                 components=NEIGHBOUR_COMPONENTS if pool.is_features else None,
+                on_rows_read=self.pages.read,
             )
             if config.consistency > 0 and self.chosen["consistency_view"] == "neighbour"
             else None
@@ -130,6 +135,7 @@ class _Fitter:
     # -- batches -------------------------------------------------------------------------------------
     def batch(self, indices: np.ndarray, train: bool) -> torch.Tensor:
         x = to_float(self.images[torch.from_numpy(indices).to(self.device)])
+        self.pages.read(len(indices))
         if self.feature_scaler is not None:
             x = self.feature_scaler(x)
         if train:
@@ -426,13 +432,15 @@ def nearest_neighbours(
     rng: np.random.Generator | None = None,
     scaler: FeatureScaler | None = None,
     components: int | None = None,
+    on_rows_read: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """(N, k) indices of each image's k nearest other images by Euclidean distance between model inputs
     (pixels, or scaled features), measured in their top ``components`` principal directions when given
     (fitted on a sample: for a million 1,280-d feature rows it turns hours of distances into a minute).
 
     Beyond ``max_reference`` images the neighbours are sought among a random sample of that many, so the
-    cost grows as N x max_reference rather than N squared."""
+    cost grows as N x max_reference rather than N squared. ``on_rows_read(n)`` hears of every n rows read
+    (``core.data.MappedPages.read``: a memory-mapped pool's pages are handed back as the pass goes)."""
     count = len(images)
     device = images.device
 
@@ -441,6 +449,8 @@ def nearest_neighbours(
     def model_inputs(index: torch.Tensor | slice) -> torch.Tensor:
         # Converted a chunk at a time: a million float16 feature rows must not become 5 GB of float32.
         rows = to_float(images[index].flatten(1))
+        if on_rows_read is not None:
+            on_rows_read(len(rows))
         rows = scaler(rows) if scaler is not None else rows
         return rows @ projection if projection is not None else rows
 
@@ -461,14 +471,19 @@ def nearest_neighbours(
         reference = torch.arange(count, device=device)
     candidates = torch.cat([model_inputs(reference[at : at + chunk]) for at in range(0, len(reference), chunk)])
     candidate_norms = candidates.pow(2).sum(1)
-    found = []
+    # Written in place: a small result kept per chunk between the chunk's large temporaries fragmented the
+    # heap so that it grew by a temporary per chunk (4 GB over 100k feature rows).
+    found = np.empty((count, k), dtype=np.int64)
     for start in range(0, count, chunk):
         rows = model_inputs(slice(start, start + chunk))
         distances = rows.pow(2).sum(1, keepdim=True) - 2 * rows @ candidates.T + candidate_norms[None, :]
+        # Never itself: the chunk's rows that are references, at their places in the (sorted) reference.
         row_index = torch.arange(start, start + len(rows), device=device)
-        distances.masked_fill_(reference[None, :] == row_index[:, None], float("inf"))  # never itself
-        found.append(reference[distances.topk(k, largest=False).indices].cpu())
-    return torch.cat(found).numpy()
+        place = torch.searchsorted(reference, row_index).clamp_(max=len(reference) - 1)
+        own = (reference[place] == row_index).nonzero().squeeze(1)
+        distances[own, place[own]] = float("inf")
+        found[start : start + len(rows)] = reference[distances.topk(k, largest=False).indices].cpu().numpy()
+    return found
 
 
 @torch.no_grad()

@@ -198,18 +198,25 @@ def run(context: JobContext) -> None:
 
 
 def score_in_chunks(context: JobContext, trained: Any, images: np.ndarray, chunk: int = 4_096) -> PoolScores:
-    """score_pool over chunks so that a cancel is honoured and progress shows on large pools. Novelty
-    ranks over the whole pool, so it is recomputed from the concatenated parts."""
+    """score_pool over chunks so that a cancel is honoured and progress shows on large pools. Each chunk's
+    scores go straight into arrays for the whole pool (a list of parts concatenated at the end held the
+    scores twice). Novelty ranks over the whole pool, so it is recomputed once all chunks are in."""
     from core.device import resolve_device
     from core.scoring import rank01, score_pool
 
     device = resolve_device(context.device)
-    parts: list[PoolScores] = []
+    if not len(images):
+        return score_pool(trained, images, batch_size=SCORE_BATCH_SIZE, device=device)
+    merged: dict[str, np.ndarray] = {}
     for start in range(0, len(images), chunk):
         context.raise_if_stopped()
-        parts.append(score_pool(trained, images[start : start + chunk], batch_size=SCORE_BATCH_SIZE, device=device))
-        context.report_progress({"stage": "scoring", "scored": start + len(parts[-1]), "images": len(images)})
-    merged = PoolScores(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in vars(parts[0])})
-    if len(parts) > 1:
-        merged.novelty = 0.5 * (rank01(-merged.latent_log_density) + rank01(merged.reconstruction_error))
-    return merged
+        part = score_pool(trained, images[start : start + chunk], batch_size=SCORE_BATCH_SIZE, device=device)
+        for name, values in vars(part).items():
+            if name not in merged:
+                merged[name] = np.empty((len(images), *values.shape[1:]), dtype=values.dtype)
+            merged[name][start : start + len(part)] = values
+        context.report_progress({"stage": "scoring", "scored": start + len(part), "images": len(images)})
+    scores = PoolScores(**merged)
+    if len(images) > chunk:
+        scores.novelty = 0.5 * (rank01(-scores.latent_log_density) + rank01(scores.reconstruction_error))
+    return scores
