@@ -61,6 +61,13 @@ def test_fresh_session_shows_the_newest_job_and_a_cancelled_one_is_neutral(proje
     assert [i.value for i in app.info if "Cancelled" in i.value] == ["Cancelled: cancelled by request."]
 
 
+def test_a_job_queued_without_a_model_shows_the_projects_model(project: Project) -> None:
+    with unit_of_work(project.engine) as session:
+        job_id = enqueue_job(session, "train", {"epochs": 3}).id  # as `labeller train` without --model
+    app = open_page(project, "train")
+    assert f"**Job {job_id}** ({project.settings.training.model}, 3 epochs" in _texts(app)
+
+
 def test_no_job_ever_says_so(project: Project) -> None:
     app = open_page(project, "train")
     assert "No training job yet." in _texts(app)
@@ -214,7 +221,8 @@ def test_promotion_reasons_metrics_per_class_comparison_and_flat_calibration(pro
     decisions = next(f for f in tables if "reason" in f.columns)
     row = decisions.iloc[0]
     assert (row["version"], row["audit labels (n)"], row["validation labels (n)"]) == (second, 12, 20)
-    assert row["reason"] == reason
+    assert row["reason"] == reason and list(decisions.columns[:3]) == ["version", "promoted", "reason"]
+    assert f"Version {second} promoted: {reason}" in [m.value for m in app.markdown]  # readable without scrolling
     metric_table = next(f for f in tables if "val_main_accuracy" in f.columns and "labels" in f.columns)
     assert "alpha" not in metric_table.columns and "classifier" not in metric_table.columns
     settings_table = next(f for f in tables if "classifier" in f.columns)

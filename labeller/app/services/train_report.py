@@ -166,13 +166,13 @@ def promotion_rows(versions: Sequence[VersionView]) -> list[dict[str, Any]]:
             {
                 "version": version.id,
                 "promoted": bool(promotion.get("promoted")),
+                "reason": promotion.get("reason"),
                 "compared with": promotion.get("compared_with"),
                 "audit labels (n)": version.metrics.get("audit_count"),
                 "audit accuracy": version.metrics.get("audit_main_accuracy"),
                 "active's audit accuracy": promotion.get("active_audit_main_accuracy"),
                 "validation labels (n)": version.metrics.get("num_val_labels"),
                 "test": promotion.get("test"),
-                "reason": promotion.get("reason"),
             }
         )
     return rows

@@ -99,10 +99,9 @@ def live_progress() -> None:
     if job.status == "running" and stages.stage:
         status += f" · {stages.stage}"
     backbone = job.params.get("backbone")
-    st.markdown(
-        f"**Job {job.id}** ({job.params.get('model', job.kind)}, {epochs} epochs"
-        f"{', ' + backbone if backbone else ''}): {status}"
-    )
+    # A train job queued without a model trains the project's.
+    model = job.params.get("model") or (defaults.model if job.kind == "train" else job.kind)
+    st.markdown(f"**Job {job.id}** ({model}, {epochs} epochs{', ' + backbone if backbone else ''}): {status}")
     if job.status in ("queued", "running") and not job.cancel_requested and is_admin:
         st.button("Cancel", key=f"cancel-{job.id}", on_click=cancel, args=(job.id,), icon=":material/stop_circle:")
     elif job.cancel_requested and not job.finished:
@@ -229,6 +228,9 @@ else:
             "is paired (McNemar on the images where they disagree, Newcombe's paired interval) where both "
             "versions' right and wrong images are known, unpaired otherwise; the reason says which."
         )
+        newest = promotions[0]
+        verdict = "promoted" if newest["promoted"] else "not promoted"
+        st.markdown(f"Version {newest['version']} {verdict}: {newest['reason']}")
         st.dataframe(
             pd.DataFrame(promotions),
             hide_index=True,
