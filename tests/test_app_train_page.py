@@ -282,3 +282,11 @@ def test_learning_curve_has_intervals_and_sample_sizes() -> None:
     assert [(p.version, p.source, p.n) for p in curve] == [(1, "validation", 9), (2, "audit", 40)]
     assert curve[0].low == pytest.approx(0.701, abs=1e-3) and curve[0].high == 1.0
     assert curve[1].low < 0.9 < curve[1].high
+
+
+def test_a_version_trained_with_model_auto_says_why_and_auto_is_offered(project: Project) -> None:
+    reason = "m2 kept: supervised 0.80 ± 0.05 vs m2 0.85 ± 0.04 over 5 folds of 40 labels"
+    version = VersionView(1, "v", "m2", None, True, 40, {"model_selection": {"reason": reason}}, {})  # type: ignore[arg-type]
+    _, settings = train_report.version_tables([version])
+    assert settings[0]["model auto"] == reason
+    assert train.TRAIN_MODELS[0] == "auto" and "m2" in train.TRAIN_MODELS

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core.registry import MODEL_KINDS
+from core.registry import MODEL_CHOICES
 from db.engine import reading, unit_of_work
 from db.queries import jobs as job_queries
 from db.queries.jobs import enqueue_job, get_job, job_events, list_jobs, request_cancel
@@ -17,7 +17,14 @@ from db.queries.models import list_model_versions, rollback_model_version
 from db.schema import Job
 from labeller.app.services.common import Role, require_admin
 
-TRAIN_MODELS = MODEL_KINDS  # core.registry: the one list of model kinds
+TRAIN_MODELS = MODEL_CHOICES  # core.registry: auto and the model kinds
+MODEL_LABELS = {
+    "auto": "Auto (chosen by cross-validation)",
+    "m1m2": "M1+M2",
+    "m2": "M2",
+    "m1": "M1 + classifier",
+    "supervised": "Supervised only",
+}
 
 
 @dataclass(frozen=True)

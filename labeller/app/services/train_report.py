@@ -234,8 +234,10 @@ def version_tables(versions: Sequence[VersionView]) -> tuple[list[dict[str, Any]
         head = {"version": version.id, "active": version.active}
         metric_rows.append({**head, "labels": version.label_count, **measured})
         config = {k: v for k, v in version.config.items() if not isinstance(v, Mapping | list)}
+        selection = version.metrics.get("model_selection")
+        why = {"model auto": str(selection.get("reason", ""))} if isinstance(selection, Mapping) else {}
         setting_rows.append(
-            {**head, "model": version.model_kind, **{k: str(v) for k, v in {**settings, **config}.items()}}
+            {**head, "model": version.model_kind, **why, **{k: str(v) for k, v in {**settings, **config}.items()}}
         )
     return metric_rows, setting_rows
 

@@ -167,7 +167,7 @@ with st.form("retrain"):
         "Model",
         train.TRAIN_MODELS,
         index=train.TRAIN_MODELS.index(defaults.model) if defaults.model in train.TRAIN_MODELS else 0,
-        format_func={"m1m2": "M1+M2", "m2": "M2", "m1": "M1 + classifier", "supervised": "Supervised only"}.get,
+        format_func=lambda kind: train.MODEL_LABELS.get(kind, kind),
     )
     choices = train_report.BACKBONE_CHOICES
     backbone = cols[1].selectbox(
