@@ -189,6 +189,8 @@ def input_vectors(
     a seeded sample of ``sample_size`` rows; converted ``TRANSFORM_CHUNK`` rows at a time. (N, k) float32."""
     from sklearn.decomposition import PCA
 
+    from core.data import MappedPages
+
     count = len(rows)
     if count <= 2:
         return np.zeros((count, 2), dtype=np.float32)  # fit_umap places one or two points by itself
@@ -197,7 +199,10 @@ def input_vectors(
     fitted = _unit_chunk(np.asarray(rows[sample]))
     pca = PCA(n_components=min(components, *fitted.shape), random_state=seed).fit(fitted)
     out = np.empty((count, pca.n_components_), dtype=np.float32)
+    pages = MappedPages(rows)  # a memory-mapped feature pool's pages are handed back as the pass goes
     for start in range(0, count, TRANSFORM_CHUNK):
         chunk = np.asarray(rows[start : start + TRANSFORM_CHUNK])
         out[start : start + len(chunk)] = pca.transform(_unit_chunk(chunk))
+        pages.read(len(chunk))
+    pages.release()
     return out
