@@ -215,7 +215,10 @@ def undo_annotation(session: Session, annotation_id: int, annotator_id: int) -> 
 
     If that annotation was a correction, the decision it replaced becomes current again.
     """
-    target = session.get(Annotation, annotation_id, with_for_update=True)
+    # populate_existing: the caller may have read the row earlier in this transaction (the Label page's
+    # undo does), and get() would hand back that copy; on PostgreSQL another session of the annotator may
+    # have undone or corrected it since. The locked row is the truth, so it overwrites the copy.
+    target = session.get(Annotation, annotation_id, with_for_update=True, populate_existing=True)
     if target is None:
         raise AnnotationError(f"no annotation with id {annotation_id}")
     if target.annotator_id != annotator_id:
@@ -228,7 +231,9 @@ def undo_annotation(session: Session, annotation_id: int, annotator_id: int) -> 
     target.superseded = True
     session.flush()  # before restoring the row it replaced: the unique index allows one current row
     if target.supersedes_id is not None:
-        restored = session.get(Annotation, target.supersedes_id)
+        # Held still by the lock on ``target`` (any change to it goes through the current row), but a copy
+        # read earlier in this transaction may be stale the same way.
+        restored = session.get(Annotation, target.supersedes_id, populate_existing=True)
         if restored is not None and restored.kind != AnnotationKind.UNDO:
             restored.superseded = False
     undo = Annotation(
