@@ -26,6 +26,8 @@ BENCHMARKS = (
     "jobs",
     "app_latency",
     "label_latency",  # Chromium: scripts/system-packages.sh
+    "concurrent_labelling",  # PostgreSQL too when LABELLER_BENCH_PG_URL or LABELLER_TEST_PG_URL is set
+    "soak",  # 30 minutes (--quick: 3); exits non-zero when anything was lost, doubled or locked
 )
 RESULTS_DIR = Path(__file__).parent / "results"
 
