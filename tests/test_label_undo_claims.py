@@ -114,3 +114,22 @@ def test_recent_list_undo_while_another_annotator_holds_the_image(project: Proje
         == image
     )
     assert _holder(project, image) == a.annotator_id and not _labelled(project, image)
+
+
+def test_a_decision_on_an_image_handed_to_someone_else_meanwhile_is_refused(project: Project) -> None:
+    """A's window still shows an image whose lease ran out and that the queue then gave to B (found by
+    benchmarks/concurrent_labelling.py): A's label is refused and writes nothing; B's claim stays."""
+    with unit_of_work(project.engine) as session:
+        tax = common.load_taxonomy(session)
+    a = LabelSession(_annotator(project, "a"), "entropy")
+    a.refill(project.engine, lease_seconds=LEASE)
+    image = a.window[0].image_id
+    b = _annotator(project, "b")
+    with unit_of_work(project.engine) as session:
+        session.delete(session.get(Claim, image))  # A's lease runs out
+        session.flush()
+        assert app_views.claim_image(session, image_id=image, annotator_id=b, lease_seconds=LEASE)
+    main = tax.main_classes[0].id
+    [result] = a.receive(project.engine, {"ops": [_op("label", image, step=1, main=main)]}, tax, lease_seconds=LEASE)
+    assert result.status == "rejected" and "someone else" in result.message
+    assert not _labelled(project, image) and _holder(project, image) == b

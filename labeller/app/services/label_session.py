@@ -279,6 +279,10 @@ def apply_op(
         return result("applied", undo.id)
 
     assert decision is not None
+    # A decision needs the image: one handed to another annotator meanwhile (say after my other tab skipped
+    # it and my lease ran out) is theirs now. My own live claim is renewed and keeps what served the image.
+    if not app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds):
+        return result("rejected", message=held_elsewhere(op.image_id))
     version_id = op.model_version_id
     if version_id is not None and session.get(ModelVersion, version_id) is None:
         version_id = None
