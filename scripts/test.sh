@@ -10,4 +10,6 @@ export LABELLER_TEST_PG_URL
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest "$@"
+# Two pytest workers: every test uses its own files, ports and PostgreSQL database (tests/conftest.py), and
+# half the suite waits on servers and browsers. PYTEST_WORKERS=0 runs it in one process.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
