@@ -337,7 +337,7 @@ def _memory_markdown(record: dict) -> list[str]:
         "",
         f"Target: each job under {record['target_mb']} MB peak RSS at 1M images.",
         "",
-        " ".join(what.split()),
+        "Setup: " + " ".join(what.split()),
         "",
         MEMORY_NOTES,
     ]
@@ -346,13 +346,14 @@ def _memory_markdown(record: dict) -> list[str]:
             "",
             f"## {run['label']}",
             "",
-            f"Commit {run['commit'][:10]}; torch {run['torch']}, numpy {run['numpy']}, umap-learn {run['umap']}, "
+            f"Last run at commit {run['commit'][:10]}; torch {run['torch']}, numpy {run['numpy']}, "
+            f"umap-learn {run['umap']}, "
             f"Python {run['python']}; {run['machine']}, {run['cpus']} CPUs (shared), {run['memory_gb']} GB memory. "
             f"{run.get('note', '')}".rstrip(),
             "",
             "| job | rows | seconds | peak RSS MB | peak anonymous MB | peak file-backed MB "
-            "| stages: RSS / anonymous MB (seconds) |",
-            "|---|---|---|---|---|---|---|",
+            "| stages: RSS / anonymous MB (seconds) | commit |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in run["memory"]:
             stages = "; ".join(
@@ -360,7 +361,8 @@ def _memory_markdown(record: dict) -> list[str]:
             )
             lines.append(
                 f"| {r['stage']} | {r['rows']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']} | "
-                f"{r['peak_anonymous_mb']} | {r['peak_file_backed_mb']} | {stages} |"
+                f"{r['peak_anonymous_mb']} | {r['peak_file_backed_mb']} | {stages} | "
+                f"{r.get('commit', run['commit'])[:7]} |"
             )
     return lines
 
@@ -420,12 +422,10 @@ def main() -> None:
         (args.out / "features.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     if args.only in (None, "memory"):
-        run = {
-            "label": args.label,
-            "note": args.note,
-            **environment,
-            "memory": memory(args.rows, args.train_steps, args.scratch),
-        }
+        measured = memory(args.rows, args.train_steps, args.scratch)
+        for row in measured:  # sizes of one label may be measured at different commits
+            row["commit"] = environment["commit"]
+        run = {"label": args.label, "note": args.note, **environment, "memory": measured}
         path = args.out / "features_memory.json"
         record = _merge_memory_runs(path, run)
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -260,9 +260,8 @@ class FeatureCache:
             source = shards[int(number)]
             read = MappedPages(source)
             for start in range(0, len(rows), GATHER_ROWS):
-                out[positions[start : start + GATHER_ROWS]] = source[rows[start : start + GATHER_ROWS]]
-                read.read(len(rows[start : start + GATHER_ROWS]))
-                written.read(len(rows[start : start + GATHER_ROWS]))
+                out[positions[start : start + GATHER_ROWS]] = read.gather(source, rows[start : start + GATHER_ROWS])
+                written.read(len(rows[start : start + GATHER_ROWS]), scattered=True)
             read.release()
         written.release()
         return out, found
@@ -332,8 +331,7 @@ class FeatureCache:
             stop = min(start + GATHER_ROWS, len(row_of))
             for number in np.unique(shard_of[start:stop]):
                 rows = np.flatnonzero(shard_of[start:stop] == number) + start
-                merged[rows] = shards[int(number)][row_of[rows]]
-                read[int(number)].read(len(rows))
+                merged[rows] = read[int(number)].gather(shards[int(number)], row_of[rows])
             written.read(stop - start)
         merged.flush()
         del merged

@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from core.backbones import BACKBONES, BackboneUnavailable, load_backbone
-from core.data import FeatureScaler, LabelledPool, MappedPages
+from core.data import FeatureScaler, LabelledPool, MappedPages, rows_tensor
 from core.features import FeatureCache, FeatureSpec, extract_features, open_rgb, preprocess
 from core.registry import DEFAULT_BACKBONE, PIXELS, choose_backbone
 from core.scoring import score_pool
@@ -145,6 +145,14 @@ def test_mapped_pages_hands_pages_back_and_the_rows_read_the_same(tmp_path) -> N
         pages.read(100)
     assert total == pytest.approx(float(rows.astype(np.float64).sum()))
     np.testing.assert_array_equal(mapped, rows)
+    # Scattered rows are read a group at a time (here 3 rows: each may map a 2 MB folio), pages released
+    # in between; the result is plain indexing's, for tensors and arrays alike.
+    scattered = np.random.default_rng(5).choice(len(rows), 50)
+    grouped = MappedPages(mapped, release_every=3 * 2**21)
+    np.testing.assert_array_equal(grouped.gather(mapped, scattered), rows[scattered])
+    tensor = rows_tensor(mapped)
+    assert torch.equal(grouped.gather(tensor, torch.from_numpy(scattered)), torch.from_numpy(rows[scattered]))
+    assert grouped.gather(mapped, scattered[:0]).shape == (0, 64)
 
 
 def test_auto_input_pixels_for_small_or_grey_images_and_the_backbone_for_colour_photos() -> None:

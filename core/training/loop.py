@@ -96,10 +96,10 @@ class _Fitter:
         # Stored rows (uint8 pixels, or float16 features) stay compact on the device; inputs are made per batch.
         # A memory-mapped pool stays on disk on the cpu: only the pages read recently stay resident.
         self.feature_scaler = FeatureScaler.fit(pool.images) if pool.is_features else None
-        self.pages = MappedPages(pool.images)
         self.images = rows_tensor(pool.images).to(self.device)
+        self.pages = MappedPages(pool.images if self.device.type == "cpu" else None)
         if self.device.type != "cpu":
-            self.pages.release()  # copied to the device whole
+            MappedPages(pool.images).release()  # copied to the device whole
         self.admissible = torch.from_numpy(pool.admissible).to(self.device)
         # Model init uses the global seed (identical on every rank); the data streams are per rank.
         self.generator = torch.Generator().manual_seed(config.seed * 1009 + self.dist.rank)
@@ -121,7 +121,7 @@ class _Fitter:
                 rng=np.random.default_rng([config.seed, 13]),
                 scaler=self.feature_scaler,
                 components=NEIGHBOUR_COMPONENTS if pool.is_features else None,
-                on_rows_read=self.pages.read,
+                pages=self.pages,
             )
             if config.consistency > 0 and self.chosen["consistency_view"] == "neighbour"
             else None
@@ -134,8 +134,7 @@ class _Fitter:
 
     # -- batches -------------------------------------------------------------------------------------
     def batch(self, indices: np.ndarray, train: bool) -> torch.Tensor:
-        x = to_float(self.images[torch.from_numpy(indices).to(self.device)])
-        self.pages.read(len(indices))
+        x = to_float(self.pages.gather(self.images, torch.from_numpy(indices).to(self.device)))
         if self.feature_scaler is not None:
             x = self.feature_scaler(x)
         if train:
@@ -432,25 +431,28 @@ def nearest_neighbours(
     rng: np.random.Generator | None = None,
     scaler: FeatureScaler | None = None,
     components: int | None = None,
-    on_rows_read: Callable[[int], None] | None = None,
+    pages: MappedPages | None = None,
 ) -> np.ndarray:
     """(N, k) indices of each image's k nearest other images by Euclidean distance between model inputs
     (pixels, or scaled features), measured in their top ``components`` principal directions when given
     (fitted on a sample: for a million 1,280-d feature rows it turns hours of distances into a minute).
 
     Beyond ``max_reference`` images the neighbours are sought among a random sample of that many, so the
-    cost grows as N x max_reference rather than N squared. ``on_rows_read(n)`` hears of every n rows read
-    (``core.data.MappedPages.read``: a memory-mapped pool's pages are handed back as the pass goes)."""
+    cost grows as N x max_reference rather than N squared. ``pages`` (of a memory-mapped pool) reads the
+    rows so that the pages read are handed back as the pass goes."""
     count = len(images)
     device = images.device
+    reader = pages if pages is not None else MappedPages(None)
 
     projection: torch.Tensor | None = None
 
     def model_inputs(index: torch.Tensor | slice) -> torch.Tensor:
         # Converted a chunk at a time: a million float16 feature rows must not become 5 GB of float32.
-        rows = to_float(images[index].flatten(1))
-        if on_rows_read is not None:
-            on_rows_read(len(rows))
+        if isinstance(index, slice):
+            rows = to_float(images[index].flatten(1))
+            reader.read(len(rows))
+        else:
+            rows = to_float(reader.gather(images, index).flatten(1))
         rows = scaler(rows) if scaler is not None else rows
         return rows @ projection if projection is not None else rows
 
