@@ -73,6 +73,22 @@ def test_bulk_label_a_grid_selection(app_server: AppServer, page: Page) -> None:
     assert not set(ids) & set(remaining)
 
 
+def test_quick_ticks_each_select_their_tile(app_server: AppServer, page: Page) -> None:
+    """Ticks made faster than the page reruns (each click lands while the last one's run is under way) all
+    count, once: the selection is what the checkboxes show."""
+    sign_in(page, app_server.url, "grid-quinn")
+    open_page(page, "Grid")
+    checkboxes = page.get_by_test_id("stMain").get_by_test_id("stCheckbox")
+    ids = [int(text.split(" ·")[0]) for text in checkboxes.all_inner_texts()[:8]]
+    for image_id in ids:
+        checkboxes.filter(has_text=re.compile(rf"^{image_id} ·")).locator("label").click()
+        page.wait_for_timeout(40)
+    wait_idle(page)
+    expect(page.get_by_text("8 selected")).to_be_visible()
+    for image_id in ids:
+        expect(checkboxes.filter(has_text=re.compile(rf"^{image_id} ·")).locator("input")).to_be_checked()
+
+
 def test_lasso_on_the_latent_map_then_label_the_selection(app_server: AppServer, page: Page) -> None:
     sign_in(page, app_server.url, "explorer-eve")
     open_page(page, "Explore")
