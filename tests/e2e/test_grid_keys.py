@@ -42,6 +42,7 @@ def test_keyboard_and_shift_click_selection(app_server: AppServer, page: Page) -
     assert page.evaluate(FOCUSED_TILE) == ids[0]
     page.keyboard.press("ArrowRight")
     assert page.evaluate(FOCUSED_TILE) == ids[1]
+    page.wait_for_timeout(6000)  # an annotator who looks a while before ticking keeps the focus too
     page.keyboard.press(" ")
     wait_idle(page)
     expect(page.get_by_text(re.compile(r"· 1 selected"))).to_be_visible()

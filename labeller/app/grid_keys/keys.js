@@ -31,6 +31,7 @@ function idle(active) {
 class GridKeys {
   constructor() {
     this.cursor = null; // image id of the tile with the keyboard focus
+    this.focused = null; // the checkbox element given the focus last
     this.anchor = null; // image id a Shift-click range starts from
     this.nonce = 0;
     this.onClick = (event) => {
@@ -44,6 +45,7 @@ class GridKeys {
       }
       this.anchor = id;
       this.cursor = id;
+      this.focused = checkbox(id);
     };
     this.onKey = (event) => {
       const id = tileId(document.activeElement);
@@ -52,6 +54,7 @@ class GridKeys {
       if (event.key === " " && id !== null) {
         this.anchor = id;
         this.cursor = id;
+        this.focused = document.activeElement;
         return; // the checkbox ticks itself
       }
       const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: this.data.columns, ArrowUp: -this.data.columns }[event.key];
@@ -63,6 +66,7 @@ class GridKeys {
       if (!target) return;
       event.preventDefault();
       this.cursor = ids[next];
+      this.focused = target;
       target.focus();
     };
     document.addEventListener("click", this.onClick, true);
@@ -71,16 +75,20 @@ class GridKeys {
   }
 
   refocus() {
-    // A tick reruns the page and redraws its checkbox: give the focus back to the tile it was on.
+    // A tick reruns the page and redraws its checkbox, and the focus falls to the page: give it back to
+    // the tile it was on. Only then: while the focused checkbox is still in the page, the focus left it
+    // because the annotator moved it elsewhere.
     if (this.cursor === null || !idle(document.activeElement)) return;
+    if (this.focused && this.focused.isConnected) return;
     const target = checkbox(this.cursor);
-    if (target && Date.now() - this.lastUpdate < 5000) target.focus();
+    if (!target) return;
+    this.focused = target;
+    target.focus();
   }
 
   update(data, setStateValue) {
     this.data = data;
     this.setStateValue = setStateValue;
-    this.lastUpdate = Date.now();
     if (this.cursor !== null && !data.ids.includes(this.cursor)) this.cursor = null;
     if (this.anchor !== null && !data.ids.includes(this.anchor)) this.anchor = null;
   }
