@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
@@ -12,7 +14,12 @@ from db.engine import unit_of_work
 from db.queries.annotations import current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.jobs import list_jobs
-from db.queries.models import active_model_version, register_model_version, write_predictions
+from db.queries.models import (
+    active_model_version,
+    register_model_version,
+    set_input_embedding,
+    write_predictions,
+)
 from db.queries.taxonomy import list_main_classes
 from db.schema import AnnotationKind, Image, JobStatus
 from labeller.app.state import Identity
@@ -142,11 +149,45 @@ def test_explore_without_a_model_explains_what_to_do(project: Project) -> None:
 def test_explore_with_a_model_draws_one_webgl_trace(project: Project) -> None:
     add_active_model(project)
     app = open_page(project, "explore")
-    import json
-
     figure = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert [trace["type"] for trace in figure["data"]] == ["scattergl"]
     assert len(figure["data"][0]["x"]) == 30
+
+
+def _add_input_map(project: Project, name: str = "efficientnet_lite2 features") -> None:
+    """Input-map rows for every image, as the embed job writes them."""
+    with unit_of_work(project.engine) as session:
+        image_ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+        set_input_embedding(session, name, image_ids, np.random.default_rng(0).normal(size=(len(image_ids), 2)))
+
+
+def test_explore_without_a_model_shows_the_input_map(project: Project) -> None:
+    _add_input_map(project)
+    app = open_page(project, "explore")
+    (chart,) = app.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    assert [trace["type"] for trace in figure["data"]] == ["scattergl"] and len(figure["data"][0]["x"]) == 30
+    assert "umap-input" in chart.proto.id  # its own key: a selection on it never lands on a version's map
+    assert figure["data"][0]["marker"]["colorbar"]["title"]["text"] == "Human label"
+    assert not app.radio and not app.info  # one map only; nothing to explain
+    caption = next(c.value for c in app.caption if "Images placed by" in c.value)
+    assert caption.startswith("Images placed by their efficientnet_lite2 features; no model yet")
+
+
+def test_explore_defaults_to_the_versions_map_and_switches_to_the_input_map(project: Project) -> None:
+    _add_input_map(project)
+    version = add_active_model(project)
+    app = open_page(project, "explore")
+    (choice,) = app.radio
+    assert choice.label == "Map" and choice.options == [f"model version {version}", "image features"]
+    assert f"umap-{version}" in app.get("plotly_chart")[0].proto.id
+    assert any(c.value.startswith(f"Model version {version} ·") for c in app.caption)
+    choice.set_value("input").run()
+    assert not app.exception
+    assert "umap-input" in app.get("plotly_chart")[0].proto.id
+    assert any(
+        c.value.startswith("Images placed by their efficientnet_lite2 features; no model involved") for c in app.caption
+    )
 
 
 def test_data_page_edits_the_taxonomy_and_rejects_a_bad_one(project: Project) -> None:

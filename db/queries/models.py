@@ -313,6 +313,14 @@ def embedding_coords(session: Session, model_version_id: int) -> tuple[list[int]
     return [row.image_id for row in rows], coords
 
 
+def has_embedding(session: Session, model_version_id: int) -> bool:
+    """Whether any image has UMAP coordinates under the version (its map exists), without reading them."""
+    placed = select(Prediction.image_id).where(
+        Prediction.model_version_id == model_version_id, Prediction.umap_x.is_not(None), Prediction.umap_y.is_not(None)
+    )
+    return session.scalar(placed.limit(1)) is not None
+
+
 def previous_embedded_version(session: Session, model_version_id: int) -> int | None:
     """The map a new version's map should keep the layout of: of the other versions with UMAP coordinates,
     the one promoted most recently (what annotators last looked at), else the newest."""
@@ -363,6 +371,11 @@ def input_embedding(session: Session) -> tuple[str | None, list[int], np.ndarray
     ).all()
     coords = np.array([(row.umap_x, row.umap_y) for row in rows], dtype=np.float32).reshape(-1, 2)
     return (rows[0].input if rows else None), [row.image_id for row in rows], coords
+
+
+def input_embedding_name(session: Session) -> str | None:
+    """What the project's input map is of ("efficientnet_lite2 features"); None without one. Reads one row."""
+    return session.scalar(select(InputEmbedding.input).limit(1))
 
 
 def input_embedding_size(session: Session) -> tuple[str | None, int]:

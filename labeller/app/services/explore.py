@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from db.engine import reading
 from db.queries import app_views
+from db.queries import models as model_queries
 from db.queries.annotations import (
     current_labels,
 )
@@ -29,9 +30,36 @@ COLOUR_BY = {
 }
 
 
+# The maps the page can show: the active model version's (latent means) or the input map (the images'
+# pretrained features, or pixels, made before any model version).
+VERSION_MAP = "version"
+INPUT_MAP = "input"
+
+
+@dataclass(frozen=True)
+class MapChoice:
+    """Which maps exist: the active version (None without one), whether its map is made, and what the input
+    map places the images by (None without an input map)."""
+
+    version_id: int | None
+    version_mapped: bool
+    input_name: str | None
+
+    @property
+    def sources(self) -> list[str]:
+        """The maps there are, the default first: a version's map once it exists, else the input map."""
+        return ([VERSION_MAP] if self.version_mapped else []) + ([INPUT_MAP] if self.input_name else [])
+
+    def label(self, source: str) -> str:
+        if source == VERSION_MAP:
+            return f"model version {self.version_id}"
+        # The input map of a project without a backbone is of pixels ("pixels (16x16, 3 channel(s))").
+        return "image pixels" if (self.input_name or "").startswith("pixels") else "image features"
+
+
 @dataclass(frozen=True)
 class EmbeddingView:
-    model_version_id: int
+    model_version_id: int | None  # None on the input map
     image_ids: list[int]
     x: list[float]
     y: list[float]
@@ -39,6 +67,12 @@ class EmbeddingView:
     categories: list[str]  # names of the category indices; empty for a score
     hover: list[str]
     labelled: list[bool]  # a human label exists; these points come last, so they are drawn on top
+    input_name: str | None = None  # what the input map places images by; None on a version's map
+
+    @property
+    def chart_key(self) -> str:
+        """The chart's widget key: one per map, so a selection on one map never shows up on another."""
+        return "umap-input" if self.model_version_id is None else f"umap-{self.model_version_id}"
 
 
 def labelled_last(labelled: Sequence[bool]) -> list[int]:
@@ -47,15 +81,52 @@ def labelled_last(labelled: Sequence[bool]) -> list[int]:
     return [i for i, flag in enumerate(labelled) if not flag] + [i for i, flag in enumerate(labelled) if flag]
 
 
-def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> EmbeddingView | None:
-    """The active version's UMAP points, coloured by one of ``COLOUR_BY``; None without coordinates."""
-    if colour_by not in COLOUR_BY:
-        raise ValueError(f"unknown colouring {colour_by!r}; expected one of {sorted(COLOUR_BY)}")
+def available_maps(engine: Engine) -> MapChoice:
+    """The maps the Explore page can show, without reading their points."""
     with reading(engine) as session:
         version_id = active_model_version_id(session)
-        if version_id is None:
+        mapped = version_id is not None and model_queries.has_embedding(session, version_id)
+        return MapChoice(version_id, mapped, model_queries.input_embedding_name(session))
+
+
+def hover_text(
+    taxonomy: TaxonomyView,
+    image_id: int,
+    label: int | None,
+    *,
+    predicted: int | None,
+    confidence: float | None,
+    entropy: float | None,
+) -> str:
+    """A point's hover label; the input map (and a version's unscored image) has no predictions to show."""
+    lines = [f"image {image_id}", f"label: {taxonomy.main_name(label)}"]
+    if predicted is not None:
+        share = f" ({confidence:.0%})" if confidence is not None else ""
+        lines.append(f"predicted: {taxonomy.main_name(predicted)}{share}")
+    if entropy is not None:
+        lines.append(f"entropy {entropy:.2f}")
+    return "<br>".join(lines)
+
+
+def embedding_view(
+    engine: Engine, taxonomy: TaxonomyView, colour_by: str, source: str = VERSION_MAP
+) -> EmbeddingView | None:
+    """The active version's UMAP points (``source`` "version") or the input map's ("input"), coloured by one
+    of ``COLOUR_BY``; None without that map. On the input map every prediction is None: coloured by one,
+    every point is "none"."""
+    if colour_by not in COLOUR_BY:
+        raise ValueError(f"unknown colouring {colour_by!r}; expected one of {sorted(COLOUR_BY)}")
+    if source not in (VERSION_MAP, INPUT_MAP):
+        raise ValueError(f"unknown map {source!r}; expected {VERSION_MAP!r} or {INPUT_MAP!r}")
+    input_name = None
+    with reading(engine) as session:
+        version_id = active_model_version_id(session) if source == VERSION_MAP else None
+        if source == VERSION_MAP and version_id is None:
             return None
-        points = app_views.embedding_points(session, version_id)
+        if source == VERSION_MAP:
+            points = app_views.embedding_points(session, version_id)
+        else:
+            input_name, points = app_views.input_map_points(session)
         human = app_views.human_main_labels(session) if points.image_ids else {}
     if not points.image_ids:
         return None
@@ -64,8 +135,8 @@ def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> Em
     if colour_by in ("human", "predicted"):
         categories = [m.name for m in taxonomy.main_classes]
         index = {m.id: i for i, m in enumerate(taxonomy.main_classes)}
-        source = [human.get(i) for i in points.image_ids] if colour_by == "human" else points.predicted_main_id
-        colour = [float(index[c]) if c in index else nan for c in source]
+        source_ids = [human.get(i) for i in points.image_ids] if colour_by == "human" else points.predicted_main_id
+        colour = [float(index[c]) if c in index else nan for c in source_ids]
     elif colour_by == "predicted_sub":
         subs = [s for m in taxonomy.main_classes for s in m.sub_classes]
         categories = [f"{taxonomy.main_name(s.main_class_id)}/{s.name}" for s in subs]
@@ -75,8 +146,7 @@ def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> Em
         values = {"entropy": points.entropy, "novelty": points.novelty, "disagreement": points.disagreement}[colour_by]
         colour = [nan if v is None else float(v) for v in values]
     hover = [
-        f"image {image_id}<br>label: {taxonomy.main_name(human.get(image_id))}"
-        f"<br>predicted: {taxonomy.main_name(main)} ({confidence:.0%})<br>entropy {entropy:.2f}"
+        hover_text(taxonomy, image_id, human.get(image_id), predicted=main, confidence=confidence, entropy=entropy)
         for image_id, main, confidence, entropy in zip(
             points.image_ids, points.predicted_main_id, points.confidence, points.entropy, strict=True
         )
@@ -96,6 +166,7 @@ def embedding_view(engine: Engine, taxonomy: TaxonomyView, colour_by: str) -> Em
         categories,
         ordered(hover),
         ordered(labelled),
+        input_name,
     )
 
 

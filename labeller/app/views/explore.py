@@ -1,5 +1,5 @@
-"""Explore: the active model's latent space as a WebGL scatter; lasso or box a cluster to inspect and
-bulk-label it on the Grid page."""
+"""Explore: the active model's latent space as a WebGL scatter, or before any model (or on request) the map
+of the images' pretrained features; lasso or box a cluster to inspect and bulk-label it on the Grid page."""
 
 from __future__ import annotations
 
@@ -27,15 +27,27 @@ state.require_identity()
 taxonomy = state.taxonomy()
 
 st.title("Explore")
-colour_by = st.segmented_control(
-    "Colour by", list(explore.COLOUR_BY), format_func=explore.COLOUR_BY.get, default="predicted", key="colour_by"
-)
-view = explore.embedding_view(engine, taxonomy, colour_by or "predicted")
-if view is None:
+maps = explore.available_maps(engine)
+if not maps.sources:
     st.info(
-        "No latent map yet: the active model version has no UMAP coordinates. Train a model on the Train page; "
-        "the worker scores the pool and embeds it afterwards."
+        "No latent map yet: the worker maps the images by their features once a features or train job has "
+        "computed them, and by the active model version once it is trained and scored. Start a training run on "
+        "the Train page."
     )
+    st.stop()
+source = maps.sources[0]
+if len(maps.sources) > 1:
+    source = st.radio("Map", maps.sources, format_func=maps.label, horizontal=True, key="explore_map")
+if source == explore.INPUT_MAP:
+    # No predictions on the input map: only the human labels can colour it.
+    colour_by = "human"
+else:
+    colour_by = st.segmented_control(
+        "Colour by", list(explore.COLOUR_BY), format_func=explore.COLOUR_BY.get, default="predicted", key="colour_by"
+    )
+view = explore.embedding_view(engine, taxonomy, colour_by or "predicted", source)
+if view is None:
+    st.info("That map has no points any more; reload the page.")
     st.stop()
 
 
@@ -95,7 +107,7 @@ def scatter(view: explore.EmbeddingView) -> go.Figure:
 
 with st.container(key=MAP_KEY):
     event = st.plotly_chart(
-        scatter(view), key=f"umap-{view.model_version_id}", on_select="rerun", selection_mode=("lasso", "box", "points")
+        scatter(view), key=view.chart_key, on_select="rerun", selection_mode=("lasso", "box", "points")
     )
 
 
@@ -125,10 +137,16 @@ def hover_tip() -> None:
 
 hover_tip()
 chosen = selected_image_ids(event.selection if event else None, view.image_ids)
+if view.input_name is not None:
+    why = "no model yet" if maps.version_id is None else "no model involved"
+    if maps.version_id is not None and not maps.version_mapped:
+        why = f"model version {maps.version_id}'s map is not made yet"
+    what = f"Images placed by their {view.input_name}; {why}; coloured by human label"
+else:
+    what = f"Model version {view.model_version_id}"
 st.caption(
-    f"Model version {view.model_version_id} · {len(view.image_ids)} images ({sum(view.labelled)} labelled, drawn "
-    "larger and on top) · hover a point for its thumbnail (hold Shift to reveal it) · draw a lasso or a box to "
-    "select (double-click to clear)"
+    f"{what} · {len(view.image_ids)} images ({sum(view.labelled)} labelled, drawn larger and on top) · hover a "
+    "point for its thumbnail (hold Shift to reveal it) · draw a lasso or a box to select (double-click to clear)"
 )
 if chosen:
     top = st.columns([3, 1], vertical_alignment="center")
@@ -147,6 +165,9 @@ if chosen:
             shown_as = "plain" if revealed else tile_class(project, image_id)
             image_tile(files[image_id], key=f"explore-{image_id}", hidden_class=shown_as, caption=str(image_id))
     hold_reveal(project, [] if revealed else chosen[:PREVIEW], key="explore-hold")
+
+if maps.version_id is None:
+    st.stop()  # no model yet: no decoder to reconstruct or sample with
 
 with st.expander("Decoder reconstructions and samples per sub-class", icon=":material/auto_awesome:"):
     checkpoint = explore.active_checkpoint(engine, project)
