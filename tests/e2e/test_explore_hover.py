@@ -97,3 +97,56 @@ def test_a_blurred_grid_tile_is_revealed_while_the_mouse_button_is_held(app_serv
     page.mouse.up()
     expect(page.locator("[data-ll-held]")).to_have_count(0)
     assert image.evaluate("e => getComputedStyle(e).filter") == "blur(40px)"
+
+
+EXTREME_POINTS = """() => {
+  const gd = document.querySelector('[class*="st-key-explore-map"] .js-plotly-plot');
+  const trace = gd._fullData[0];
+  const index = (values, better) => values.reduce((best, v, i) => (better(v, values[best]) ? i : best), 0);
+  const xs = Array.from(trace.x), ys = Array.from(trace.y);
+  return [index(xs, (a, b) => a < b), index(xs, (a, b) => a > b), index(ys, (a, b) => a > b),
+          index(ys, (a, b) => a < b), xs.length - 1];
+}"""
+
+
+def intersects(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def test_the_thumbnail_never_covers_plotlys_hover_label_and_stays_on_the_chart(
+    app_server: AppServer, page: Page
+) -> None:
+    sign_in(page, app_server.url, "label-lou")
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+    page.locator("h1", has_text="Explore").wait_for()
+    wait_idle(page)
+    chart = page.locator('[class*="st-key-explore-map"] .js-plotly-plot')
+    chart.locator(".nsewdrag").first.wait_for()
+    page.wait_for_timeout(800)  # the tip attaches to the chart on its next poll
+    tip = page.get_by_test_id("explore-hover-thumb")
+    label = chart.locator("g.hovertext").first
+    # The leftmost, rightmost, topmost and bottommost points, and a labelled one: Plotly puts its label on
+    # either side of the point, and the thumbnail must find room on the chart for each.
+    for index in page.evaluate(EXTREME_POINTS):
+        point = page.evaluate(POINT_POSITION, index)
+        page.mouse.move(5, 5)
+        expect(tip).to_be_hidden()
+        page.mouse.move(point["x"] - 20, point["y"] + 20)
+        page.mouse.move(point["x"], point["y"], steps=5)
+        expect(tip).to_have_attribute("data-image-id", str(point["id"]), timeout=15_000)
+        expect(tip).to_be_visible()
+        expect(label).to_be_visible()
+        page.wait_for_timeout(100)  # placed after the label is drawn
+        tip_box, label_box, chart_box = tip.bounding_box(), label.bounding_box(), chart.bounding_box()
+        assert tip_box and label_box and chart_box
+        assert not intersects(tip_box, label_box), (point, tip_box, label_box)
+        assert chart_box["x"] <= tip_box["x"] and tip_box["x"] + tip_box["width"] <= chart_box["x"] + chart_box["width"]
+        assert (
+            chart_box["y"] <= tip_box["y"] and tip_box["y"] + tip_box["height"] <= chart_box["y"] + chart_box["height"]
+        )
+    screenshot(page, "explore-hover-beside-label")

@@ -1,4 +1,5 @@
-// Explore: hovering a point of the latent map shows its thumbnail next to the pointer.
+// Explore: hovering a point of the latent map shows its thumbnail next to the pointer, clear of plotly's
+// own hover label and inside the chart.
 //
 // The map is an ordinary st.plotly_chart whose trace carries the image id of each point as customdata.
 // This component finds that chart in the page (class js-plotly-plot, inside the element keyed
@@ -56,6 +57,7 @@ class HoverTip {
       if (!point || point.customdata === undefined) return;
       const id = Number(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
       this.hovered = id;
+      this.chart = chart;
       const mouse = event.event || {};
       this.x = mouse.clientX || 0;
       this.y = mouse.clientY || 0;
@@ -118,10 +120,63 @@ class HoverTip {
     this.tip.dataset.hide = revealed ? "plain" : hide;
     this.tip.dataset.imageId = String(id);
     this.caption.textContent = `image ${id}`;
-    const size = 172;
-    this.tip.style.left = `${Math.min(this.x + 16, window.innerWidth - size)}px`;
-    this.tip.style.top = `${Math.max(8, Math.min(this.y - size / 2, window.innerHeight - size - 24))}px`;
     this.tip.hidden = false;
+    this.place();
+  }
+
+  // Put the tip where it covers neither plotly's hover label nor the hovered point, inside the chart.
+  place() {
+    const gap = 12;
+    const own = this.tip.getBoundingClientRect();
+    const width = own.width || 172;
+    const height = own.height || 190;
+    const x = this.x;
+    const y = this.y;
+    const chart = this.chart && this.chart.isConnected ? this.chart.getBoundingClientRect() : null;
+    const bounds = {
+      left: Math.max(0, chart ? chart.left : 0),
+      top: Math.max(0, chart ? chart.top : 0),
+      right: Math.min(window.innerWidth, chart ? chart.right : window.innerWidth),
+      bottom: Math.min(window.innerHeight, chart ? chart.bottom : window.innerHeight),
+    };
+    // Plotly draws its label (g.hovertext) before it emits plotly_hover, on either side of the point.
+    const text = this.chart && this.chart.querySelector("g.hovertext");
+    const label = text ? text.getBoundingClientRect() : null;
+    const avoid = [{ left: x - 6, top: y - 6, right: x + 6, bottom: y + 6 }];
+    if (label && label.width > 0) avoid.push(label);
+    const labelLeft = label && label.width > 0 && (label.left + label.right) / 2 < x;
+    const near = labelLeft ? x + gap : x - gap - width; // the other side of the cursor from the label
+    const far = labelLeft ? x - gap - width : x + gap;
+    const spanTop = Math.min(y, label ? label.top : y);
+    const spanBottom = Math.max(y, label ? label.bottom : y);
+    const candidates = [
+      [near, y - height / 2],
+      [x - width / 2, spanTop - gap - height], // above the label and the point
+      [x - width / 2, spanBottom + gap], // below them
+      [label && labelLeft ? label.left - gap - width : far, y - height / 2], // beyond the label
+      [label && !labelLeft ? label.right + gap : far, y - height / 2],
+    ];
+    const clamp = ([left, top]) => {
+      const l = Math.max(bounds.left, Math.min(left, bounds.right - width));
+      const t = Math.max(bounds.top, Math.min(top, bounds.bottom - height));
+      return { left: l, top: t, right: l + width, bottom: t + height };
+    };
+    const overlap = (a, b) =>
+      Math.max(0, Math.min(a.right, b.right) - Math.max(a.left, b.left)) *
+      Math.max(0, Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top));
+    let best = null;
+    let bestCost = Infinity;
+    for (const candidate of candidates) {
+      const box = clamp(candidate);
+      const cost = avoid.reduce((sum, other) => sum + overlap(box, other), 0);
+      if (cost < bestCost) {
+        best = box;
+        bestCost = cost;
+      }
+      if (cost === 0) break; // the first place that covers nothing, in order of preference
+    }
+    this.tip.style.left = `${best.left}px`;
+    this.tip.style.top = `${best.top}px`;
   }
 
   destroy() {
