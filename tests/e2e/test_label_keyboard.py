@@ -120,11 +120,10 @@ def test_twenty_fast_presses_record_exactly_the_twenty_images_shown(app_server: 
     wait_saved(page)
     pressed_on = page.evaluate("window.__pressedOn")
     assert len(pressed_on) == 20
-    # The card holds a window of claimed images; on a loaded 2-core machine the server may not refill it
-    # within the one-second burst, and a press on an empty card decides nothing. Every press made on an
-    # image must be recorded once, in order, on that image, and most of the burst must land.
-    shown = [(image, key) for image, key in zip(pressed_on, pressed, strict=True) if image is not None]
-    assert len(shown) >= 10
+    # The card holds a window of 24 claimed images, so a burst of 20 never waits for the server: every
+    # press lands on an image, and each is recorded once, in order, on that image.
+    shown = list(zip(pressed_on, pressed, strict=True))
+    assert None not in pressed_on
     assert len({image for image, _ in shown}) == len(shown), "the same image was on screen for two presses"
     rows = decisions(app_server, "fast-fay")
     assert [image for image, _, _, _ in rows] == [image for image, _ in shown]

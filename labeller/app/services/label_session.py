@@ -51,7 +51,7 @@ from labeller.app.services.renditions import veiled_large_view
 from labeller.project import Project
 from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file
 
-WINDOW_SIZE = 16  # images the card holds: the one on screen and the next ones, preloaded
+WINDOW_SIZE = 24  # images the card holds: the one on screen and the next ones, preloaded (a burst of 20 keys)
 LEFT_REFRESH_S = 30.0
 RESULTS_KEPT = 2000
 PROBABILITY_BARS = 4
