@@ -150,3 +150,23 @@ def test_the_thumbnail_never_covers_plotlys_hover_label_and_stays_on_the_chart(
             chart_box["y"] <= tip_box["y"] and tip_box["y"] + tip_box["height"] <= chart_box["y"] + chart_box["height"]
         )
     screenshot(page, "explore-hover-beside-label")
+
+
+def test_the_colour_bar_title_clears_the_mode_bar(app_server: AppServer, page: Page) -> None:
+    sign_in(page, app_server.url, "toolbar-tom")
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Explore").click()
+    page.locator("h1", has_text="Explore").wait_for()
+    wait_idle(page)
+    chart = page.locator('[class*="st-key-explore-map"] .js-plotly-plot')
+    for colouring in ("Uncertainty (entropy)", "Predicted class"):  # a continuous scale, then categories
+        page.get_by_test_id("stMain").locator("button").filter(has_text=colouring).click()
+        wait_idle(page)
+        title = chart.locator(".colorbar .cbtitle text")
+        expect(title).to_have_text(colouring)
+        chart.hover(position={"x": 40, "y": 300})  # the mode bar shows while the pointer is on the chart
+        mode_bar = chart.locator(".modebar")
+        expect(mode_bar).to_be_visible()
+        title_box, bar_box = title.bounding_box(), mode_bar.bounding_box()
+        assert title_box and bar_box
+        assert not intersects(title_box, bar_box), (colouring, title_box, bar_box)
+    screenshot(page, "explore-colour-bar")

@@ -96,7 +96,8 @@ def scatter(view: explore.EmbeddingView) -> go.Figure:
     )
     figure.update_layout(
         height=620,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        # A top strip for plotly's mode bar: over the plot it covered the colour bar's title and top points.
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
         dragmode="lasso",
         xaxis={"showticklabels": False, "title": None},
         yaxis={"showticklabels": False, "title": None},
