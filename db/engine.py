@@ -7,6 +7,10 @@ lock upgrade). A read unit of work (``reading``) begins DEFERRED: under WAL it r
 no write lock, so a long export never makes a label wait. PostgreSQL uses the driver's default READ
 COMMITTED transactions (``reading`` makes them READ ONLY); row claims use ``FOR UPDATE SKIP LOCKED`` in
 the query functions.
+
+Dialect-specific statements are built here too: ``upsert_insert`` hands out the dialect's INSERT, the one
+that has ``on_conflict_do_update`` (SQLite 3.35+ and PostgreSQL both run ON CONFLICT .. DO UPDATE .. WHERE
+and RETURNING, but SQLAlchemy spells it in each dialect's own ``insert``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +39,16 @@ def sqlite_url(path: str | Path) -> str:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def upsert_insert(session: Session, entity: type[object]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``entity``'s table for the session's dialect, to add ``on_conflict_do_update`` to."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(entity)
+    if name == "sqlite":
+        return sqlite.insert(entity)
+    raise NotImplementedError(f"no ON CONFLICT insert for the {name} dialect")
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

@@ -193,7 +193,9 @@ def record_annotation(
 def served_by_claim(session: Session, image_id: int, annotator_id: int) -> tuple[AnnotationSource, str | None]:
     """(source, strategy) of the annotator's claim on the image, expired or not: what served it to them.
     ("unknown", None) when they hold none, or one taken before claims recorded it."""
-    claim = session.get(Claim, image_id)
+    # populate_existing: claims are written by INSERT .. ON CONFLICT statements (claim_image, the queue),
+    # which leave a Claim loaded earlier in this session as it was; the row is what counts.
+    claim = session.get(Claim, image_id, populate_existing=True)
     if claim is None or claim.annotator_id != annotator_id or claim.source is None:
         return AnnotationSource.UNKNOWN, None
     return AnnotationSource(claim.source), claim.strategy

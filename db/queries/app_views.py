@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Select, and_, delete, exists, func, select
+from sqlalchemy import Select, and_, case, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from db.engine import upsert_insert
 from db.queries.models import input_embedding
 from db.schema import (
     Annotation,
@@ -59,27 +60,40 @@ def claim_image(
     """Claim one given image (e.g. the one an undo brings back); False when someone else holds it.
 
     A claim the annotator already holds is renewed and keeps what served it; a new one records ``source``
-    and ``strategy`` (see ``db.schema.AnnotationSource``) for the decision that will fulfil it."""
+    and ``strategy`` (see ``db.schema.AnnotationSource``) for the decision that will fulfil it.
+
+    One statement, INSERT .. ON CONFLICT (image_id) DO UPDATE .. WHERE mine or expired .. RETURNING: a
+    read-then-write raced on PostgreSQL (two inserts of a fresh image: duplicate key on pk_claims; two
+    take-overs of an expired one: both won). A conflicting row waits for its writer, then is re-checked."""
     now = utcnow()
-    claim = session.get(Claim, image_id)
-    if claim is not None and claim.annotator_id != annotator_id and claim.expires_at > now:
+    statement = upsert_insert(session, Claim).values(
+        image_id=image_id,
+        annotator_id=annotator_id,
+        expires_at=now + timedelta(seconds=lease_seconds),
+        source=source.value,
+        strategy=strategy,
+    )
+    new = statement.excluded
+    mine = Claim.annotator_id == annotator_id  # Claim.* is the row already there
+    statement = statement.on_conflict_do_update(
+        index_elements=[Claim.image_id],
+        set_={
+            "annotator_id": new.annotator_id,
+            "expires_at": new.expires_at,
+            # A renewal keeps what served the image; an expired claim of someone else's records ours.
+            "source": case((mine, Claim.source), else_=new.source),
+            "strategy": case((mine, Claim.strategy), else_=new.strategy),
+        },
+        where=or_(mine, Claim.expires_at <= now),
+    ).returning(Claim)
+    # populate_existing: a Claim loaded earlier in this session is overwritten with the row as written.
+    claimed = session.scalars(statement, execution_options={"populate_existing": True}).one_or_none()
+    if claimed is None:
+        # Refused: the row is someone else's live claim, whatever a copy loaded earlier says.
+        stale = session.identity_map.get(session.identity_key(Claim, image_id))
+        if stale is not None:
+            session.expire(stale)
         return False
-    expires_at = now + timedelta(seconds=lease_seconds)
-    if claim is None:
-        session.add(
-            Claim(
-                image_id=image_id,
-                annotator_id=annotator_id,
-                expires_at=expires_at,
-                source=source.value,
-                strategy=strategy,
-            )
-        )
-    else:
-        if claim.annotator_id != annotator_id:  # an expired lease of someone else's, taken over
-            claim.annotator_id, claim.source, claim.strategy = annotator_id, source.value, strategy
-        claim.expires_at = expires_at
-    session.flush()
     return True
 
 

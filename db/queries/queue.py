@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from core.registry import STRATEGIES
+from db.engine import upsert_insert
 from db.schema import (
     Annotation,
     AnnotationKind,
@@ -455,14 +455,13 @@ def _claim(
     served them (source and strategy); the ids won."""
     if not image_ids:
         return set()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     row = {
         "annotator_id": annotator_id,
         "expires_at": expires_at,
         "source": served[0].value,
         "strategy": served[1],
     }
-    statement = insert(Claim).values([{"image_id": image_id, **row} for image_id in image_ids])
+    statement = upsert_insert(session, Claim).values([{"image_id": image_id, **row} for image_id in image_ids])
     statement = statement.on_conflict_do_update(
         index_elements=[Claim.image_id],
         set_={column: statement.excluded[column] for column in row},

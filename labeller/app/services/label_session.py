@@ -447,8 +447,11 @@ class LabelSession:
         with unit_of_work(engine) as session:
             size = self.window_size(session, size)
             version_id = active_model_version_id(session)
-            kept = []
-            for item in self.window:
+            renewed: dict[int, WindowItem] = {}
+            # In image order, not the window's: each renewal keeps its row locked until the commit
+            # (PostgreSQL), and two tabs of one annotator renewing the same images in different orders
+            # deadlocked.
+            for item in sorted(self.window, key=lambda item: item.image_id):
                 # Renews my lease; fails only when the lease ran out and someone else took the image.
                 if app_views.claim_image(
                     session,
@@ -459,7 +462,8 @@ class LabelSession:
                     strategy=item.served_strategy,
                 ):
                     source, served_strategy = served_by_claim(session, item.image_id, self.annotator_id)
-                    kept.append(replace(item, source=source, served_strategy=served_strategy))
+                    renewed[item.image_id] = replace(item, source=source, served_strategy=served_strategy)
+            kept = [renewed[item.image_id] for item in self.window if item.image_id in renewed]
             passed: list[int] = []  # unreadable images the queue offered: not offered again in this refill
             if not self.window:
                 held = claimed_images(session, self.annotator_id)[:size]
