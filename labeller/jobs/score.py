@@ -35,12 +35,12 @@ QUEUE_ROUND_SIZE = 20
 
 def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """Main-class ids by name and sub-class ids by (main name, sub name), as the database has them now."""
-    mains = dict(session.execute(select(MainClass.name, MainClass.id)).tuples().all())
+    mains: dict[str, int] = {name: main_id for name, main_id in session.execute(select(MainClass.name, MainClass.id))}
     subs = {
         (main_name, sub_name): sub_id
         for sub_id, sub_name, main_name in session.execute(
             select(SubClass.id, SubClass.name, MainClass.name).join(MainClass, SubClass.main_class_id == MainClass.id)
-        ).tuples()
+        )
     }
     return mains, subs
 
