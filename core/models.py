@@ -254,7 +254,9 @@ class M2(nn.Module):
                 loss = loss + self.balance * balance
                 terms["balance"] = balance.detach()
             if x_view is not None and self.consistency > 0:
-                consistency = consistency_loss(unlabelled_logits, self.classify(x_view)).mean()
+                with torch.no_grad():  # a fixed target: no graph to keep for it
+                    view_logits = self.classify(x_view)
+                consistency = consistency_loss(unlabelled_logits, view_logits).mean()
                 loss = loss + self.consistency * consistency
                 terms["consistency"] = consistency.detach()
         return LossTerms(loss, terms)
