@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +280,11 @@ def memory_child(stage: str, root: str, train_steps: int) -> None:
     print(json.dumps({"stage": stage, "seconds": round(seconds, 1), **sampler.finish()}))
 
 
-def memory(sizes: list[int], train_steps: int, scratch: Path | None) -> list[dict]:
+def memory(
+    sizes: list[int], train_steps: int, scratch: Path | None, on_result: Callable[[list[dict]], None]
+) -> list[dict]:
+    """Every job at every size, each in a fresh process; ``on_result`` gets the results so far after each job
+    (a run of hours that is stopped keeps what it measured)."""
     results = []
     for rows in sizes:
         with tempfile.TemporaryDirectory(prefix="features_memory_", dir=scratch) as tmp:
@@ -299,6 +304,7 @@ def memory(sizes: list[int], train_steps: int, scratch: Path | None) -> list[dic
                 if stage == "train":
                     result["train_steps"] = train_steps
                 results.append(result)
+                on_result(results)
                 print(json.dumps(result), flush=True)
     return results
 
@@ -422,16 +428,18 @@ def main() -> None:
         (args.out / "features.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     if args.only in (None, "memory"):
-        measured = memory(args.rows, args.train_steps, args.scratch)
-        for row in measured:  # sizes of one label may be measured at different commits
-            row["commit"] = environment["commit"]
-        run = {"label": args.label, "note": args.note, **environment, "memory": measured}
         path = args.out / "features_memory.json"
-        record = _merge_memory_runs(path, run)
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        lines = _memory_markdown(record)
-        (args.out / "features_memory.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+
+        def save(measured: list[dict]) -> None:
+            for row in measured:  # sizes of one label may be measured at different commits
+                row["commit"] = environment["commit"]
+            run = {"label": args.label, "note": args.note, **environment, "memory": [dict(r) for r in measured]}
+            record = _merge_memory_runs(path, run)
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            (args.out / "features_memory.md").write_text("\n".join(_memory_markdown(record)) + "\n")
+
+        memory(args.rows, args.train_steps, args.scratch, save)
+        print((args.out / "features_memory.md").read_text())
 
 
 if __name__ == "__main__":
