@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from core.registry import SMALL_IMAGE_SIDE
+
 AugmentKind = Literal["none", "shift", "crop_flip"]
 
 
@@ -170,14 +172,15 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
 
 
 def default_augmentation(image_shape: tuple[int, ...]) -> AugmentKind:
-    """None for tiny images and feature vectors, crops and flips for photos.
+    """None for small images (under ``SMALL_IMAGE_SIDE``) and feature vectors, crops and flips for photos.
 
-    Measured on scikit-learn's 8x8 digits (50 labels, M2): 1-pixel shifts cost 3-4 points of accuracy
-    (an 8x8 digit moved by one pixel is a different-looking digit), and flips change the class."""
+    Small images are glyphs and icons more often than photos, and a flip changes a glyph's class. Measured
+    with M2 at 40 random labels on scikit-learn's digits 0-3 upscaled to 28 px (validation split, 3 seeds):
+    98.5% without augmentation, 82.7% with crops and flips. On 8x8 digits, 1-pixel shifts cost 3-4 points."""
     if len(image_shape) != 3:
         return "none"
     _, height, _ = image_shape
-    return "none" if height <= 16 else "crop_flip"
+    return "none" if height < SMALL_IMAGE_SIDE else "crop_flip"
 
 
 @dataclass

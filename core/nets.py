@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from core.registry import CLASSIFIER_KINDS
+from core.registry import CLASSIFIER_KINDS, SMALL_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def default_arch(input_shape: tuple[int, ...]) -> str:
     96.1% with the wide one, within one test image, and 2.5 times faster)."""
     if len(input_shape) == 1:
         return "mlp_small"
-    return "conv" if input_shape[1] >= 32 else "mlp"
+    return "conv" if input_shape[1] >= SMALL_IMAGE_SIDE else "mlp"
 
 
 def _activation() -> nn.Module:
@@ -338,7 +338,7 @@ def classifier_trunk(kind: str, input_shape: tuple[int, ...]) -> nn.Module:
     if kind == "mlp" or (kind == "cnn" and len(input_shape) != 3):
         return Encoder(arch_for("mlp"), input_shape)  # latent vectors: an MLP is the CNN's honest equivalent
     if kind == "cnn":
-        if input_shape[1] < 32:
+        if input_shape[1] < SMALL_IMAGE_SIDE:
             return TinyConvEncoder(input_shape, dense=arch_for("mlp").dense[0])
         return Encoder(arch_for("conv"), input_shape)
     if kind == "colour":

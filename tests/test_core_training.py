@@ -185,6 +185,18 @@ def test_neighbour_consistency_and_balance_train_and_are_reported():
     assert _resolved(photos, (3, 64, 64))["consistency_view"] == "augment"
 
 
+def test_small_images_are_not_cropped_or_flipped_and_photos_are():
+    """A flip changes a glyph's class: under 32 px (28 px digits too) pixel models train on the images as
+    they are, with neighbours as the consistency view; photos get crops and flips."""
+    from core.training.build import _resolved
+
+    for small in ((1, 8, 8), (1, 28, 28), (3, 31, 31)):
+        assert _resolved(TrainConfig(), small)["augment"] == "none"
+        assert _resolved(TrainConfig(), small)["consistency_view"] == "neighbour"
+    assert _resolved(TrainConfig(), (3, 32, 32))["augment"] == "crop_flip"
+    assert _resolved(TrainConfig(augment="shift"), (1, 28, 28))["augment"] == "shift"
+
+
 def test_checkpoint_round_trip_is_atomic(small_fit, tmp_path, monkeypatch):
     trained, images = small_fit
     path = save_checkpoint(trained, tmp_path / "models" / "v1.pt")

@@ -10,7 +10,7 @@ from torch import nn
 from core.data import LabelledPool, default_augmentation
 from core.models import M2, VAE, M1Classifier, StackedM1M2, Supervised
 from core.nets import arch_for, build_classifier, default_arch
-from core.registry import AUTO
+from core.registry import AUTO, SMALL_IMAGE_SIDE
 from core.taxonomy import Taxonomy
 from core.training.config import TrainConfig
 
@@ -22,7 +22,7 @@ BALANCED_RATIO = 1 / 3
 
 def _resolved(config: TrainConfig, image_shape: tuple[int, ...]) -> dict[str, str]:
     vectors = len(image_shape) == 1
-    tiny = vectors or image_shape[1] < 32
+    tiny = vectors or image_shape[1] < SMALL_IMAGE_SIDE
     return {
         "arch": default_arch(image_shape) if config.arch == "auto" else config.arch,
         # Tiny images get the 3x3-conv net: active M2 on digits reached 98.0 / 98.6% at 50 / 100 labels with

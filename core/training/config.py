@@ -65,7 +65,7 @@ class TrainConfig:
     # AUTO_BALANCE when the labelled leaves are balanced (balanced_leaves), else 0.
     balance: float | str = 0.0
     likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
-    augment: str = "auto"  # none, shift, crop_flip; auto: none for tiny images, crop_flip for photos
+    augment: str = "auto"  # none, shift, crop_flip; auto: none under SMALL_IMAGE_SIDE px, crop_flip for photos
     device: str = "auto"
     amp: bool = True  # mixed precision on cuda (bf16 where supported); ignored on cpu
     seed: int = 0
