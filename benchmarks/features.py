@@ -78,6 +78,7 @@ def speed(repeats: int, limit: int) -> list[dict]:
                 }
             )
             print(rows[-1], flush=True)
+    return rows
 
 
 # -- memory: the train, score and embed jobs on a synthetic project -------------------------------------
