@@ -1,4 +1,4 @@
-// Grid: keyboard selection over the page's tile checkboxes (each in an element keyed "pick-<id>-...").
+// Grid: keyboard selection over the page's tile checkboxes (each in an element keyed "pick-<id>").
 //
 // Arrow keys move the focus from tile to tile (`columns` per row); Space ticks the focused tile (the
 // checkbox's own behaviour); a Shift-click ticks every tile from the last tile clicked or ticked with
@@ -10,12 +10,12 @@ const layers = new WeakMap();
 function tileId(node) {
   const holder = node && node.closest && node.closest('[class*="st-key-pick-"]');
   if (!holder) return null;
-  const match = /st-key-pick-(\d+)-/.exec(holder.className);
+  const match = /(?:^|\s)st-key-pick-(\d+)(?=\s|$)/.exec(holder.className);
   return match ? Number(match[1]) : null;
 }
 
 function checkbox(id) {
-  const holder = document.querySelector(`[class*="st-key-pick-${id}-"]`);
+  const holder = document.querySelector(`.st-key-pick-${id}`);
   return holder ? holder.querySelector('input[type="checkbox"]') : null;
 }
 
@@ -36,7 +36,12 @@ class GridKeys {
     this.nonce = 0;
     this.onClick = (event) => {
       const id = tileId(event.target);
-      if (id === null) return;
+      if (id === null) {
+        // A click elsewhere (a button, the page) ends the keyboard walk: no focus comes back later.
+        this.cursor = null;
+        this.focused = null;
+        return;
+      }
       if (event.shiftKey && this.anchor !== null && this.anchor !== id) {
         event.preventDefault();
         event.stopPropagation();

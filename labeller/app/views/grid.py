@@ -42,12 +42,16 @@ def reset_page() -> None:
     st.session_state["grid_selected"] = set()
 
 
-def set_ticked(image_id: int, ticked: bool) -> None:
-    """Make the selection agree with a tile's checkbox. Idempotent, unlike a toggle: a change event that is
-    delivered twice, or a tick whose callback was lost to an interrupted rerun, still ends in the state the
-    annotator sees on screen."""
+def pick_key(image_id: int) -> str:
+    """A tile checkbox's widget key: one per image, so a tick never replaces the checkbox (keys.js reads it)."""
+    return f"pick-{image_id}"
+
+
+def ticked(image_id: int) -> None:
+    """A tile's checkbox changed: the selection takes its value. Idempotent, unlike a toggle, so a change
+    event delivered twice still ends in what the annotator sees."""
     selected: set[int] = st.session_state["grid_selected"]
-    if ticked:
+    if st.session_state[pick_key(image_id)]:
         selected.add(image_id)
     else:
         selected.discard(image_id)
@@ -133,7 +137,7 @@ selected: set[int] = st.session_state["grid_selected"]
 page_ids = [tile.row.image_id for tile in tiles]
 st.session_state["grid_page_ids"] = page_ids
 bar = st.container(horizontal=True, vertical_alignment="center")
-selection_count = bar.empty()  # filled after the tiles, whose checkboxes may correct the selection
+bar.markdown(f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected")
 bar.button("Select page", on_click=select_all, args=(page_ids, True), icon=":material/select_all:")
 bar.button("Clear", on_click=select_all, args=(page_ids, False), icon=":material/deselect:")
 bar.button(
@@ -167,17 +171,14 @@ for start in range(0, len(tiles), COLUMNS):
             st.caption(":green[**✓ labelled**]" if row.labelled else "unlabelled")
             predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
             confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
-            pick_key = f"pick-{row.image_id}-{row.image_id in selected}"
-            ticked = st.checkbox(
+            # The selection is the truth: buttons, ranges and other pages change it, and the box shows it.
+            st.session_state[pick_key(row.image_id)] = row.image_id in selected
+            st.checkbox(
                 f"{row.image_id} · {predicted}{confidence}" + (" · labelled" if row.labelled else ""),
-                value=row.image_id in selected,
-                key=pick_key,
-                on_change=lambda image_id=row.image_id, key=pick_key: set_ticked(image_id, st.session_state[key]),
+                key=pick_key(row.image_id),
+                on_change=ticked,
+                args=(row.image_id,),
             )
-            set_ticked(row.image_id, ticked)
-selection_count.markdown(
-    f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected"
-)
 
 grid_keys(page_ids, columns=COLUMNS, on_range=select_shift_range)
 hold_reveal(project, page_ids, key="grid-hold")
