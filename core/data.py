@@ -228,8 +228,8 @@ class FeatureScaler:
 # A pass over a memory map hands the pages it read back to the kernel after this many bytes.
 RELEASE_EVERY_BYTES = 256 * 2**20
 # What one row read at random can bring into the process: a page fault maps the page cache's whole folio
-# around it, up to 2 MB on x86-64 (measured: 256 random rows of a 2.5 GB feature map mapped 450 MB, and
-# one training batch of 4,096 rows the whole file).
+# around it, up to 2 MB on x86-64 (seen while developing this, not recorded in a benchmark: random rows of a
+# 2.5 GB feature map mapped far more than the rows themselves).
 MAPPED_PER_SCATTERED_ROW = 2 * 2**20
 
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
@@ -277,16 +277,20 @@ class MappedPages:
 
     def gather(self, rows: Rows, index: Rows) -> Rows:
         """``rows[index]`` (a tensor or array sharing this memory map), read a group of rows at a time with
-        the pages released in between, so that scattered rows never map more than ``release_every``."""
-        group = max(1, self.release_every // max(self.row_bytes, MAPPED_PER_SCATTERED_ROW))
-        if self.mapping is None or len(index) <= group:
-            found = rows[index]
-            self.read(len(index), scattered=True)
-            return found
+        the pages released before a group would take the mapped total past ``release_every``."""
+        cost = max(self.row_bytes, MAPPED_PER_SCATTERED_ROW)
+        group = max(1, self.release_every // cost)
+        if self.mapping is None or len(index) == 0:
+            return rows[index]
         parts = []
         for start in range(0, len(index), group):
-            parts.append(rows[index[start : start + group]])
-            self.read(len(parts[-1]), scattered=True)
+            chunk = index[start : start + group]
+            if self.unreleased + len(chunk) * cost > self.release_every:
+                self.release()
+            parts.append(rows[chunk])
+            self.unreleased += len(chunk) * cost
+        if len(parts) == 1:
+            return parts[0]
         return torch.cat(parts) if isinstance(rows, torch.Tensor) else np.concatenate(parts)
 
     def release(self) -> None:

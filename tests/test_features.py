@@ -4,6 +4,7 @@ weights would have to be downloaded, the cache's crash safety, and M2 trained an
 
 from __future__ import annotations
 
+import math
 import urllib.error
 from pathlib import Path
 
@@ -146,10 +147,17 @@ def test_mapped_pages_hands_pages_back_and_the_rows_read_the_same(tmp_path) -> N
     assert total == pytest.approx(float(rows.astype(np.float64).sum()))
     np.testing.assert_array_equal(mapped, rows)
     # Scattered rows are read a group at a time (here 3 rows: each may map a 2 MB folio), pages released
-    # in between; the result is plain indexing's, for tensors and arrays alike.
+    # before every group that would take the mapped total past the bound; the result is plain indexing's,
+    # for tensors and arrays alike.
     scattered = np.random.default_rng(5).choice(len(rows), 50)
     grouped = MappedPages(mapped, release_every=3 * 2**21)
+    releases = []
+    release = grouped.release
+    grouped.release = lambda: (releases.append(grouped.unreleased), release())[-1]  # type: ignore[method-assign]
+    grouped.read(1, scattered=True)  # a row read before counts against the bound too
     np.testing.assert_array_equal(grouped.gather(mapped, scattered), rows[scattered])
+    assert len(releases) == math.ceil(50 / 3) and max(releases) <= grouped.release_every
+    assert grouped.unreleased == 2 * 2**21  # the last group, 2 rows, still mapped
     tensor = rows_tensor(mapped)
     assert torch.equal(grouped.gather(tensor, torch.from_numpy(scattered)), torch.from_numpy(rows[scattered]))
     assert grouped.gather(mapped, scattered[:0]).shape == (0, 64)

@@ -357,8 +357,9 @@ def fit(
     fitter = _Fitter(pool, taxonomy, config, on_progress, should_stop)
     if len(fitter.train_labelled) == 0:
         raise ValueError("every labelled image went to validation; lower val_fraction")
-    # Channels-last convolutions (oneDNN on the cpu, tensor cores on cuda): the weight gradients of the small
-    # pixel CNN were 60% of a step on 28 px digits in NCHW (benchmarks/results/train_speed).
+    # Channels-last convolutions (oneDNN on the cpu, tensor cores on cuda): in NCHW the convolution backward
+    # was 63% of the small CNN's forward and backward at 28 px (torch.profiler); step times for both formats
+    # are in benchmarks/results/train_speed.
     model = build_model(config, taxonomy, pool.image_shape).to(fitter.device, memory_format=torch.channels_last)
     warm = init is not None
     if init is not None:
