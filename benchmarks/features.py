@@ -311,15 +311,18 @@ def memory(
 
 
 def _merge_memory_runs(path: Path, run: dict) -> dict:
-    """The results file with ``run`` in it: a run of the same label is replaced size by size, so a long
-    size can be measured on its own and the table still shows every size."""
+    """The results file with ``run`` in it: a run of the same label replaces the earlier results job by job
+    (pool size and stage), so a long size can be measured on its own, or stopped part-way, and the table
+    still shows every job measured. Each row keeps the commit it was measured at."""
     record = json.loads(path.read_text()) if path.exists() else {}
     runs = [r for r in record.get("runs", []) if r["label"] != run["label"]]
     earlier = next((r for r in record.get("runs", []) if r["label"] == run["label"]), None)
     if earlier is not None:
-        measured = {r["rows"] for r in run["memory"]}
+        for row in earlier["memory"]:
+            row.setdefault("commit", earlier.get("commit"))
+        measured = {(r["rows"], r["stage"]) for r in run["memory"]}
         run["memory"] = sorted(
-            [r for r in earlier["memory"] if r["rows"] not in measured] + run["memory"],
+            [r for r in earlier["memory"] if (r["rows"], r["stage"]) not in measured] + run["memory"],
             key=lambda r: (r["rows"], MEMORY_STAGES.index(r["stage"])),
         )
     return {
@@ -432,9 +435,9 @@ def main() -> None:
         path = args.out / "features_memory.json"
 
         def save(measured: list[dict]) -> None:
-            for row in measured:  # sizes of one label may be measured at different commits
-                row["commit"] = environment["commit"]
-            run = {"label": args.label, "note": args.note, **environment, "memory": [dict(r) for r in measured]}
+            # Jobs of one label may be measured at different commits: each row says its own.
+            rows = [{**r, "commit": environment["commit"]} for r in measured]
+            run = {"label": args.label, "note": args.note, **environment, "memory": rows}
             record = _merge_memory_runs(path, run)
             path.write_text(json.dumps(record, indent=2) + "\n")
             (args.out / "features_memory.md").write_text("\n".join(_memory_markdown(record)) + "\n")
