@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.registry import PIXELS
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -76,7 +77,7 @@ def input_map_name(choice: InputChoice) -> str:
     """What an input map is of, for people and to tell whether the project's input changed since."""
     if choice.uses_features:
         return f"{choice.backbone} features"
-    return f"pixels ({choice.image_size}x{choice.image_size}, {choice.channels} channel(s))"
+    return f"{PIXELS} ({choice.image_size}x{choice.image_size}, {choice.channels} channel(s))"
 
 
 def queue_input_map(session: Session, name: str, *, changed: bool) -> int | None:

@@ -141,10 +141,11 @@ class HoverTip {
     };
     // Plotly draws its label (g.hovertext) before it emits plotly_hover, on either side of the point.
     const text = this.chart && this.chart.querySelector("g.hovertext");
-    const label = text ? text.getBoundingClientRect() : null;
+    const drawn = text ? text.getBoundingClientRect() : null;
+    const label = drawn && drawn.width > 0 ? drawn : null; // a label not laid out yet counts as none
     const avoid = [{ left: x - 6, top: y - 6, right: x + 6, bottom: y + 6 }];
-    if (label && label.width > 0) avoid.push(label);
-    const labelLeft = label && label.width > 0 && (label.left + label.right) / 2 < x;
+    if (label) avoid.push(label);
+    const labelLeft = label && (label.left + label.right) / 2 < x;
     const near = labelLeft ? x + gap : x - gap - width; // the other side of the cursor from the label
     const far = labelLeft ? x - gap - width : x + gap;
     const spanTop = Math.min(y, label ? label.top : y);

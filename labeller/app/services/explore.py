@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from core.registry import PIXELS
 from db.engine import reading
 from db.queries import app_views
 from db.queries import models as model_queries
@@ -53,8 +54,20 @@ class MapChoice:
     def label(self, source: str) -> str:
         if source == VERSION_MAP:
             return f"model version {self.version_id}"
-        # The input map of a project without a backbone is of pixels ("pixels (16x16, 3 channel(s))").
-        return "image pixels" if (self.input_name or "").startswith("pixels") else "image features"
+        # The input map of a project without a backbone is of pixels (labeller.jobs.embed.input_map_name).
+        return "image pixels" if (self.input_name or "").startswith(PIXELS) else "image features"
+
+    def caption(self, view: EmbeddingView) -> str:
+        """What the map shown places the images by, and why no model is involved."""
+        if view.input_name is None:
+            return f"Model version {view.model_version_id}"
+        if self.version_id is None:
+            why = "no model yet"
+        elif not self.version_mapped:
+            why = f"model version {self.version_id}'s map is not made yet"
+        else:
+            why = "no model involved"
+        return f"Images placed by their {view.input_name}; {why}; coloured by human label"
 
 
 @dataclass(frozen=True)

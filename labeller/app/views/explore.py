@@ -138,16 +138,10 @@ def hover_tip() -> None:
 
 hover_tip()
 chosen = selected_image_ids(event.selection if event else None, view.image_ids)
-if view.input_name is not None:
-    why = "no model yet" if maps.version_id is None else "no model involved"
-    if maps.version_id is not None and not maps.version_mapped:
-        why = f"model version {maps.version_id}'s map is not made yet"
-    what = f"Images placed by their {view.input_name}; {why}; coloured by human label"
-else:
-    what = f"Model version {view.model_version_id}"
 st.caption(
-    f"{what} · {len(view.image_ids)} images ({sum(view.labelled)} labelled, drawn larger and on top) · hover a "
-    "point for its thumbnail (hold Shift to reveal it) · draw a lasso or a box to select (double-click to clear)"
+    f"{maps.caption(view)} · {len(view.image_ids)} images ({sum(view.labelled)} labelled, drawn larger and on top)"
+    " · hover a point for its thumbnail (hold Shift to reveal it) · draw a lasso or a box to select (double-click"
+    " to clear)"
 )
 if chosen:
     top = st.columns([3, 1], vertical_alignment="center")
