@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, and_, case, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -53,9 +53,10 @@ def claim_image(
     *,
     image_id: int,
     annotator_id: int,
-    lease_seconds: int,
+    lease_seconds: float,
     source: AnnotationSource = AnnotationSource.UNKNOWN,
     strategy: str | None = None,
+    now: datetime | None = None,
 ) -> bool:
     """Claim one given image (e.g. the one an undo brings back); False when someone else holds it.
 
@@ -65,7 +66,7 @@ def claim_image(
     One statement, INSERT .. ON CONFLICT (image_id) DO UPDATE .. WHERE mine or expired .. RETURNING: a
     read-then-write raced on PostgreSQL (two inserts of a fresh image: duplicate key on pk_claims; two
     take-overs of an expired one: both won). A conflicting row waits for its writer, then is re-checked."""
-    now = utcnow()
+    now = now or utcnow()
     statement = upsert_insert(session, Claim).values(
         image_id=image_id,
         annotator_id=annotator_id,

@@ -450,14 +450,18 @@ class LabelSession:
             renewed: dict[int, WindowItem] = {}
             # In image order, not the window's: each renewal keeps its row locked until the commit
             # (PostgreSQL), and two tabs of one annotator renewing the same images in different orders
-            # deadlocked.
+            # deadlocked. The leases still end in window order (a millisecond apart), which is the order a
+            # new session of this annotator resumes them in (claimed_images: soonest-expiring first).
+            position = {item.image_id: index for index, item in enumerate(self.window)}
+            now = utcnow()
             for item in sorted(self.window, key=lambda item: item.image_id):
                 # Renews my lease; fails only when the lease ran out and someone else took the image.
                 if app_views.claim_image(
                     session,
                     image_id=item.image_id,
                     annotator_id=self.annotator_id,
-                    lease_seconds=lease_seconds,
+                    lease_seconds=lease_seconds + position[item.image_id] / 1000,
+                    now=now,
                     source=item.source,  # only if the claim was gone: a held one keeps what served it
                     strategy=item.served_strategy,
                 ):
