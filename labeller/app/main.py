@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Imported here, before any page runs: plotly imports pandas lazily, and two sessions' script threads doing
+# that at once saw a partially initialised module (AttributeError: module 'pandas' has no attribute
+# 'Series' on the Explore page, seen under load).
+import pandas  # noqa: F401
+import plotly.graph_objects  # noqa: F401
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 

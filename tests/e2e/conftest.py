@@ -170,6 +170,11 @@ def sign_in(page, url: str, name: str, path: str = "") -> None:  # type: ignore[
     name_box.fill(name)
     sidebar.get_by_role("button", name="Start labelling").click()
     wait_idle(page)
+    # The name goes into the URL as ?annotator=; a navigation made before that update reaches the browser
+    # was undone by it (the update carries the page it was made on): seen as the Grid or Explore page
+    # turning back into the Label page on a loaded machine.
+    page.wait_for_url(lambda current: "annotator=" in current)
+    sidebar.get_by_role("button", name="Switch").wait_for()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -79,6 +79,7 @@ def test_quick_ticks_each_select_their_tile(app_server: AppServer, page: Page) -
     sign_in(page, app_server.url, "grid-quinn")
     open_page(page, "Grid")
     checkboxes = page.get_by_test_id("stMain").get_by_test_id("stCheckbox")
+    expect(checkboxes).to_have_count(24)
     ids = [int(text.split(" ·")[0]) for text in checkboxes.all_inner_texts()[:8]]
     for image_id in ids:
         checkboxes.filter(has_text=re.compile(rf"^{image_id} ·")).locator("label").click()

@@ -37,45 +37,43 @@ st.session_state.setdefault("grid_page", 0)
 explore_ids: list[int] = st.session_state.get("explore_selection", [])
 
 
-def reset_page() -> None:
-    st.session_state["grid_page"] = 0
-    st.session_state["grid_selected"] = set()
-
-
 def pick_key(image_id: int) -> str:
     """A tile checkbox's widget key: one per image, so a tick never replaces the checkbox (keys.js reads it)."""
     return f"pick-{image_id}"
 
 
-def ticked(image_id: int) -> None:
-    """A tile's checkbox changed: the selection takes its value. Idempotent, unlike a toggle, so a change
-    event delivered twice still ends in what the annotator sees."""
-    selected: set[int] = st.session_state["grid_selected"]
-    if st.session_state[pick_key(image_id)]:
-        selected.add(image_id)
-    else:
-        selected.discard(image_id)
+def select(image_ids: set[int]) -> None:
+    """A selection made by the program (buttons, ranges, a new filter): the boxes on the page show it. Only
+    callbacks write the boxes: a value written while drawing the page would outvote a tick still on its way."""
+    st.session_state["grid_selected"] = image_ids
+    for image_id in st.session_state.get("grid_page_ids", []):
+        st.session_state[pick_key(image_id)] = image_id in image_ids
+
+
+def reset_page() -> None:
+    st.session_state["grid_page"] = 0
+    select(set())
 
 
 def select_all(image_ids: list[int], on: bool) -> None:
     selected: set[int] = st.session_state["grid_selected"]
-    if on:
-        selected.update(image_ids)
-    else:
-        selected.difference_update(image_ids)
+    select(selected | set(image_ids) if on else selected - set(image_ids))
 
 
 def select_shift_range() -> None:
     page_ids: list[int] = st.session_state.get("grid_page_ids", [])
-    st.session_state["grid_selected"] = select_range(st.session_state["grid_selected"], page_ids, requested_range())
+    select(select_range(st.session_state["grid_selected"], page_ids, requested_range()))
 
 
 def select_all_matching(on: bool) -> None:
     matching = grid.grid_matching_ids(engine, **st.session_state["grid_filter"])
-    st.session_state["grid_selected"] = select_matching(st.session_state["grid_selected"], matching, on)
+    select(select_matching(st.session_state["grid_selected"], matching, on))
 
 
-def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
+def apply_label() -> None:
+    """The bulk-label form's Apply: the form's main class and tags on every selected image."""
+    main_class_id: int = st.session_state["bulk_main"]
+    tag_ids: list[int] = st.session_state["bulk_tags"]
     selected = sorted(st.session_state["grid_selected"])
     try:
         count = label.label_many(
@@ -89,7 +87,7 @@ def apply_label(main_class_id: int, tag_ids: list[int]) -> None:
         st.session_state["grid_flash"] = f"Nothing was labelled: {error}"
         return
     st.session_state["grid_flash"] = f"Labelled {count} images as {taxonomy.main_name(main_class_id)}."
-    st.session_state["grid_selected"] = set()
+    select(set())
 
 
 st.title("Grid")
@@ -137,7 +135,7 @@ selected: set[int] = st.session_state["grid_selected"]
 page_ids = [tile.row.image_id for tile in tiles]
 st.session_state["grid_page_ids"] = page_ids
 bar = st.container(horizontal=True, vertical_alignment="center")
-bar.markdown(f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected")
+selection_count = bar.empty()  # filled in once the tiles' boxes have been read
 bar.button("Select page", on_click=select_all, args=(page_ids, True), icon=":material/select_all:")
 bar.button("Clear", on_click=select_all, args=(page_ids, False), icon=":material/deselect:")
 bar.button(
@@ -148,7 +146,7 @@ bar.button(
     disabled=total == 0 or total > grid.MATCHING_LIMIT,
     help="Every image under this filter, on every page",
 )
-bar.button("Clear all", on_click=lambda: st.session_state.update(grid_selected=set()), disabled=not selected)
+bar.button("Clear all", on_click=select, args=(set(),), disabled=not selected)
 bar.button(
     "Previous",
     disabled=st.session_state["grid_page"] == 0,
@@ -171,14 +169,20 @@ for start in range(0, len(tiles), COLUMNS):
             st.caption(":green[**✓ labelled**]" if row.labelled else "unlabelled")
             predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
             confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
-            # The selection is the truth: buttons, ranges and other pages change it, and the box shows it.
-            st.session_state[pick_key(row.image_id)] = row.image_id in selected
-            st.checkbox(
+            if pick_key(row.image_id) not in st.session_state:  # a tile new to the page shows the selection
+                st.session_state[pick_key(row.image_id)] = row.image_id in selected
+            # The box's value is what the annotator sees; the selection follows it. (Read here rather than
+            # in an on_change callback: Streamlit dropped some callbacks of ticks made during a rerun.)
+            if st.checkbox(
                 f"{row.image_id} · {predicted}{confidence}" + (" · labelled" if row.labelled else ""),
                 key=pick_key(row.image_id),
-                on_change=ticked,
-                args=(row.image_id,),
-            )
+            ):
+                selected.add(row.image_id)
+            else:
+                selected.discard(row.image_id)
+selection_count.markdown(
+    f"**{total}** images · page {st.session_state['grid_page'] + 1} of {pages} · **{len(selected)}** selected"
+)
 
 grid_keys(page_ids, columns=COLUMNS, on_range=select_shift_range)
 hold_reveal(project, page_ids, key="grid-hold")
@@ -187,14 +191,15 @@ st.caption("Arrow keys move between tiles, Space ticks one, Shift-click ticks ev
 with st.form("bulk_label", border=True):
     st.markdown("**Label the selected images**")
     form_cols = st.columns([2, 3, 1], vertical_alignment="bottom")
-    main_id = form_cols[0].selectbox(
-        "Main class", [m.id for m in taxonomy.main_classes], format_func=taxonomy.main_name
+    form_cols[0].selectbox(
+        "Main class", [m.id for m in taxonomy.main_classes], format_func=taxonomy.main_name, key="bulk_main"
     )
     all_tags = [(s.id, f"{m.name} / {s.name}") for m in taxonomy.main_classes for s in m.sub_classes]
-    tag_ids = form_cols[1].multiselect(
-        "Sub-class tags (of that main class)", [t for t, _ in all_tags], format_func=dict(all_tags).get
+    form_cols[1].multiselect(
+        "Sub-class tags (of that main class)",
+        [t for t, _ in all_tags],
+        format_func=dict(all_tags).get,
+        key="bulk_tags",
     )
-    submitted = form_cols[2].form_submit_button("Apply", type="primary", disabled=not selected)
-    if submitted:
-        apply_label(main_id, tag_ids)
-        st.rerun()
+    # A callback, so that clearing the selection can untick the boxes before they are drawn.
+    form_cols[2].form_submit_button("Apply", type="primary", disabled=not selected, on_click=apply_label)
