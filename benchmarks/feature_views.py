@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from benchmarks.product_defaults import HYMENOPTERA
+from benchmarks.product_defaults import HYMENOPTERA, machine_record
 from benchmarks.tuned_vs_defaults import _labeller, _write_training
 from core.features import VIEWS
 
@@ -72,17 +69,8 @@ def main() -> None:
     parser.add_argument("--strategies", default="random")
     parser.add_argument("--seeds", type=int, default=3)
     options = parser.parse_args()
-    import torch
-
-    record: dict[str, Any] = {
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "command": ["python", "-m", "benchmarks.feature_views", *sys.argv[1:]],
-    }
+    command = ["python", "-m", "benchmarks.feature_views", *sys.argv[1:]]
+    record: dict[str, Any] = {**machine_record(), "command": command}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         project = work / "project"

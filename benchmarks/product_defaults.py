@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,20 @@ HYMENOPTERA = Path(
 )
 RESULTS = Path(__file__).parent / "results" / "product_defaults"
 LABELLER = [sys.executable, "-m", "labeller"]
+
+
+def machine_record() -> dict[str, Any]:
+    """What a label-efficiency result was measured with: the commit, torch, device, threads and machine."""
+    import torch
+
+    return {
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+    }
 
 
 def _run(*args: str) -> str:
@@ -77,17 +92,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("hymenoptera", "digits28"))
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    import torch
-
-    record: dict = {
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "datasets": {},
-    }
+    record: dict = {**machine_record(), "datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "hymenoptera"):

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,7 +33,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from benchmarks.product_defaults import HYMENOPTERA, LABELLER, _digits28
+from benchmarks.product_defaults import HYMENOPTERA, LABELLER, _digits28, machine_record
 
 RESULTS = Path(__file__).parent / "results" / "tuned_vs_defaults"
 DEFAULTS = "defaults"
@@ -151,17 +149,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="labeller evaluate --workers (seeds in parallel)")
     options = parser.parse_args()
-    import torch
-
-    record: dict[str, Any] = {
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "command": ["python", "-m", "benchmarks.tuned_vs_defaults", *sys.argv[1:]],
-    }
+    command = ["python", "-m", "benchmarks.tuned_vs_defaults", *sys.argv[1:]]
+    record: dict[str, Any] = {**machine_record(), "command": command}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if options.dataset == "digits28":
