@@ -43,7 +43,10 @@ def tiny_run(tmp_path_factory) -> Iterator[tuple[Engine, list[Ledger]]]:
 def test_a_clean_run_passes(tiny_run) -> None:
     engine, ledgers = tiny_run
     assert [ledger.crash for ledger in ledgers] == [None, None]
-    assert [ledger.saved for ledger in ledgers] == [TINY.labels, TINY.labels]
+    # A process stops once it has `labels` saved; its last send may save two (a decision, an undo on the card
+    # and a new decision), so it can end one over.
+    saved = [ledger.saved for ledger in ledgers]
+    assert all(TINY.labels <= count <= TINY.labels + 1 for count in saved), saved
     verdict = check(engine, ledgers)
     assert verdict.ok, verdict.problems
     assert (verdict.lost, verdict.doubled, verdict.history_errors) == (0, 0, 0)
