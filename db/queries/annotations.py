@@ -196,7 +196,14 @@ def served_by_claim(session: Session, image_id: int, annotator_id: int) -> tuple
     # populate_existing: claims are written by INSERT .. ON CONFLICT statements (claim_image, the queue),
     # which leave a Claim loaded earlier in this session as it was; the row is what counts.
     claim = session.get(Claim, image_id, populate_existing=True)
-    if claim is None or claim.annotator_id != annotator_id or claim.source is None:
+    if claim is None or claim.annotator_id != annotator_id:
+        return AnnotationSource.UNKNOWN, None
+    return served_by(claim)
+
+
+def served_by(claim: Claim) -> tuple[AnnotationSource, str | None]:
+    """(source, strategy) recorded on a claim; ("unknown", None) for one taken before claims recorded it."""
+    if claim.source is None:
         return AnnotationSource.UNKNOWN, None
     return AnnotationSource(claim.source), claim.strategy
 

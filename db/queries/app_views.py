@@ -57,8 +57,9 @@ def claim_image(
     source: AnnotationSource = AnnotationSource.UNKNOWN,
     strategy: str | None = None,
     now: datetime | None = None,
-) -> bool:
-    """Claim one given image (e.g. the one an undo brings back); False when someone else holds it.
+) -> Claim | None:
+    """Claim one given image (e.g. the one an undo brings back): the claim as written, or None when someone
+    else holds it.
 
     A claim the annotator already holds is renewed and keeps what served it; a new one records ``source``
     and ``strategy`` (see ``db.schema.AnnotationSource``) for the decision that will fulfil it.
@@ -94,8 +95,7 @@ def claim_image(
         stale = session.identity_map.get(session.identity_key(Claim, image_id))
         if stale is not None:
             session.expire(stale)
-        return False
-    return True
+    return claimed
 
 
 def drop_claims(session: Session, image_ids: Sequence[int], annotator_id: int) -> None:

@@ -81,13 +81,14 @@ def claim_requested(
     with unit_of_work(engine) as session:
         if app_views.image_by_id(session, image_id) is None:
             return None
-        if not app_views.claim_image(
+        claim = app_views.claim_image(
             session,
             image_id=image_id,
             annotator_id=annotator_id,
             lease_seconds=lease_seconds,
             source=AnnotationSource.REQUESTED,
-        ):
+        )
+        if claim is None:
             return None
         return _held(session, image_id, annotator_id, strategy)
 

@@ -32,6 +32,7 @@ from db.queries.annotations import (
     label_counts,
     recent_annotations,
     record_annotation,
+    served_by,
     served_by_claim,
     undo_annotation,
 )
@@ -216,7 +217,7 @@ def held_elsewhere(image_id: int) -> str:
 def reclaim_undone(session: Session, target: Annotation, annotator_id: int, lease_seconds: int) -> bool:
     """Claim the image of an annotation being undone (False: someone else holds it). The claim keeps what
     served the image first, so the decision that replaces the withdrawn one records the same source."""
-    return app_views.claim_image(
+    claim = app_views.claim_image(
         session,
         image_id=target.image_id,
         annotator_id=annotator_id,
@@ -224,6 +225,7 @@ def reclaim_undone(session: Session, target: Annotation, annotator_id: int, leas
         source=AnnotationSource.parse(target.source),
         strategy=target.strategy,
     )
+    return claim is not None
 
 
 def apply_op(
@@ -281,12 +283,14 @@ def apply_op(
     assert decision is not None
     # A decision needs the image: one handed to another annotator meanwhile (say after my other tab skipped
     # it and my lease ran out) is theirs now. My own live claim is renewed and keeps what served the image.
-    if not app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds):
+    claim = app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
+    if claim is None:
         return result("rejected", message=held_elsewhere(op.image_id))
     version_id = op.model_version_id
     if version_id is not None and session.get(ModelVersion, version_id) is None:
         version_id = None
     # What served the image (and its strategy) comes from my claim on it, not from the card's op.
+    source, strategy = served_by(claim)
     annotation = record_annotation(
         session,
         image_id=op.image_id,
@@ -295,6 +299,8 @@ def apply_op(
         main_class_id=decision.main_class_id,
         sub_class_ids=decision.sub_class_ids,
         model_version_id=version_id,
+        source=source,
+        strategy=strategy,
     )
     return result("applied", annotation.id)
 
@@ -456,7 +462,7 @@ class LabelSession:
             now = utcnow()
             for item in sorted(self.window, key=lambda item: item.image_id):
                 # Renews my lease; fails only when the lease ran out and someone else took the image.
-                if app_views.claim_image(
+                claim = app_views.claim_image(
                     session,
                     image_id=item.image_id,
                     annotator_id=self.annotator_id,
@@ -464,8 +470,9 @@ class LabelSession:
                     now=now,
                     source=item.source,  # only if the claim was gone: a held one keeps what served it
                     strategy=item.served_strategy,
-                ):
-                    source, served_strategy = served_by_claim(session, item.image_id, self.annotator_id)
+                )
+                if claim is not None:
+                    source, served_strategy = served_by(claim)
                     renewed[item.image_id] = replace(item, source=source, served_strategy=served_strategy)
             kept = [renewed[item.image_id] for item in self.window if item.image_id in renewed]
             passed: list[int] = []  # unreadable images the queue offered: not offered again in this refill
