@@ -154,6 +154,18 @@ def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
+def lasso_everything(page, plot) -> None:  # type: ignore[no-untyped-def]
+    """Draw a lasso along the edges of a Plotly plot area (its ``.nsewdrag`` layer): every point is inside."""
+    box = plot.bounding_box()
+    assert box is not None
+    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(box["x"] + box["width"] * corners[0][0], box["y"] + box["height"] * corners[0][1])
+    page.mouse.down()
+    for fx, fy in corners[1:]:
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
+    page.mouse.up()
+
+
 def sign_in(page, url: str, name: str, path: str = "") -> None:  # type: ignore[no-untyped-def]
     """Open ``path`` (the Label page by default) and enter a new annotator name in the sidebar."""
     page.goto(f"{url}/{path}")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from db.engine import unit_of_work
 from db.queries.models import set_input_embedding
 from db.schema import Image
-from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
+from tests.e2e.conftest import AppServer, lasso_everything, screenshot, sign_in, wait_idle
 from tests.e2e.test_explore_hover import POINT_POSITION
 
 pytestmark = pytest.mark.browser
@@ -51,14 +51,7 @@ def test_the_input_map_shows_before_any_model_and_a_lasso_opens_in_the_grid(app_
     page.mouse.move(5, 5)
     expect(tip).to_be_hidden()
 
-    box = plot.bounding_box()
-    assert box is not None
-    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
-    page.mouse.move(box["x"] + box["width"] * corners[0][0], box["y"] + box["height"] * corners[0][1])
-    page.mouse.down()
-    for fx, fy in corners[1:]:
-        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
-    page.mouse.up()
+    lasso_everything(page, plot)
     expect(page.get_by_text(f"{IMAGES} images selected", exact=True)).to_be_visible(timeout=15_000)
     wait_idle(page)
     page.get_by_role("button", name="Open in the Grid").click()

@@ -9,7 +9,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels
-from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
+from tests.e2e.conftest import AppServer, lasso_everything, screenshot, sign_in, wait_idle
 
 pytestmark = pytest.mark.browser
 WITH_MODEL = True
@@ -95,15 +95,7 @@ def test_lasso_on_the_latent_map_then_label_the_selection(app_server: AppServer,
     open_page(page, "Explore")
     plot = page.locator(".js-plotly-plot .nsewdrag").first
     plot.wait_for()
-    box = plot.bounding_box()
-    assert box is not None
-    # A lasso around the whole plot area selects every point.
-    corners = [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98), (0.02, 0.03)]
-    page.mouse.move(box["x"] + box["width"] * corners[0][0], box["y"] + box["height"] * corners[0][1])
-    page.mouse.down()
-    for fx, fy in corners[1:]:
-        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=8)
-    page.mouse.up()
+    lasso_everything(page, plot)
     expect(page.get_by_text(re.compile(r"\d+ images selected"))).to_be_visible(timeout=15_000)
     wait_idle(page)
     count = int(re.search(r"(\d+) images selected", page.get_by_text(re.compile(r"images selected")).inner_text())[1])
