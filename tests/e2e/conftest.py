@@ -115,7 +115,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 def stop_server(server: AppServer) -> None:
     if server.worker is not None:
-        _stop(server.worker)
+        # Killed, not stopped: a worker stops between steps, and the map job a retrain queues runs one UMAP
+        # step of 10 s or more under load. Its graceful stop is tested in tests/test_worker.py.
+        server.worker.kill()
+        server.worker.wait()
     _stop(server.process)
 
 
