@@ -27,6 +27,18 @@ def test_fit_umap_returns_finite_coordinates_for_every_point() -> None:
     assert (nearest == labels).mean() > 0.95
 
 
+def test_the_umap_kernels_a_fit_compiles_are_cached_for_the_next_process() -> None:
+    """umap-learn declares them without numba's cache; fit_umap turns it on (10 s of compiling per process)."""
+    import umap.umap_
+    import umap.utils
+    from numba.core.caching import NullCache
+
+    fit_umap(_latents(30), seed=0)
+    for kernel in (umap.utils.fast_knn_indices, umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths):
+        assert not isinstance(kernel._cache, NullCache), kernel.py_func.__name__
+        assert sum(kernel.stats.cache_hits.values()) + sum(kernel.stats.cache_misses.values()) >= 1
+
+
 def test_fit_umap_on_a_sample_places_the_rest_with_transform() -> None:
     latent = _latents(300)
     coords = fit_umap(latent, sample_size=120, seed=1)
