@@ -282,10 +282,15 @@ def memory_child(stage: str, root: str, train_steps: int) -> None:
 
 
 def memory(
-    sizes: list[int], train_steps: int, scratch: Path | None, on_result: Callable[[list[dict]], None]
+    sizes: list[int],
+    train_steps: int,
+    scratch: Path | None,
+    on_result: Callable[[list[dict]], None],
+    stages: tuple[str, ...] = MEMORY_STAGES,
 ) -> list[dict]:
-    """Every job at every size, each in a fresh process; ``on_result`` gets the results so far after each job
-    (a run of hours that is stopped keeps what it measured)."""
+    """The ``stages`` jobs (in the order a project meets them) at every size, each in a fresh process;
+    ``on_result`` gets the results so far after each job (a run of hours that is stopped keeps what it
+    measured). Without the input map, the version's map is fitted afresh instead of aligned onto it."""
     results = []
     for rows in sizes:
         with tempfile.TemporaryDirectory(prefix="features_memory_", dir=scratch) as tmp:
@@ -293,7 +298,7 @@ def memory(
             started = time.perf_counter()
             dim = synthetic_project(root, rows)
             print(f"{rows} rows x {dim}: project built in {time.perf_counter() - started:.0f} s", flush=True)
-            for stage in MEMORY_STAGES:
+            for stage in (stage for stage in MEMORY_STAGES if stage in stages):
                 done = subprocess.run(
                     [sys.executable, "-m", "benchmarks.features", "--child", stage, str(root), str(train_steps)],
                     capture_output=True,
@@ -304,6 +309,8 @@ def memory(
                 result = {"rows": rows, "feature_dim": dim, **json.loads(done.stdout.strip().splitlines()[-1])}
                 if stage == "train":
                     result["train_steps"] = train_steps
+                if stage == "embed":
+                    result["aligned_onto_input_map"] = "input map" in stages
                 results.append(result)
                 on_result(results)
                 print(json.dumps(result), flush=True)
@@ -340,6 +347,12 @@ MEMORY_NOTES = (
 )
 
 
+def job_name(result: dict) -> str:
+    if result.get("aligned_onto_input_map") is False:
+        return f"{result['stage']} (fitted afresh: no input map)"
+    return result["stage"]
+
+
 def _memory_markdown(record: dict) -> list[str]:
     what = (__doc__ or "").split("- ``memory``: ")[1].split("Writes")[0]
     lines = [
@@ -370,7 +383,7 @@ def _memory_markdown(record: dict) -> list[str]:
                 f"{name} {p['rss_mb']} / {p['anonymous_mb']} ({p['seconds']:.0f} s)" for name, p in r["stages"].items()
             )
             lines.append(
-                f"| {r['stage']} | {r['rows']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']} | "
+                f"| {job_name(r)} | {r['rows']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']} | "
                 f"{r['peak_anonymous_mb']} | {r['peak_file_backed_mb']} | {stages} | "
                 f"{r.get('commit', run['commit'])[:7]} |"
             )
@@ -405,6 +418,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("speed", "memory"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="pool sizes for the memory part")
     parser.add_argument("--train-steps", type=int, default=20, help="train job: steps of its one epoch, at most")
+    parser.add_argument(
+        "--stages", nargs="+", choices=MEMORY_STAGES, default=list(MEMORY_STAGES), help="memory part: which jobs"
+    )
     parser.add_argument("--label", default="current", help="memory runs are kept by label (e.g. before, after)")
     parser.add_argument("--note", default="", help="a line shown under the label")
     parser.add_argument("--scratch", type=Path, help="folder for the synthetic project (on disk, not tmpfs)")
@@ -442,7 +458,7 @@ def main() -> None:
             path.write_text(json.dumps(record, indent=2) + "\n")
             (args.out / "features_memory.md").write_text("\n".join(_memory_markdown(record)) + "\n")
 
-        memory(args.rows, args.train_steps, args.scratch, save)
+        memory(args.rows, args.train_steps, args.scratch, save, tuple(args.stages))
         print((args.out / "features_memory.md").read_text())
 
 
