@@ -57,8 +57,8 @@ def test_keyboard_and_shift_click_selection(app_server: AppServer, page: Page) -
     page.keyboard.press(" ")
     wait_idle(page)
     expect(page.get_by_text(re.compile(r"· 1 selected"))).to_be_visible()
-    page.wait_for_timeout(500)  # the redrawn tile gets the focus back
-    assert page.evaluate(FOCUSED_TILE) == ids[1]
+    # The redrawn tile gets the focus back (the layer checks every 250 ms).
+    page.wait_for_function(f"({FOCUSED_TILE})() === {ids[1]}", timeout=5_000)
     page.keyboard.press("ArrowDown")
     assert page.evaluate(FOCUSED_TILE) == ids[7]
     page.keyboard.press(" ")
