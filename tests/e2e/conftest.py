@@ -157,6 +157,17 @@ def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
+HOVER_LAYER_ATTACHED = """() => {
+  const chart = document.querySelector('[class*="st-key-explore-map"] .js-plotly-plot');
+  return Boolean(chart && chart.__llHover);
+}"""
+
+
+def wait_for_hover_layer(page) -> None:  # type: ignore[no-untyped-def]
+    """Until the Explore map's hover thumbnail listens to the chart (it attaches on a 400 ms poll)."""
+    page.wait_for_function(HOVER_LAYER_ATTACHED, timeout=10_000)
+
+
 def lasso_everything(page, plot) -> None:  # type: ignore[no-untyped-def]
     """Draw a lasso along the edges of a Plotly plot area (its ``.nsewdrag`` layer): every point is inside."""
     box = plot.bounding_box()

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 from db.engine import unit_of_work
 from db.queries.annotators import get_or_create_annotator
 from db.queries.wellbeing import save_settings
-from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_idle
+from tests.e2e.conftest import AppServer, screenshot, sign_in, wait_for_hover_layer, wait_idle
 
 pytestmark = pytest.mark.browser
 WITH_MODEL = True
@@ -33,7 +33,7 @@ def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_s
     page.locator("h1", has_text="Explore").wait_for()
     wait_idle(page)
     page.locator('[class*="st-key-explore-map"] .js-plotly-plot .nsewdrag').first.wait_for()
-    page.wait_for_timeout(800)  # the tip attaches to the chart on its next poll
+    wait_for_hover_layer(page)
     point = page.evaluate(POINT_POSITION, -1)  # the last point: a labelled one, drawn on top
     page.mouse.move(point["x"] - 30, point["y"] - 30)
     page.mouse.move(point["x"], point["y"], steps=5)
@@ -49,7 +49,7 @@ def test_hovering_a_point_shows_its_thumbnail_blurred_and_shift_reveals_it(app_s
     sidebar.get_by_text("Image safety").click()
     sidebar.get_by_text("Blur images until revealed").click()
     wait_idle(page)
-    page.wait_for_timeout(800)
+    wait_for_hover_layer(page)
     point = page.evaluate(POINT_POSITION, -1)
     page.mouse.move(point["x"] - 30, point["y"] - 30)
     page.mouse.move(point["x"], point["y"], steps=5)
@@ -127,7 +127,7 @@ def test_the_thumbnail_never_covers_plotlys_hover_label_and_stays_on_the_chart(
     wait_idle(page)
     chart = page.locator('[class*="st-key-explore-map"] .js-plotly-plot')
     chart.locator(".nsewdrag").first.wait_for()
-    page.wait_for_timeout(800)  # the tip attaches to the chart on its next poll
+    wait_for_hover_layer(page)
     tip = page.get_by_test_id("explore-hover-thumb")
     label = chart.locator("g.hovertext").first
     # The leftmost, rightmost, topmost and bottommost points, and a labelled one: Plotly puts its label on

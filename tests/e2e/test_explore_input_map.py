@@ -13,7 +13,7 @@ from sqlalchemy import select
 from db.engine import unit_of_work
 from db.queries.models import set_input_embedding
 from db.schema import Image
-from tests.e2e.conftest import AppServer, lasso_everything, screenshot, sign_in, wait_idle
+from tests.e2e.conftest import AppServer, lasso_everything, screenshot, sign_in, wait_for_hover_layer, wait_idle
 from tests.e2e.test_explore_hover import POINT_POSITION
 
 pytestmark = pytest.mark.browser
@@ -40,7 +40,7 @@ def test_the_input_map_shows_before_any_model_and_a_lasso_opens_in_the_grid(app_
     plot.wait_for()
     expect(page.get_by_test_id("stException")).to_have_count(0)
 
-    page.wait_for_timeout(800)  # the tip attaches to the chart on its next poll
+    wait_for_hover_layer(page)
     point = page.evaluate(POINT_POSITION, -1)
     page.mouse.move(point["x"] - 30, point["y"] - 30)
     page.mouse.move(point["x"], point["y"], steps=5)
