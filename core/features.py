@@ -24,8 +24,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbones import BackboneSpec, backbone_spec, load_backbone
-from core.data import MappedPages, decode_image
+from core.data import MappedPages
 from core.device import autocast, resolve_device
+from core.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class FeatureSpec:
 
 def open_rgb(path: Path | str) -> Image.Image:
     """An image file as an RGB PIL image, decoded as thumbnails and pixel models decode it
-    (``core.data.decode_image``: EXIF orientation, first frame, transparency on white, 16-bit and float
+    (``core.images.decode_image``: EXIF orientation, first frame, transparency on white, 16-bit and float
     grey scaled)."""
     with decode_image(path) as image:
         return image.convert("RGB")

@@ -22,7 +22,7 @@ from typing import Protocol
 from PIL import Image as PILImage
 from PIL import ImageFilter
 
-from core.data import decode_image, normalise_image
+from core.images import decode_image, normalise_image
 from labeller.project import Project
 
 THUMBNAIL_SIZE = 256  # longest side, pixels: sharp in a 4-column grid, small on disk
@@ -42,7 +42,7 @@ def thumbnail_file(thumbs_dir: Path, sha256: str) -> Path:
 
 
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
-    """Upright RGB pixels, exactly as the model sees them: ``core.data.normalise_image`` (EXIF orientation,
+    """Upright RGB pixels, exactly as the model sees them: ``core.images.normalise_image`` (EXIF orientation,
     transparency on white, 16-bit and float grey scaled, not clipped), then RGB."""
     return normalise_image(image).convert("RGB")
 

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.data import LabelledPool, load_image
+from core.data import LabelledPool
 from core.features import ExtractionProgress, FeatureCache, FeatureSpec
+from core.images import load_image
 from core.taxonomy import Taxonomy
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels

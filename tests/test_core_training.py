@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from core.data import LabelledPool, load_images
+from core.data import LabelledPool
 from core.generation import samples_per_leaf
+from core.images import load_images
 from core.scoring import score_pool
 from core.taxonomy import Taxonomy
 from core.training import (

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import decode_image, load_image
 from core.features import open_rgb
+from core.images import decode_image, load_image
 from labeller.thumbnails import write_thumbnail
 
 

@@ -93,7 +93,7 @@ def folder_data(
     root: Path, *, image_size: int, channels: int = 3, classes: Sequence[str] | None = None
 ) -> EvaluationData:
     """Images in ``root/<class>/*``: the folder names are the labels."""
-    from core.data import load_images
+    from core.images import load_images
 
     root = Path(root)
     classes = list(classes) if classes is not None else sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -217,8 +217,8 @@ def reconstructions(
     engine: Engine, project: Project, trained: Any, image_ids: Sequence[int]
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(image id, input, decoder reconstruction) as uint8 HxWxC arrays at the model's input size."""
-    from core.data import load_images
     from core.generation import reconstruct
+    from core.images import load_images
 
     channels, size, _ = trained.image_shape
     with reading(engine) as session:
