@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from db.engine import unit_of_work
 from db.queries import app_views
-from db.queries.annotations import AnnotationError, current_labels
+from db.queries.annotations import AnnotationError, current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.schema import Annotation, Claim
 from labeller.app.services import common, label_session
@@ -133,3 +133,26 @@ def test_a_decision_on_an_image_handed_to_someone_else_meanwhile_is_refused(proj
     [result] = a.receive(project.engine, {"ops": [_op("label", image, step=1, main=main)]}, tax, lease_seconds=LEASE)
     assert result.status == "rejected" and "someone else" in result.message
     assert not _labelled(project, image) and _holder(project, image) == b
+
+
+def test_an_image_decided_in_another_tab_leaves_this_tabs_window_and_is_not_claimed_again(project: Project) -> None:
+    """Two tabs of one annotator share a window (a new tab resumes the annotator's claims). One tab skips an
+    image, the queue gives it to B, who labels it: the other tab's refill drops it instead of claiming it
+    again as if the queue had served it (found by benchmarks/concurrent_labelling.py: 'handed twice')."""
+    with unit_of_work(project.engine) as session:
+        tax = common.load_taxonomy(session)
+    a = _annotator(project, "a")
+    first, second = LabelSession(a, "entropy"), LabelSession(a, "entropy")
+    first.refill(project.engine, lease_seconds=LEASE)
+    second.refill(project.engine, lease_seconds=LEASE)
+    image = first.window[0].image_id
+    assert image in [item.image_id for item in second.window]
+    [skipped] = first.receive(project.engine, {"ops": [_op("skip", image, step=1)]}, tax, lease_seconds=LEASE)
+    assert skipped.status == "applied" and _holder(project, image) is None
+    b = _annotator(project, "b")
+    with unit_of_work(project.engine) as session:
+        assert app_views.claim_image(session, image_id=image, annotator_id=b, lease_seconds=LEASE)
+        record_annotation(session, image_id=image, annotator_id=b, kind="label", main_class_id=tax.main_classes[0].id)
+    second.refill(project.engine, lease_seconds=LEASE)
+    assert image not in [item.image_id for item in second.window]
+    assert _holder(project, image) is None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, case, delete, exists, func, or_, select
+from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.engine import upsert_insert
@@ -96,6 +96,23 @@ def claim_image(
         if stale is not None:
             session.expire(stale)
     return claimed
+
+
+def renew_claim(
+    session: Session, *, image_id: int, annotator_id: int, lease_seconds: float, now: datetime | None = None
+) -> Claim | None:
+    """Extend the annotator's claim on the image, expired or not, keeping what served it: the claim as
+    renewed, or None when they hold none. Never creates one: a claim that is gone went with a decision or
+    a release (another tab of the annotator decided the image, or another annotator was handed it since
+    and decided it), and bringing it back would show that image again as if the queue had served it."""
+    now = now or utcnow()
+    statement = (
+        update(Claim)
+        .where(Claim.image_id == image_id, Claim.annotator_id == annotator_id)
+        .values(expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(Claim)
+    )
+    return session.scalars(statement, execution_options={"populate_existing": True}).one_or_none()
 
 
 def drop_claims(session: Session, image_ids: Sequence[int], annotator_id: int) -> None:

@@ -456,20 +456,20 @@ class LabelSession:
             renewed: dict[int, WindowItem] = {}
             # In image order, not the window's: each renewal keeps its row locked until the commit
             # (PostgreSQL), and two tabs of one annotator renewing the same images in different orders
-            # deadlocked. The leases still end in window order (a millisecond apart), which is the order a
-            # new session of this annotator resumes them in (claimed_images: soonest-expiring first).
+            # deadlocked. The leases still end in window order (a millisecond apart, from one clock reading,
+            # new images after them), which is the order a new session of this annotator resumes them in
+            # (claimed_images: soonest-expiring first).
             position = {item.image_id: index for index, item in enumerate(self.window)}
             now = utcnow()
             for item in sorted(self.window, key=lambda item: item.image_id):
-                # Renews my lease; fails only when the lease ran out and someone else took the image.
-                claim = app_views.claim_image(
+                # Renews my lease. An image whose claim I no longer hold leaves the window: my other tab
+                # decided it, or my lease ran out and someone else took it.
+                claim = app_views.renew_claim(
                     session,
                     image_id=item.image_id,
                     annotator_id=self.annotator_id,
                     lease_seconds=lease_seconds + position[item.image_id] / 1000,
                     now=now,
-                    source=item.source,  # only if the claim was gone: a held one keeps what served it
-                    strategy=item.served_strategy,
                 )
                 if claim is not None:
                     source, served_strategy = served_by(claim)
@@ -489,6 +489,7 @@ class LabelSession:
                     for image_id in held
                 ]
                 kept = self._pass_over_unreadable(session, kept, passed)
+            next_position = len(self.window)  # new images' leases end after the renewed ones, in order
             while len(kept) < size:
                 has_audit = any(item.audit for item in kept)
                 served = serve_next(
@@ -496,12 +497,14 @@ class LabelSession:
                     annotator_id=self.annotator_id,
                     strategy=self.strategy,
                     model_version_id=version_id,
-                    lease_seconds=lease_seconds,
+                    lease_seconds=lease_seconds + next_position / 1000,
+                    now=now,
                     audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
                     exclude=[item.image_id for item in kept] + passed,
                 )
                 if served is None:
                     break
+                next_position += 1
                 item = WindowItem(served.image_id, self.strategy, version_id, False, served.source, served.strategy)
                 kept += self._pass_over_unreadable(session, [item], passed)
             audit = label_history.audit_flags(session, [item.image_id for item in kept])
