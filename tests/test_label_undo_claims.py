@@ -14,7 +14,7 @@ from db.engine import unit_of_work
 from db.queries import app_views
 from db.queries.annotations import AnnotationError, current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
-from db.schema import Annotation, Claim
+from db.schema import Annotation, Claim, Image
 from labeller.app.services import common, label_session
 from labeller.app.services.label_session import LabelSession
 from labeller.project import Project
@@ -156,3 +156,45 @@ def test_an_image_decided_in_another_tab_leaves_this_tabs_window_and_is_not_clai
     second.refill(project.engine, lease_seconds=LEASE)
     assert image not in [item.image_id for item in second.window]
     assert _holder(project, image) is None
+
+
+def test_an_undo_is_refused_once_someone_else_labelled_the_image_except_on_the_audit_slice(project: Project) -> None:
+    """A skips an image, the queue hands it to B, B labels it: A's undo (card or Recent list) is refused and
+    withdraws nothing, since it would put the image back on A's card as served (found by
+    benchmarks/concurrent_labelling.py: 'handed twice'). Audit images are everyone's: the undo applies."""
+    with unit_of_work(project.engine) as session:
+        tax = common.load_taxonomy(session)
+    a = LabelSession(_annotator(project, "a"), "entropy")
+    a.refill(project.engine, lease_seconds=LEASE)
+    image, audit = a.window[0].image_id, a.window[1].image_id
+    with unit_of_work(project.engine) as session:
+        session.get(Image, audit).audit = True
+    b = _annotator(project, "b")
+    main = tax.main_classes[0].id
+    skips = {}
+    for target in (image, audit):
+        with unit_of_work(project.engine) as session:
+            app_views.claim_image(session, image_id=target, annotator_id=a.annotator_id, lease_seconds=LEASE)
+            skips[target] = record_annotation(
+                session, image_id=target, annotator_id=a.annotator_id, kind="skip", main_class_id=None
+            ).id
+            assert app_views.claim_image(session, image_id=target, annotator_id=b, lease_seconds=LEASE)
+            record_annotation(session, image_id=target, annotator_id=b, kind="label", main_class_id=main)
+
+    [card] = a.receive(
+        project.engine, {"ops": [_op("undo_annotation", image, annotation=skips[image])]}, tax, lease_seconds=LEASE
+    )
+    assert card.status == "rejected" and "labelled by someone else" in card.message
+    with pytest.raises(AnnotationError, match="labelled by someone else"):
+        label_session.undo_from_history(
+            project.engine, annotator_id=a.annotator_id, annotation_id=skips[image], lease_seconds=LEASE
+        )
+    assert _annotation_of(project, image, a.annotator_id) == skips[image] and _holder(project, image) is None
+
+    assert (
+        label_session.undo_from_history(
+            project.engine, annotator_id=a.annotator_id, annotation_id=skips[audit], lease_seconds=LEASE
+        )
+        == audit
+    )
+    assert _holder(project, audit) == a.annotator_id

@@ -29,6 +29,18 @@ def rows_after(session: Session, *, image_id: int, annotator_id: int, after: int
     )
 
 
+def labelled_by_others_since(session: Session, *, image_id: int, annotator_id: int, after: int) -> bool:
+    """Whether another annotator's current label on the image is newer than row ``after``."""
+    newer = select(Annotation.id).where(
+        Annotation.image_id == image_id,
+        Annotation.annotator_id != annotator_id,
+        Annotation.superseded.is_(False),
+        Annotation.kind == AnnotationKind.LABEL,
+        Annotation.id > after,
+    )
+    return session.scalar(newer.limit(1)) is not None
+
+
 def newest_rows(session: Session, *, image_ids: Sequence[int], annotator_id: int) -> dict[int, int]:
     """The id of the annotator's newest row on each image (0 when there is none)."""
     if not image_ids:

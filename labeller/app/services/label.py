@@ -16,7 +16,6 @@ from db.queries.annotations import (
     recent_annotations,
     record_annotation,
     served_by_claim,
-    undo_annotation,
 )
 from db.queries.queue import serve_next
 from db.schema import AnnotationKind, AnnotationSource
@@ -117,33 +116,6 @@ def decide_and_advance(
         annotation_id = annotation.id  # recording it also released my claim on the image
         upcoming = _claim_next(session, annotator_id=annotator_id, strategy=strategy, lease_seconds=lease_seconds)
     return StepResult(annotation_id, upcoming)
-
-
-def undo_and_return(
-    engine: Engine,
-    *,
-    annotator_id: int,
-    annotation_id: int,
-    current: QueuedImage | None,
-    strategy: str,
-    lease_seconds: int,
-) -> QueuedImage:
-    """Withdraw one of my annotations and put its image back in front of me; its claim keeps what served it
-    first, so the decision that replaces the withdrawn one records the same source."""
-    with unit_of_work(engine) as session:
-        undone = undo_annotation(session, annotation_id, annotator_id)
-        image_id = undone.image_id
-        if current is not None and current.image_id != image_id:
-            app_views.drop_claims(session, [current.image_id], annotator_id)
-        app_views.claim_image(
-            session,
-            image_id=image_id,
-            annotator_id=annotator_id,
-            lease_seconds=lease_seconds,
-            source=AnnotationSource.parse(undone.source),
-            strategy=undone.strategy,
-        )
-        return _held(session, image_id, annotator_id, strategy)
 
 
 def release(engine: Engine, *, annotator_id: int, image_id: int) -> None:

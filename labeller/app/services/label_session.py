@@ -214,9 +214,17 @@ def held_elsewhere(image_id: int) -> str:
     return f"Image {image_id} is with someone else now: nothing undone. Undo it from Recent once they are done."
 
 
-def reclaim_undone(session: Session, target: Annotation, annotator_id: int, lease_seconds: int) -> bool:
-    """Claim the image of an annotation being undone (False: someone else holds it). The claim keeps what
-    served the image first, so the decision that replaces the withdrawn one records the same source."""
+def reclaim_undone(session: Session, target: Annotation, annotator_id: int, lease_seconds: int) -> str | None:
+    """Claim the image of an annotation being undone: None when claimed, else why the undo is refused.
+
+    Refused while someone else holds the image, and once someone else has labelled it since (after my skip
+    or unsure the queue hands it on; bringing it back would make it served twice), except on the audit
+    slice, which every annotator labels. The claim keeps what served the image first, so the decision that
+    replaces the withdrawn one records the same source."""
+    if not target.image.audit and label_history.labelled_by_others_since(
+        session, image_id=target.image_id, annotator_id=annotator_id, after=target.id
+    ):
+        return f"Image {target.image_id} was labelled by someone else after your decision: nothing undone."
     claim = app_views.claim_image(
         session,
         image_id=target.image_id,
@@ -225,7 +233,7 @@ def reclaim_undone(session: Session, target: Annotation, annotator_id: int, leas
         source=AnnotationSource.parse(target.source),
         strategy=target.strategy,
     )
-    return claim is not None
+    return held_elsewhere(target.image_id) if claim is None else None
 
 
 def apply_op(
@@ -246,12 +254,12 @@ def apply_op(
             )
             if not undone:
                 return result("rejected", message="That decision was changed since: nothing undone.")
-            if not reclaim_undone(session, target, annotator_id, lease_seconds):
-                return result("rejected", message=held_elsewhere(op.image_id))
+            if (refusal := reclaim_undone(session, target, annotator_id, lease_seconds)) is not None:
+                return result("rejected", message=refusal)
             return result("duplicate", target.id)
         # Claim first: an undo never brings back an image that another annotator holds (nothing is undone).
-        if not reclaim_undone(session, target, annotator_id, lease_seconds):
-            return result("rejected", message=held_elsewhere(op.image_id))
+        if (refusal := reclaim_undone(session, target, annotator_id, lease_seconds)) is not None:
+            return result("rejected", message=refusal)
         undo = undo_annotation(session, target.id, annotator_id)
         return result("applied", undo.id)
 
@@ -275,8 +283,8 @@ def apply_op(
         target = rows[op.target_step - 1] if op.target_step <= len(rows) else None
         if target is None or target.kind == AnnotationKind.UNDO or target.superseded:
             return result("rejected", message=f"Image {op.image_id}: that decision is no longer current.")
-        if not reclaim_undone(session, target, annotator_id, lease_seconds):
-            return result("rejected", message=held_elsewhere(op.image_id))
+        if (refusal := reclaim_undone(session, target, annotator_id, lease_seconds)) is not None:
+            return result("rejected", message=refusal)
         undo = undo_annotation(session, target.id, annotator_id)
         return result("applied", undo.id)
 
@@ -748,7 +756,7 @@ def undo_from_history(engine: Engine, *, annotator_id: int, annotation_id: int, 
     """The Recent list's Undo: withdraw one of my annotations and claim its image again; returns the image."""
     with unit_of_work(engine) as session:
         target = session.get(Annotation, annotation_id)
-        if target is not None and not reclaim_undone(session, target, annotator_id, lease_seconds):
-            raise AnnotationError(held_elsewhere(target.image_id))
+        if target is not None and (refusal := reclaim_undone(session, target, annotator_id, lease_seconds)):
+            raise AnnotationError(refusal)
         undone = undo_annotation(session, annotation_id, annotator_id)
         return undone.image_id
