@@ -217,14 +217,11 @@ def held_elsewhere(image_id: int) -> str:
 def reclaim_undone(session: Session, target: Annotation, annotator_id: int, lease_seconds: int) -> str | None:
     """Claim the image of an annotation being undone: None when claimed, else why the undo is refused.
 
-    Refused while someone else holds the image, and once someone else has labelled it since (after my skip
-    or unsure the queue hands it on; bringing it back would make it served twice), except on the audit
-    slice, which every annotator labels. The claim keeps what served the image first, so the decision that
-    replaces the withdrawn one records the same source."""
-    if not target.image.audit and label_history.labelled_by_others_since(
-        session, image_id=target.image_id, annotator_id=annotator_id, after=target.id
-    ):
-        return f"Image {target.image_id} was labelled by someone else after your decision: nothing undone."
+    Refused while someone else holds the image, and when I undo my current skip or unsure of it after
+    someone else has labelled it (the queue hands such an image on; bringing it back would serve it
+    twice), except on the audit slice, which every annotator labels. The claim keeps what served the image
+    first, so the decision that replaces the withdrawn one records the same source."""
+    savepoint = session.begin_nested()
     claim = app_views.claim_image(
         session,
         image_id=target.image_id,
@@ -233,7 +230,19 @@ def reclaim_undone(session: Session, target: Annotation, annotator_id: int, leas
         source=AnnotationSource.parse(target.source),
         strategy=target.strategy,
     )
-    return held_elsewhere(target.image_id) if claim is None else None
+    if claim is None:
+        savepoint.rollback()
+        return held_elsewhere(target.image_id)
+    # Read after claiming, not before: on PostgreSQL a label saved by the annotator who held the image
+    # commits before our claim goes through (it waits on their row), and only a later read sees it.
+    handed_on = not target.superseded and target.kind != AnnotationKind.LABEL and not target.image.audit
+    if handed_on and label_history.labelled_by_others_since(
+        session, image_id=target.image_id, annotator_id=annotator_id, after=target.id
+    ):
+        savepoint.rollback()
+        return f"Image {target.image_id} was labelled by someone else after your decision: nothing undone."
+    savepoint.commit()
+    return None
 
 
 def apply_op(
@@ -466,7 +475,8 @@ class LabelSession:
             # (PostgreSQL), and two tabs of one annotator renewing the same images in different orders
             # deadlocked. The leases still end in window order (a millisecond apart, from one clock reading,
             # new images after them), which is the order a new session of this annotator resumes them in
-            # (claimed_images: soonest-expiring first).
+            # (claimed_images: soonest-expiring first; those resumed claims keep their leases until the
+            # next refill renews them).
             position = {item.image_id: index for index, item in enumerate(self.window)}
             now = utcnow()
             for item in sorted(self.window, key=lambda item: item.image_id):
