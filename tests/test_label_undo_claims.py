@@ -203,20 +203,13 @@ def test_an_undo_is_refused_once_someone_else_labelled_the_image_except_on_the_a
 def test_undoing_my_label_is_not_refused_by_a_later_label_of_someone_else(project: Project) -> None:
     """The queue never hands on a labelled image, so a later label by B (through a link, say) does not stop
     A from withdrawing A's own label."""
+    a, image, b, tax = _labelled_by_a_then_claimed_by_b(project)
+    labelled = _annotation_of(project, image, a.annotator_id)
     with unit_of_work(project.engine) as session:
-        tax = common.load_taxonomy(session)
-    a = LabelSession(_annotator(project, "a"), "entropy")
-    a.refill(project.engine, lease_seconds=LEASE)
-    image = a.window[0].image_id
-    main = tax.main_classes[0].id
-    [labelled] = a.receive(project.engine, {"ops": [_op("label", image, step=1, main=main)]}, tax, lease_seconds=LEASE)
-    b = _annotator(project, "b")
-    with unit_of_work(project.engine) as session:
-        assert app_views.claim_image(session, image_id=image, annotator_id=b, lease_seconds=LEASE)
-        record_annotation(session, image_id=image, annotator_id=b, kind="label", main_class_id=main)
+        record_annotation(session, image_id=image, annotator_id=b, kind="label", main_class_id=tax.main_classes[0].id)
     assert (
         label_session.undo_from_history(
-            project.engine, annotator_id=a.annotator_id, annotation_id=labelled.annotation_id, lease_seconds=LEASE
+            project.engine, annotator_id=a.annotator_id, annotation_id=labelled, lease_seconds=LEASE
         )
         == image
     )
