@@ -270,7 +270,11 @@ def _run(project: Project, *, port: int | None, with_worker: bool, host: str) ->
             print(f"the app did not start (exit code {served.app.returncode}); see its messages above", file=sys.stderr)
             return served.app.returncode or 1
         where = "" if is_loopback(host) else f", listening on {host} with login"
-        print(f"Latent Labeller: {served.url}{where}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})")
+        # Flushed: under systemd, docker or a pipe, stdout is block-buffered and the URL would wait for exit.
+        print(
+            f"Latent Labeller: {served.url}{where}  (Ctrl-C stops the app{' and its worker' if with_worker else ''})",
+            flush=True,
+        )
         while served.app.poll() is None:
             if served.worker is not None and served.worker.poll() is not None:
                 code = served.worker.returncode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -46,14 +47,22 @@ def test_serve_runs_the_app_and_a_worker_and_a_signal_stops_both(tmp_path, stop_
             "--port",
             str(port),
         ],
-        env=worker_environment(),
+        # Buffered as under systemd or docker: the URL line must be flushed by serve itself.
+        env={name: value for name, value in worker_environment().items() if name != "PYTHONUNBUFFERED"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         preexec_fn=_ignore_sigint if started_in_background else None,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(served.stdout), daemon=True)
+    reader.start()
+    url_line = f"Latent Labeller: http://localhost:{port}"
     try:
-        wait_for(lambda: _health(port), 120, "the app to answer its health check", interval=0.5)
+        # Signalled once the URL is printed, as a user would: serve prints it after its own health check,
+        # which can finish after ours on a loaded machine.
+        wait_for(lambda: any(url_line in line for line in lines), 120, "serve to print the app's URL", interval=0.5)
+        assert _health(port)
         ping = enqueue(project, "ping")
         wait_for_status(project, ping, (JobStatus.SUCCEEDED,), timeout=60)  # the worker runs jobs
         served.send_signal(stop_signal)
@@ -61,8 +70,7 @@ def test_serve_runs_the_app_and_a_worker_and_a_signal_stops_both(tmp_path, stop_
     finally:
         if served.poll() is None:
             served.kill()
-    output = served.stdout.read()
-    assert f"http://localhost:{port}" in output
+    reader.join(timeout=10)
     assert not _health(port)
     # No worker is left behind: a new job stays queued.
     orphan_check = enqueue(project, "ping")
