@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db.engine import unit_of_work
+from db.queries import app_views
 from db.queries.annotations import current_labels, recent_annotations
 from db.queries.annotators import get_or_create_annotator
 from db.queries.queue import claimed_images
@@ -256,9 +257,21 @@ def test_windows_of_two_annotators_never_share_an_image_and_refill(project: Proj
     # Leaving the Label page gives the look-ahead back: the next annotator gets those images first.
     held = {i.image_id for i in again.window}
     again.release_window(project.engine)
-    assert claimed_images_of(project, again.annotator_id) == []
+    # Only its own: the first session (another tab) keeps the two images past the new one's window.
+    assert claimed_images_of(project, again.annotator_id) == [i.image_id for i in ann.window][len(held) :]
     cy = new_session(project, "cy")
     assert held <= {i.image_id for i in cy.window}
+
+
+def test_leaving_the_label_page_in_one_tab_keeps_the_other_tabs_images(project: Project) -> None:
+    first_tab = new_session(project, "ann")
+    mine = {item.image_id for item in first_tab.window}
+    # The annotator's second tab holds an image the first never had (claimed while the first was away).
+    other = next(image for image in range(1, 100) if image not in mine)
+    with unit_of_work(project.engine) as session:
+        assert app_views.claim_image(session, image_id=other, annotator_id=first_tab.annotator_id, lease_seconds=LEASE)
+    first_tab.release_window(project.engine)
+    assert claimed_images_of(project, first_tab.annotator_id) == [other]
 
 
 def test_card_data_sends_each_image_once_per_card_and_the_taxonomy_keys(project: Project) -> None:

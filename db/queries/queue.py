@@ -31,7 +31,7 @@ transaction and is then re-checked), so no image is leased to two annotators at 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -254,9 +254,13 @@ def release_claim(session: Session, image_id: int, annotator_id: int) -> bool:
     return result.rowcount > 0
 
 
-def release_claims(session: Session, annotator_id: int) -> int:
-    """Give back every image the annotator holds (sign-out, strategy change); returns how many."""
-    return session.execute(delete(Claim).where(Claim.annotator_id == annotator_id)).rowcount
+def release_claims(session: Session, annotator_id: int, image_ids: Collection[int] | None = None) -> int:
+    """Give back the images the annotator holds, only ``image_ids`` when given (one tab's window: the
+    annotator's other tabs keep theirs); returns how many."""
+    condition = Claim.annotator_id == annotator_id
+    if image_ids is not None:
+        condition = condition & Claim.image_id.in_(list(image_ids))
+    return session.execute(delete(Claim).where(condition)).rowcount
 
 
 def purge_expired_claims(session: Session, now: datetime | None = None) -> int:

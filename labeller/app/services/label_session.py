@@ -40,7 +40,6 @@ from db.queries.queue import (
     DEFAULT_AUDIT_EVERY,
     STRATEGIES,
     claimed_images,
-    release_claim,
     release_claims,
     serve_next,
 )
@@ -440,8 +439,7 @@ class LabelSession:
     def change_strategy(self, engine: Engine, strategy: str) -> None:
         """A new queue order: give back the window's claims and start again."""
         with unit_of_work(engine) as session:
-            for item in self.window:
-                release_claim(session, item.image_id, self.annotator_id)
+            release_claims(session, self.annotator_id, [item.image_id for item in self.window])
         self.strategy = strategy
         self.window = []
         self.reset += 1
@@ -449,11 +447,12 @@ class LabelSession:
     # --- window
 
     def release_window(self, engine: Engine) -> None:
-        """Give back the annotator's claims (they left the Label page); the window refills on their return."""
+        """Give back this window's claims (they left the Label page); the window refills on their return.
+        Only this window's: the annotator's other tabs keep labelling theirs."""
         if not self.window:
             return
         with unit_of_work(engine) as session:
-            release_claims(session, self.annotator_id)
+            release_claims(session, self.annotator_id, [item.image_id for item in self.window])
         self.window = []
         self.reset += 1
 
