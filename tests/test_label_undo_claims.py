@@ -158,6 +158,26 @@ def test_an_image_decided_in_another_tab_leaves_this_tabs_window_and_is_not_clai
     assert _holder(project, image) is None
 
 
+def test_a_refill_leaves_the_images_the_annotators_other_tabs_hold(project: Project) -> None:
+    """Two tabs of one annotator label different images: a refill passes over the annotator's claims that
+    are not in its window (two tabs on one image would both decide it, and their claims deadlocked on
+    PostgreSQL: found by benchmarks/concurrent_labelling.py)."""
+    with unit_of_work(project.engine) as session:
+        tax = common.load_taxonomy(session)
+    a = _annotator(project, "a")
+    tab = LabelSession(a, "entropy")
+    tab.refill(project.engine, lease_seconds=LEASE)
+    window = [item.image_id for item in tab.window]
+    with unit_of_work(project.engine) as session:  # the other tab holds every other image
+        elsewhere = set(session.scalars(select(Image.id).where(Image.id.not_in(window))))
+        for image in elsewhere:
+            assert app_views.claim_image(session, image_id=image, annotator_id=a, lease_seconds=LEASE)
+    label = _op("label", window[0], step=1, main=tax.main_classes[0].id)
+    assert tab.receive(project.engine, {"ops": [label]}, tax, lease_seconds=LEASE)[0].status == "applied"
+    tab.refill(project.engine, lease_seconds=LEASE)
+    assert [item.image_id for item in tab.window] == window[1:]
+
+
 def test_an_undo_is_refused_once_someone_else_labelled_the_image_except_on_the_audit_slice(project: Project) -> None:
     """A skips an image, the queue hands it to B, B labels it: A's undo (card or Recent list) is refused and
     withdraws nothing, since it would put the image back on A's card as served (found by

@@ -507,6 +507,10 @@ class LabelSession:
                 ]
                 kept = self._pass_over_unreadable(session, kept, passed)
             next_position = len(self.window)  # new images' leases end after the renewed ones, in order
+            # The queue hands me my own claims back (a reload resumes them); here those are my other tabs'
+            # images. Passed over: two tabs showing one image would both decide it, and re-claiming a row
+            # the other tab is renewing deadlocked the two refills on PostgreSQL.
+            held_elsewhere = claimed_images(session, self.annotator_id, now) if len(kept) < size else []
             while len(kept) < size:
                 has_audit = any(item.audit for item in kept)
                 served = serve_next(
@@ -517,7 +521,7 @@ class LabelSession:
                     lease_seconds=lease_seconds + next_position / 1000,
                     now=now,
                     audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
-                    exclude=[item.image_id for item in kept] + passed,
+                    exclude=[item.image_id for item in kept] + passed + held_elsewhere,
                 )
                 if served is None:
                     break
