@@ -14,6 +14,7 @@ from db.engine import unit_of_work
 from db.queries import app_views
 from db.queries.annotations import AnnotationError, current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
+from db.queries.queue import release_claim
 from db.schema import Annotation, Claim, Image
 from labeller.app.services import common, label_session
 from labeller.app.services.label_session import LabelSession
@@ -106,7 +107,7 @@ def test_recent_list_undo_while_another_annotator_holds_the_image(project: Proje
     assert _holder(project, image) == b and _labelled(project, image)
     # Once B lets it go, the same undo works and brings the image back to A.
     with unit_of_work(project.engine) as session:
-        app_views.drop_claims(session, [image], b)
+        assert release_claim(session, image, b)
     assert (
         label_session.undo_from_history(
             project.engine, annotator_id=a.annotator_id, annotation_id=annotation, lease_seconds=LEASE

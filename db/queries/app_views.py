@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import Select, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.engine import upsert_insert
@@ -113,10 +113,6 @@ def renew_claim(
         .returning(Claim)
     )
     return session.scalars(statement, execution_options={"populate_existing": True}).one_or_none()
-
-
-def drop_claims(session: Session, image_ids: Sequence[int], annotator_id: int) -> None:
-    session.execute(delete(Claim).where(Claim.image_id.in_(image_ids), Claim.annotator_id == annotator_id))
 
 
 def _current_label_exists(image_column) -> Select:  # type: ignore[no-untyped-def]

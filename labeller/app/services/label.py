@@ -1,4 +1,4 @@
-"""The Label page's one-image operations: claim, decide, undo, release, correct, bulk label."""
+"""The Label page's one-image operations: claim, decide, correct, bulk label, and the image card."""
 
 from __future__ import annotations
 
@@ -116,12 +116,6 @@ def decide_and_advance(
         annotation_id = annotation.id  # recording it also released my claim on the image
         upcoming = _claim_next(session, annotator_id=annotator_id, strategy=strategy, lease_seconds=lease_seconds)
     return StepResult(annotation_id, upcoming)
-
-
-def release(engine: Engine, *, annotator_id: int, image_id: int) -> None:
-    """Give back my claim on an image I will not label now (e.g. the queue order changed)."""
-    with unit_of_work(engine) as session:
-        app_views.drop_claims(session, [image_id], annotator_id)
 
 
 def correct_annotation(engine: Engine, *, annotator_id: int, image_id: int, decision: Decision) -> int:

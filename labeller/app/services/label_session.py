@@ -493,8 +493,9 @@ class LabelSession:
                     renewed[item.image_id] = replace(item, source=source, served_strategy=served_strategy)
             kept = [renewed[item.image_id] for item in self.window if item.image_id in renewed]
             passed: list[int] = []  # unreadable images the queue offered: not offered again in this refill
+            # Everything I hold: a new window (a reload) resumes it; otherwise it is my other tabs' images.
+            held = claimed_images(session, self.annotator_id, now)
             if not self.window:
-                held = claimed_images(session, self.annotator_id)[:size]
                 kept = [
                     WindowItem(
                         image_id,
@@ -503,14 +504,10 @@ class LabelSession:
                         False,
                         *served_by_claim(session, image_id, self.annotator_id),
                     )
-                    for image_id in held
+                    for image_id in held[:size]
                 ]
                 kept = self._pass_over_unreadable(session, kept, passed)
             next_position = len(self.window)  # new images' leases end after the renewed ones, in order
-            # The queue hands me my own claims back (a reload resumes them); here those are my other tabs'
-            # images. Passed over: two tabs showing one image would both decide it, and re-claiming a row
-            # the other tab is renewing deadlocked the two refills on PostgreSQL.
-            held_elsewhere = claimed_images(session, self.annotator_id, now) if len(kept) < size else []
             while len(kept) < size:
                 has_audit = any(item.audit for item in kept)
                 served = serve_next(
@@ -521,7 +518,10 @@ class LabelSession:
                     lease_seconds=lease_seconds + next_position / 1000,
                     now=now,
                     audit_every=0 if has_audit else DEFAULT_AUDIT_EVERY,
-                    exclude=[item.image_id for item in kept] + passed + held_elsewhere,
+                    # The queue hands me my own claims back (that is how a reload resumes them); my other
+                    # tabs' images are passed over: two tabs showing one image would both decide it, and
+                    # re-claiming a row the other tab renews deadlocked the two refills on PostgreSQL.
+                    exclude=[item.image_id for item in kept] + passed + held,
                 )
                 if served is None:
                     break
