@@ -18,7 +18,19 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from core.registry import AUTO, DEFAULT_MODEL, DEFAULT_STRATEGY
+from core.registry import (
+    AUTO,
+    DEFAULT_BALANCE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASSIFIER,
+    DEFAULT_CONSISTENCY,
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_FEATURE_VIEW,
+    DEFAULT_MODEL,
+    DEFAULT_ROUND_SIZE,
+    DEFAULT_STRATEGY,
+)
 from db.engine import make_engine, sqlite_url
 
 SETTINGS_FILE = "labeller.toml"
@@ -36,6 +48,8 @@ class ProjectError(Exception):
 class LabellingSettings:
     default_strategy: str = DEFAULT_STRATEGY
     claim_lease_seconds: int = 600
+    # Images per queue round (core.registry.DEFAULT_ROUND_SIZE); `labeller evaluate` simulates rounds of it.
+    round_size: int = DEFAULT_ROUND_SIZE
     audit_fraction: float = 0.05
     blur_images: bool = True
     greyscale_images: bool = False
@@ -52,20 +66,18 @@ class TrainingSettings:
     # backbone's features for colour photos: labeller.inputs), pixels, or a backbone of core.backbones.
     backbone: str = AUTO
     backbone_weights: str = ""  # a local weights file for the backbone (e.g. a fine-tuned VGG16); "": its own
-    feature_view: str = "centre"  # centre, or centre_flip (mean of the crop and its mirror image)
+    feature_view: str = DEFAULT_FEATURE_VIEW  # centre, or centre_flip (mean of the crop and its mirror image)
     image_size: int = 0  # pixel models' input side; 0: read from the images (labeller.inputs)
     channels: int = 0  # 1 reads images as greyscale, 3 as colour; 0: read from the images
-    epochs: int = 30
-    batch_size: int = 64
-    # M2's consistency and prior-matching weights (core.training.TrainConfig). Consistency 20 measured best on
-    # digits (pixels: 89.9% -> 94.0% at 50 random labels) and on hymenoptera features (94.4 -> 94.8% at 20).
-    # Balance assumes balanced leaves: auto turns it on (20) only when the labelled leaves are balanced.
-    consistency: float = 20.0
-    balance: float | str = AUTO
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    # M2's consistency and prior-matching weights (core.training.TrainConfig; why these: core.registry).
+    consistency: float = DEFAULT_CONSISTENCY
+    balance: float | str = DEFAULT_BALANCE
     # q(y|x): auto (a CNN), cnn, mlp, colour, cnn_colour or vgg16 (core.nets.build_classifier). On ants vs
     # bees photos, colour reached 71.7% with 100 random labels; the CNN reached 68.4% with all 244.
-    classifier: str = "auto"
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    classifier: str = DEFAULT_CLASSIFIER
+    device: str = DEFAULT_DEVICE  # auto, cpu, cuda, cuda:1, ...
     auto_retrain_every: int = 0  # queue a train job after this many new labels; 0: never
     heartbeat_timeout_seconds: int = 60
     requeue_stale_jobs: bool = False  # a dead worker's job: re-queue it instead of failing it

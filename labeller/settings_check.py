@@ -96,6 +96,7 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("training", "channels"): lambda value: None if value in (0, 1, 3) else f"must be 0 (auto), 1 or 3, got {value}",
     ("labelling", "claim_lease_seconds"): _between(MIN_CLAIM_LEASE_SECONDS, MAX_CLAIM_LEASE_SECONDS),
     ("labelling", "audit_fraction"): _between(0, 1),
+    ("labelling", "round_size"): _between(1, 1000),
     ("labelling", "break_reminder_minutes"): _at_least(0),
     ("labelling", "daily_exposure_limit"): _at_least(0),
     ("training", "epochs"): _at_least(1),

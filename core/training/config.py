@@ -16,7 +16,21 @@ from core.data import FeatureScaler, to_float
 from core.density import LatentDensity
 from core.features import VIEWS
 from core.models import LIKELIHOODS
-from core.registry import AUTO, CLASSIFIER_KINDS, DEFAULT_MODEL, INPUT_KINDS, MODEL_KINDS, PIXELS
+from core.registry import (
+    AUTO,
+    CLASSIFIER_KINDS,
+    DEFAULT_BALANCE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASSIFIER,
+    DEFAULT_CONSISTENCY,
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_FEATURE_VIEW,
+    DEFAULT_MODEL,
+    INPUT_KINDS,
+    MODEL_KINDS,
+    PIXELS,
+)
 from core.taxonomy import Taxonomy
 
 CLASSIFIERS = (AUTO, *CLASSIFIER_KINDS)
@@ -39,10 +53,10 @@ class TrainConfig:
     # (core.backbones; computed by core.features before fit). Recorded so that scoring feeds the same input.
     backbone: str = PIXELS
     backbone_weights: str | None = None  # a local weights file the features were computed with
-    feature_view: str = "centre"  # core.features.VIEWS
-    epochs: int = 30  # semi-supervised (or supervised) phase
+    feature_view: str = DEFAULT_FEATURE_VIEW  # core.features.VIEWS
+    epochs: int = DEFAULT_EPOCHS  # semi-supervised (or supervised) phase
     m1_epochs: int | None = None  # VAE pre-training of m1 / m1m2; None: same as epochs
-    batch_size: int = 64  # unlabelled images per step (and per rank under DDP)
+    batch_size: int = DEFAULT_BATCH_SIZE  # unlabelled images per step (and per rank under DDP)
     labelled_batch_size: int = 32  # labelled images per step, drawn with replacement
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -51,22 +65,22 @@ class TrainConfig:
     m1_latent_dim: int = 32  # M1's z in m1m2
     arch: str = "auto"  # a key of core.nets.ARCHITECTURES, or auto: conv for >= 32 px, else mlp
     # core.registry.CLASSIFIER_KINDS; auto: linear on features, cnn on pixels (3x3 convs under 32 px)
-    classifier: str = AUTO
+    classifier: str = DEFAULT_CLASSIFIER
     vgg16_weights: str | None = None  # local VGG16 state_dict to start the classifier from
     dropout: float = 0.3
     # Weight of the consistency term of M2 (models.consistency_loss): q(y|x) of each unlabelled image is
     # pulled towards q(y|view), the view being one of its pixel-space nearest neighbours ("neighbour") or a
     # re-augmented copy ("augment"); auto: neighbours for tiny images, augmentation for photos.
-    consistency: float = 0.0
+    consistency: float = DEFAULT_CONSISTENCY
     consistency_view: str = "auto"
     neighbours: int = 7
     # Weight of M2's prior-matching term (models.prior_mismatch): the mean q(y|x) of each unlabelled batch
     # is pulled towards p(y), uniform over the leaves. Use it when the leaves are roughly balanced; "auto":
     # AUTO_BALANCE when the labelled leaves are balanced (balanced_leaves), else 0.
-    balance: float | str = 0.0
+    balance: float | str = DEFAULT_BALANCE
     likelihood: str = "auto"  # bernoulli or gaussian (learned scale); auto: gaussian (measured best on digits)
     augment: str = "auto"  # none, shift, crop_flip; auto: none under SMALL_IMAGE_SIDE px, crop_flip for photos
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     amp: bool = True  # mixed precision on cuda (bf16 where supported); ignored on cpu
     seed: int = 0
     patience: int = 10  # epochs without validation improvement before stopping
