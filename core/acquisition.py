@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from core.registry import COVERAGE_METHODS, SCORE_STRATEGIES, STRATEGIES
+from core.registry import COVERAGE_METHODS, DIVERSITY_FACTOR, SCORE_STRATEGIES, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ class ScoreStrategy:
     name: str
     diversify: bool = True
     # The batch is drawn from the diversity_factor * n most uncertain candidates.
-    diversity_factor: int = 5
+    diversity_factor: int = DIVERSITY_FACTOR
     # Share of each batch chosen for coverage instead: the candidates farthest in latent space from every
     # labelled image. Uncertainty alone never asks about a class the model has not seen (it is confidently
     # wrong there); these picks find such regions.
@@ -271,45 +271,57 @@ class ScoreStrategy:
         explored = np.empty(0, dtype=np.int64)
         if latent is not None and self.exploration > 0 and n > 0:
             count = min(n, len(candidates), int(np.ceil(self.exploration * n)))
-            latent = np.asarray(latent)
-            if self.coverage == "typical":
-                explored = typical_coverage(latent, candidates, labelled, count, rng=rng)
-            else:
-                has_labels = labelled is not None and len(labelled)
-                centres = latent[np.asarray(labelled, dtype=np.int64)] if has_labels else None
-                explored = candidates[k_center_greedy(latent[candidates], count, rng=rng, centres=centres)]
+            explored = self.coverage_picks(latent, candidates, labelled, count, rng=rng)
             candidates = candidates[~np.isin(candidates, explored)]
-            n -= count
-        return np.concatenate([self._most_uncertain(scores, candidates, n, rng=rng, latent=latent), explored])
+            n -= len(explored)
+        uncertain = self.diversified(self.ranked(scores, candidates, rng=rng), n, rng=rng, latent=latent)
+        return np.concatenate([uncertain, explored])
 
-    def _most_uncertain(
+    def coverage_picks(
         self,
-        scores: UncertaintyScores,
+        latent: np.ndarray,
         candidates: np.ndarray,
-        n: int,
+        labelled: np.ndarray | None,
+        count: int,
         *,
         rng: np.random.Generator,
-        latent: np.ndarray | None,
     ) -> np.ndarray:
-        if n <= 0 or len(candidates) == 0:
+        """``count`` candidates for the coverage share, most useful first (see ``coverage``)."""
+        count = min(count, len(candidates))
+        if count <= 0:
             return np.empty(0, dtype=np.int64)
+        latent = np.asarray(latent)
+        if self.coverage == "typical":
+            return typical_coverage(latent, candidates, labelled, count, rng=rng)
+        centres = latent[np.asarray(labelled, dtype=np.int64)] if labelled is not None and len(labelled) else None
+        return candidates[k_center_greedy(latent[candidates], count, rng=rng, centres=centres)]
+
+    def ranked(self, scores: UncertaintyScores, candidates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        """``candidates``, most uncertain first by this strategy's score column; ties in random order."""
         priority = scores.column(self.name)[candidates]
         # Random order first, then a stable sort: ties are broken at random, not by pool position.
         shuffled = rng.permutation(len(candidates))
-        ranked = candidates[shuffled[np.argsort(-priority[shuffled], kind="stable")]]
+        return candidates[shuffled[np.argsort(-priority[shuffled], kind="stable")]]
+
+    def diversified(
+        self, ranked: np.ndarray, n: int, *, rng: np.random.Generator, latent: np.ndarray | None
+    ) -> np.ndarray:
+        """``n`` of ``ranked`` (most uncertain first): the top ``n``, or, diversified, k-centre in ``latent``
+        over the top ``diversity_factor x n`` starting from the most uncertain, so that "next 20" is not 20
+        near-copies of one confusing image."""
+        if n <= 0 or len(ranked) == 0:
+            return np.empty(0, dtype=np.int64)
         if latent is None or not self.diversify or n <= 1:
             return ranked[:n]
         top = ranked[: max(n, self.diversity_factor * n)]
-        # Start from the most uncertain image, then farthest-first among the shortlist.
-        picks = k_center_greedy(np.asarray(latent)[top], n, rng=rng, first=0)
-        return top[picks]
+        return top[k_center_greedy(np.asarray(latent)[top], n, rng=rng, first=0)]
 
 
 def get_strategy(
     name: str,
     *,
     diversify: bool = True,
-    diversity_factor: int = 5,
+    diversity_factor: int = DIVERSITY_FACTOR,
     exploration: float = 0.0,
     coverage: str = "farthest",
 ) -> QueryStrategy:
@@ -331,6 +343,16 @@ def get_strategy(
     )
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """The order a strategy hands out the pool in: ``order`` (pool row indices, served first to last) and
+    which of them are coverage picks (``coverage``, a subset of ``order``); the rest are uncertainty picks
+    (or, without a model, the cold start's)."""
+
+    order: np.ndarray
+    coverage: np.ndarray
+
+
 def rank_pool(
     strategy: QueryStrategy,
     scores: UncertaintyScores | None,
@@ -341,25 +363,56 @@ def rank_pool(
     round_size: int,
     latent: np.ndarray | None = None,
     labelled: np.ndarray | None = None,
-) -> np.ndarray:
-    """The order in which ``strategy`` hands out ``candidates``: its first ``limit`` picks, arranged in rounds
-    of ``round_size`` so that every round carries its share of coverage picks (as a simulated round of
-    ``labeller evaluate`` does), most useful first within a round.
+) -> Ranking:
+    """The order in which ``strategy`` hands out ``candidates``: its first ``limit`` picks, in rounds of
+    ``round_size``, as ``labeller evaluate`` simulates them one round per retrain.
+
+    Each round of a score strategy takes its coverage share (``exploration x round_size``) from one
+    coverage ranking made once for the whole call (k-means once per job, not once per round: at a million
+    images per-round clustering is hours), and the rest from the ``diversity_factor x rest`` most uncertain
+    candidates not yet handed out, spread by k-centre in ``latent`` from the most uncertain one. So the
+    head of the queue is the head of the uncertainty ranking, however long the queue: a single diversified
+    query over ``limit`` images would shortlist ``diversity_factor x limit`` (the whole pool) and become a
+    farthest-first walk that ignores uncertainty.
 
     The app's queue serves this order (stored as each prediction's ``queue_rank`` by the train and score
-    jobs), and ``labeller evaluate`` simulates each round with this same function, so what is measured is
-    what annotators get."""
-    picks = strategy.query(scores, candidates, min(limit, len(candidates)), rng=rng, latent=latent, labelled=labelled)
-    share = getattr(strategy, "exploration", 0.0)
-    if share <= 0 or len(picks) <= round_size:
-        return picks
-    # query() returns the uncertain picks, then the coverage picks: interleave them round by round.
-    explored_count = min(len(picks), int(np.ceil(share * len(picks))))
-    uncertain, explored = list(picks[: len(picks) - explored_count]), list(picks[len(picks) - explored_count :])
-    per_round = max(1, round(share * round_size))
+    jobs), and ``labeller evaluate`` calls it once per simulated round, so what is measured is what
+    annotators get."""
+    candidates = _validate(candidates, limit)
+    if round_size < 1:
+        raise ValueError(f"round_size must be >= 1, got {round_size}")
+    limit = min(limit, len(candidates))
+    none = np.empty(0, dtype=np.int64)
+    if not isinstance(strategy, ScoreStrategy) or scores is None:
+        return Ranking(strategy.query(scores, candidates, limit, rng=rng, latent=latent, labelled=labelled), none)
+    rounds = -(-limit // round_size)
+    covering = latent is not None and strategy.exploration > 0
+    per_round = min(round_size, int(np.ceil(strategy.exploration * round_size))) if covering else 0
+    # A quarter more than the rounds need: an uncertainty pick may take a coverage pick first.
+    wanted = per_round * rounds + (per_round * rounds) // 4
+    coverage = strategy.coverage_picks(latent, candidates, labelled, wanted, rng=rng) if per_round else none
+    ranked = strategy.ranked(scores, candidates, rng=rng)
+    # Every pick lies within this head: a round takes at most round_size from the top diversity_factor x
+    # round_size of what is left, and at most limit images are taken in all.
+    ranked = ranked[: limit + len(coverage) + strategy.diversity_factor * round_size]
+    taken: set[int] = set()
     order: list[int] = []
-    while uncertain or explored:
-        take = min(len(uncertain), round_size - min(per_round, len(explored)))
-        order += uncertain[:take] + explored[: round_size - take]
-        uncertain, explored = uncertain[take:], explored[round_size - take :]
-    return np.array(order, dtype=np.int64)
+    is_coverage: list[int] = []
+    next_coverage = 0
+    while len(order) < limit:
+        size = min(round_size, limit - len(order))
+        covered: list[int] = []
+        while next_coverage < len(coverage) and len(covered) < min(per_round, size):
+            pick = int(coverage[next_coverage])
+            next_coverage += 1
+            if pick not in taken:
+                covered.append(pick)
+                taken.add(pick)
+        remaining = np.array([row for row in ranked if row not in taken], dtype=np.int64)
+        uncertain = strategy.diversified(remaining, size - len(covered), rng=rng, latent=latent)
+        if len(uncertain) + len(covered) == 0:
+            break
+        taken.update(int(row) for row in uncertain)
+        order += [int(row) for row in uncertain] + covered
+        is_coverage += covered
+    return Ranking(np.array(order, dtype=np.int64), np.array(is_coverage, dtype=np.int64))

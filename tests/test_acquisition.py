@@ -151,30 +151,78 @@ def test_cold_start_without_a_model_is_diverse() -> None:
     assert len(cold_start(np.arange(10), 3, rng=rng())) == 3
 
 
-def test_rank_pool_is_the_strategy_order_with_coverage_picks_spread_over_every_round() -> None:
+def _product_strategy():  # the app's setting: entropy, diversified, 20% typical coverage
+    from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION, DEFAULT_STRATEGY
+
+    return get_strategy(DEFAULT_STRATEGY, diversify=True, exploration=DEFAULT_EXPLORATION, coverage=DEFAULT_COVERAGE)
+
+
+def _spread_pool(count: int = 3_000) -> tuple[np.ndarray, np.ndarray]:
+    """Latents spread over 8 clusters and uncertainties independent of them, as in a real pool."""
+    generator = np.random.default_rng(11)
+    centres = generator.normal(0.0, 4.0, size=(8, 16))
+    latent = centres[generator.integers(0, 8, count)] + generator.normal(0.0, 1.0, size=(count, 16))
+    return latent, generator.uniform(0.0, 1.0, count)
+
+
+def test_the_queue_head_is_the_head_of_the_uncertainty_ranking_however_long_the_queue() -> None:
+    # Issue 19: one diversified query over 2,000 images shortlisted the whole pool and served a farthest-first
+    # walk (the first 20 no more uncertain than the pool's mean). Ranked in rounds, the head stays uncertain.
+    latent, uncertainty = _spread_pool()
+    scores = scores_from_probabilities(np.column_stack([0.5 + (1 - uncertainty) / 2, 0.5 - (1 - uncertainty) / 2]))
+    labelled, candidates = np.arange(0, 30), np.arange(30, len(latent))
+    ranking = rank_pool(
+        _product_strategy(), scores, candidates, rng=rng(), limit=2_000, round_size=20, latent=latent, labelled=labelled
+    )
+    assert len(ranking.order) == 2_000 and len(set(ranking.order.tolist())) == 2_000
+    assert set(ranking.order.tolist()) <= set(candidates.tolist())
+    entropy = scores.entropy
+    top_100 = set(candidates[np.argsort(-entropy[candidates])][:100].tolist())
+    first_20 = ranking.order[:20]
+    assert len(set(first_20.tolist()) & top_100) >= 16
+    assert np.median(entropy[first_20]) > np.percentile(entropy[candidates], 90)
+    # Each round: its coverage share (4 of 20), and its uncertain picks from the top 5 x 16 of what remains.
+    coverage = set(ranking.coverage.tolist())
+    handed: set[int] = set()
+    for start in range(0, 2_000, 20):
+        round_rows = ranking.order[start : start + 20].tolist()
+        uncertain = [row for row in round_rows if row not in coverage]
+        # Coverage picks are ranked with a margin; only deep into a small pool (2,000 of 2,970) can they run out.
+        assert len(uncertain) == 16 if start < 1_000 else len(uncertain) >= 16, start
+        # What remains: not handed out in earlier rounds, nor taken by this round's coverage share.
+        gone = handed | (set(round_rows) & coverage)
+        remaining = [row for row in candidates[np.argsort(-entropy[candidates], kind="stable")] if row not in gone]
+        # Ties broken at random: compare with the 80th remaining entropy, not with positions.
+        threshold = entropy[remaining[5 * len(uncertain) - 1]]
+        assert (entropy[uncertain] >= threshold - 1e-12).all(), start
+        handed.update(round_rows)
+
+
+def test_every_round_carries_its_coverage_picks_into_regions_uncertainty_never_reaches() -> None:
     latent, uncertainty = _two_blobs()
     probs = np.column_stack([0.5 + (1 - uncertainty) / 2, 0.5 - (1 - uncertainty) / 2])
     scores = scores_from_probabilities(probs)
     labelled, candidates = np.arange(0, 20), np.arange(20, len(latent))
-    plain = get_strategy("entropy")
-    ranked = rank_pool(plain, scores, candidates, rng=rng(), limit=30, round_size=10, latent=latent, labelled=labelled)
-    queried = plain.query(scores, candidates, 30, rng=rng(), latent=latent, labelled=labelled)
-    assert ranked.tolist() == queried.tolist()  # without a coverage share, the order is the query's
-
+    plain = rank_pool(
+        get_strategy("entropy"), scores, candidates, rng=rng(), limit=30, round_size=10, latent=latent
+    ).order
+    assert (plain < 180).all() and len(set(plain.tolist())) == 30  # uncertainty alone stays in the near cluster
     explore = get_strategy("entropy", exploration=0.2, coverage="farthest")
-    ranked = rank_pool(
+    ranking = rank_pool(
         explore, scores, candidates, rng=rng(), limit=30, round_size=10, latent=latent, labelled=labelled
     )
-    assert len(ranked) == 30 and len(set(ranked.tolist())) == 30
-    far = ranked >= 180  # the coverage picks land in the cluster uncertainty never reaches
+    assert len(ranking.order) == 30 and len(set(ranking.order.tolist())) == 30
+    far = ranking.order >= 180  # the coverage picks land in the cluster uncertainty never reaches
     assert [int(far[start : start + 10].sum()) >= 1 for start in (0, 10, 20)] == [True, True, True]
-    # One round (what `labeller evaluate` asks for) is exactly the strategy's query.
-    one_round = rank_pool(
-        explore, scores, candidates, rng=rng(), limit=5, round_size=5, latent=latent, labelled=labelled
-    )
-    assert (
-        one_round.tolist() == explore.query(scores, candidates, 5, rng=rng(), latent=latent, labelled=labelled).tolist()
-    )
+    assert set(ranking.coverage.tolist()) <= set(ranking.order.tolist()) and len(ranking.coverage) == 6
+
+
+def test_rank_pool_without_a_model_is_the_cold_start_and_random_is_a_permutation() -> None:
+    latent, _ = _spread_pool(300)
+    cold = rank_pool(_product_strategy(), None, np.arange(300), rng=rng(), limit=40, round_size=20, latent=latent)
+    assert len(set(cold.order.tolist())) == 40 and len(cold.coverage) == 0
+    shuffled = rank_pool(get_strategy("random"), None, np.arange(300), rng=rng(), limit=300, round_size=20)
+    assert sorted(shuffled.order.tolist()) == list(range(300))
 
 
 def test_exploration_share_finds_a_region_far_from_every_labelled_image() -> None:

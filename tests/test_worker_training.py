@@ -49,44 +49,6 @@ def _queue_order(project, version_id: int | None, size: int = 5) -> list[int]:
     return order
 
 
-def _acquisition_order(predictions: list[Prediction], labelled: set[int], audit: set[int], seed: int) -> list[int]:
-    """core.acquisition.rank_pool recomputed from a version's stored scores, with the product's settings."""
-    import numpy as np
-
-    from core.acquisition import UncertaintyScores, get_strategy, rank_pool
-    from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION
-    from db.queries.models import decode_latents
-    from labeller.jobs.score import QUEUE_RANK_LIMIT, QUEUE_ROUND_SIZE
-
-    rows = sorted(predictions, key=lambda p: p.image_id)  # pool order: image ids
-    ids = np.array([p.image_id for p in rows])
-
-    def column(name: str) -> np.ndarray | None:
-        values = [getattr(p, name) for p in rows]
-        return None if any(v is None for v in values) else np.array(values, dtype=np.float64)
-
-    scores = UncertaintyScores(
-        **{
-            name: column(name)
-            for name in ("entropy", "leaf_entropy", "margin", "least_confidence", "bald", "disagreement", "novelty")
-        }
-    )
-    is_labelled = np.isin(ids, list(labelled))
-    candidates = np.flatnonzero(~is_labelled & ~np.isin(ids, list(audit)))
-    strategy = get_strategy("entropy", diversify=True, exploration=DEFAULT_EXPLORATION, coverage=DEFAULT_COVERAGE)
-    order = rank_pool(
-        strategy,
-        scores,
-        candidates,
-        rng=np.random.default_rng(seed),
-        limit=QUEUE_RANK_LIMIT,
-        round_size=QUEUE_ROUND_SIZE,
-        latent=decode_latents([p.latent_mean for p in rows]),
-        labelled=np.flatnonzero(is_labelled),
-    )
-    return ids[order].tolist()
-
-
 def _model_files(project) -> list[str]:
     return sorted(path.name for path in project.models_dir.iterdir() if path.name != "cache")
 
@@ -130,13 +92,16 @@ def test_train_score_embed_promote_and_the_queue_follows_the_model(tmp_path) -> 
         assert all(p.umap_x is not None and p.latent_mean for p in predictions)
         labelled = set(session.scalars(select(Annotation.image_id)))
         audit = set(session.scalars(select(Image.id).where(Image.audit.is_(True))))
-        expected = _acquisition_order(predictions, labelled, audit, seed=train_job.id)
-        assert version.metrics["queue"]["strategy"] == "entropy"
+        queue = version.metrics["queue"]
+        assert queue["strategy"] == "entropy" and queue["round_size"] == project.settings.labelling.round_size
+        candidates = [p for p in predictions if p.image_id not in labelled | audit]
+        assert queue["candidates"] == len(candidates) == sum(p.queue_rank is not None for p in predictions)
+        expected = [p.image_id for p in sorted(candidates, key=lambda p: p.queue_rank)]
         version_id = version.id
     assert _model_files(project) == [os.path.basename(version.checkpoint_path)]  # no temporary files left
 
     ranked = _queue_order(project, version_id)
-    # The app's queue serves exactly the order core.acquisition gives for the stored scores.
+    # The app's queue serves the stored ranking (whose uncertainty-first rounds tests/test_acquisition.py checks).
     assert ranked == expected[:5]
     assert ranked != cold_start
 

@@ -143,8 +143,23 @@ def _active_runs(
         # The app's queue order for this state (core.acquisition.rank_pool), one round of it.
         picked = rank_pool(
             strategy, scores, candidates, rng=rng, limit=step, round_size=step, latent=latent, labelled=labelled
-        )
+        ).order
         labelled = np.concatenate([labelled, picked])
+
+
+def budgets_that_fit(budgets: tuple[int, ...], pool_size: int) -> tuple[tuple[int, ...], list[dict[str, Any]]]:
+    """(the budgets a pool of ``pool_size`` images can give, a skip record for each other one).
+
+    Raises ValueError when none fits: there would be nothing to measure."""
+    fitting = tuple(budget for budget in budgets if budget <= pool_size)
+    too_big = [budget for budget in budgets if budget > pool_size]
+    if not fitting:
+        raise ValueError(
+            f"every budget ({', '.join(map(str, too_big))}) exceeds the {pool_size} labelled images in the pool: "
+            "ask for smaller budgets, or label more images"
+        )
+    reason = f"more than the {pool_size} labelled images in the pool"
+    return fitting, [{"budget": budget, "reason": reason} for budget in too_big]
 
 
 def _learner_factory(

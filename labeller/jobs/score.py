@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION
+from core.registry import DEFAULT_COVERAGE, DEFAULT_EXPLORATION, DIVERSITY_FACTOR
 from core.scoring import PoolScores
 from core.taxonomy import Taxonomy
 from db.engine import unit_of_work
@@ -29,8 +29,6 @@ SCORE_BATCH_SIZE = 256
 PROBABILITY_DIGITS = 4
 # The queue's ranked head: enough for a day of labelling between retrains; past it, score order.
 QUEUE_RANK_LIMIT = 2_000
-# A grid page: each round of this many carries its share of coverage picks, as in `labeller evaluate`.
-QUEUE_ROUND_SIZE = 20
 
 
 def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
@@ -47,18 +45,21 @@ def class_ids(session: Session) -> tuple[dict[str, int], dict[tuple[str, str], i
 
 @dataclass(frozen=True)
 class QueueRanking:
-    """What the version's ``queue_rank`` holds: ``ranks[i]`` for pool row i (-1: not ranked) and how."""
+    """What the version's ``queue_rank`` holds: ``ranks[i]`` for pool row i (-1: not ranked) and how
+    (``info``, stored as the version's ``metrics["queue"]``: the strategy, the round size, the ranked
+    candidates' count, and which queue places are coverage picks)."""
 
     ranks: np.ndarray
     info: dict[str, Any]
 
 
 def rank_queue(
-    strategy_name: str, scores: PoolScores, labelled: np.ndarray, audit: np.ndarray, seed: int
+    strategy_name: str, scores: PoolScores, labelled: np.ndarray, audit: np.ndarray, seed: int, *, round_size: int
 ) -> QueueRanking:
     """The order the app serves for ``strategy_name``: core.acquisition.rank_pool over the unlabelled images
-    outside the audit slice (those come through the audit share), with the product's diversity and coverage
-    settings. Random needs no ranking (the queue reads images in random-key order)."""
+    outside the audit slice (those come through the audit share), in rounds of ``round_size`` with the
+    product's diversity and coverage settings, the very rounds `labeller evaluate` simulates. Random needs
+    no ranking (the queue reads images in random-key order)."""
     from core.acquisition import get_strategy, rank_pool
 
     ranks = np.full(len(scores), -1, dtype=np.int64)
@@ -67,25 +68,29 @@ def rank_queue(
     strategy = get_strategy(strategy_name, diversify=True, exploration=DEFAULT_EXPLORATION, coverage=DEFAULT_COVERAGE)
     candidates = np.flatnonzero(~labelled & ~audit)
     try:
-        order = rank_pool(
+        ranking = rank_pool(
             strategy,
             scores.uncertainty(),
             candidates,
             rng=np.random.default_rng(seed),
             limit=QUEUE_RANK_LIMIT,
-            round_size=QUEUE_ROUND_SIZE,
+            round_size=round_size,
             latent=scores.latent_mean,
             labelled=np.flatnonzero(labelled),
         )
     except ValueError:  # a strategy this model has no score for (BALD without dropout): score order then
         return QueueRanking(ranks, {"strategy": None})
-    ranks[order] = np.arange(len(order))
+    ranks[ranking.order] = np.arange(len(ranking.order))
     info = {
         "strategy": strategy_name,
-        "ranked": len(order),
-        "round_size": QUEUE_ROUND_SIZE,
+        "ranked": len(ranking.order),
+        "candidates": len(candidates),
+        "round_size": round_size,
+        "diversity_factor": DIVERSITY_FACTOR,
         "exploration": DEFAULT_EXPLORATION,
         "coverage": DEFAULT_COVERAGE,
+        # Queue places (ranks) of the coverage picks: the card says "coverage pick" for them.
+        "coverage_ranks": sorted(int(rank) for rank in ranks[ranking.coverage]),
         "seed": seed,
     }
     return QueueRanking(ranks, info)
@@ -180,8 +185,14 @@ def run(context: JobContext) -> None:
         raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")
     context.report_progress({"stage": "scoring", "images": len(data.image_ids)}, force=True)
     scores = score_in_chunks(context, trained, data.pool.images)
+    labelling = project.settings.labelling
     ranking = rank_queue(
-        project.settings.labelling.default_strategy, scores, data.pool.labelled, data.audit, seed=version_id
+        labelling.default_strategy,
+        scores,
+        data.pool.labelled,
+        data.audit,
+        seed=version_id,
+        round_size=labelling.round_size,
     )
     with context.completing() as session:
         main_ids, sub_ids = class_ids(session)

@@ -363,8 +363,14 @@ def run(context: JobContext) -> None:
     # annotators never see a queue without an order.
     context.report_progress({"stage": "scoring", "images": int(data.pool.num_images)}, force=True)
     scores = score_in_chunks(context, trained, data.pool.images)
+    labelling = project.settings.labelling
     ranking = rank_queue(
-        project.settings.labelling.default_strategy, scores, data.pool.labelled, np.asarray(data.audit), context.job.id
+        labelling.default_strategy,
+        scores,
+        data.pool.labelled,
+        np.asarray(data.audit),
+        context.job.id,
+        round_size=labelling.round_size,
     )
     metrics["queue"] = ranking.info
 
