@@ -102,11 +102,13 @@ class RowPrediction:
     main_class: str | None
     leaf: str | None
     confidence: float
-    # True when the image's label was in the version's training data: its probabilities are then
-    # optimistic, not the honest held-out estimates that label-noise tools (cleanlab) assume.
+    # True when the image's label was in the version's training data (training or validation; never an
+    # audit image): its probabilities are then optimistic, not the honest held-out estimates that
+    # label-noise tools (cleanlab) assume.
     in_sample: bool
     main: dict[str, float]
     leaf_probabilities: dict[str, float]
+    # The stored scores, except "margin": the usual p1 - p2 here (stored: 1 - (p1 - p2), the queue's order).
     scores: dict[str, float | None]
 
 
@@ -276,24 +278,46 @@ class _RowContext:
                 else None,
                 strategy=label.strategy if label else None,
                 audit=image.audit,
-                prediction=self._prediction(predictions.get(image_id), label),
+                prediction=self._prediction(predictions.get(image_id), label, audit=image.audit),
             )
         self.session.expunge_all()  # the identity map would otherwise grow with every chunk
 
-    def _prediction(self, prediction: PredictionView | None, label: CurrentLabel | None) -> RowPrediction | None:
+    def _prediction(
+        self, prediction: PredictionView | None, label: CurrentLabel | None, *, audit: bool
+    ) -> RowPrediction | None:
         if prediction is None or self.version is None:
             return None
-        newest = self.version.newest_annotation_id
+        main = {str(k): float(v) for k, v in prediction.probabilities.get("main", {}).items()}
         return RowPrediction(
             model_version=self.version.name,
             main_class=prediction.main_class,
             leaf=leaf_name(prediction.main_class, prediction.sub_class) if prediction.main_class else None,
             confidence=prediction.confidence,
-            in_sample=label is not None and (newest == 0 or label.annotation_id <= newest),
-            main={str(k): float(v) for k, v in prediction.probabilities.get("main", {}).items()},
+            in_sample=self._in_sample(self.version, prediction.image_id, label, audit=audit),
+            main=main,
             leaf_probabilities={str(k): float(v) for k, v in prediction.probabilities.get("leaf", {}).items()},
-            scores=prediction.scores,
+            scores={**prediction.scores, "margin": export_margin(main, prediction.scores.get("margin"))},
         )
+
+    @staticmethod
+    def _in_sample(version: VersionView, image_id: int, label: CurrentLabel | None, *, audit: bool) -> bool:
+        if version.trained_image_ids is not None:
+            # Relabelled since, or unlabelled: still in-sample, the fit saw this image with some label.
+            return image_id in version.trained_image_ids
+        # An older version stored only its newest annotation id; training always held the audit labels out.
+        newest = version.newest_annotation_id
+        return label is not None and not audit and (newest == 0 or label.annotation_id <= newest)
+
+
+def export_margin(main: dict[str, float], stored: float | None) -> float | None:
+    """The usual margin, top main-class probability minus the second (none: 0), from the
+    probabilities the export writes beside it; the stored score (``1 - margin``, larger = more uncertain,
+    what the queue ranks by) only when a prediction has no main-class probabilities."""
+    if main:
+        top = sorted(main.values(), reverse=True)
+        # Rounded past the stored probabilities' digits: only the subtraction's float noise goes.
+        return round(top[0] - (top[1] if len(top) > 1 else 0.0), 10)
+    return None if stored is None else 1.0 - stored
 
 
 # --- paths -------------------------------------------------------------------------------------------

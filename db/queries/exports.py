@@ -42,8 +42,11 @@ class PredictionView:
 class VersionView:
     id: int
     name: str
-    # Labels up to this annotation id were in the version's training data (0: unknown, so all are in-sample).
+    # Labels up to this annotation id were in the version's training data, audit labels apart (0: unknown).
     newest_annotation_id: int
+    # The images whose labels the version was fitted on (audit held out); None for a version trained before
+    # they were stored, where only newest_annotation_id says.
+    trained_image_ids: frozenset[int] | None = None
 
 
 def model_version_view(session: Session, version_id: int | None) -> VersionView | None:
@@ -57,8 +60,12 @@ def model_version_view(session: Session, version_id: int | None) -> VersionView 
     version = session.scalar(statement.limit(1))
     if version is None:
         return None
-    newest = int((version.data_snapshot or {}).get("newest_annotation_id", 0) or 0)
-    return VersionView(version.id, version.name, newest)
+    snapshot = version.data_snapshot or {}
+    newest = int(snapshot.get("newest_annotation_id", 0) or 0)
+    trained = snapshot.get("trained_image_ids")
+    return VersionView(
+        version.id, version.name, newest, frozenset(int(i) for i in trained) if trained is not None else None
+    )
 
 
 def predictions_for_images(session: Session, version_id: int, image_ids: Iterable[int]) -> dict[int, PredictionView]:

@@ -393,6 +393,9 @@ def run(context: JobContext) -> None:
                     "num_images": int(data.pool.num_images),
                     "num_train_labels": int(train_pool.labelled.sum()),
                     "audit_held_out": len(held_out),
+                    # The images whose labels the fit saw (training or validation; audit held out): exports
+                    # flag their predictions in-sample, which an annotation-id cut-off cannot tell.
+                    "trained_image_ids": sorted(int(i) for i in np.asarray(data.image_ids)[train_pool.labelled]),
                 },
                 metrics=metrics,
                 label_count=int(data.pool.labelled.sum()),
