@@ -1,9 +1,17 @@
 """Calibration: M2's classifier grows over-confident, which ruins uncertainty ranking. A single
-temperature on the leaf logits, fitted on held-out labels, and the expected calibration error."""
+temperature on the leaf logits, fitted on held-out labels, and the expected calibration error.
+
+A temperature fitted on a handful of held-out labels, all predicted right, is minimised at T -> 0 and
+sharpens every probability (seen: 10 labels, 182 of 189 pool predictions above 99%, its 3 errors among
+them). So ``calibrate`` fits T only on enough labels that include errors, never sharpens on fewer, and
+says whether the result is backed by enough labels for people to read its percentages.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +48,54 @@ def fit_temperature(logits: torch.Tensor, admissible: torch.Tensor, max_iter: in
     # Bound it: a handful of validation labels, all classified correctly, drive T towards 0 (seen: 0.06
     # on 10 digits), which would make the model absurdly over-confident on everything else.
     return float(np.clip(temperature, 0.5, 20.0))
+
+
+# Held-out labels needed before a temperature may sharpen, and before a version's percentages are shown.
+MIN_CALIBRATION_LABELS = 30
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature a version applies, what it rests on, and whether people may read its percentages
+    (``trusted``: measured on at least MIN_CALIBRATION_LABELS held-out labels)."""
+
+    temperature: float
+    labels: int
+    errors: int
+    fitted: bool
+    trusted: bool
+    reason: str
+
+    def as_metrics(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate(logits: torch.Tensor, admissible: torch.Tensor) -> Calibration:
+    """The temperature for held-out ``logits`` (admissible leaf sets ``admissible``):
+
+    - at least MIN_CALIBRATION_LABELS labels with at least one error: fitted (``fit_temperature``);
+    - fewer labels, with errors: fitted but never below 1 (the errors justify softening, too few labels
+      justify sharpening);
+    - no errors: 1 (the NLL has no minimum above 0; T -> 0 would claim certainty nothing measured)."""
+    labels = len(logits)
+    if labels == 0:
+        return Calibration(1.0, 0, 0, False, False, "no held-out labels: T = 1")
+    top = logits.detach().argmax(dim=1)
+    errors = int((~admissible.detach()[torch.arange(labels), top]).sum())
+    trusted = labels >= MIN_CALIBRATION_LABELS
+    if errors == 0:
+        reason = f"T = 1: the {labels} held-out labels are all predicted right, so there is no error to fit on"
+        return Calibration(1.0, labels, 0, False, trusted, reason)
+    fitted = fit_temperature(logits, admissible)
+    if trusted:
+        reason = f"fitted on {labels} held-out labels ({errors} predicted wrong)"
+        return Calibration(fitted, labels, errors, True, True, reason)
+    temperature = max(fitted, 1.0)
+    reason = (
+        f"softened only (T >= 1): {labels} held-out labels ({errors} predicted wrong), fewer than the "
+        f"{MIN_CALIBRATION_LABELS} needed to sharpen"
+    )
+    return Calibration(temperature, labels, errors, True, False, reason)
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:

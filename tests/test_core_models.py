@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration import expected_calibration_error, fit_temperature
+from core.calibration import MIN_CALIBRATION_LABELS, calibrate, expected_calibration_error, fit_temperature
 from core.models import M2, VAE, classification_loss, consistency_loss, prior_mismatch, set_loss
 from core.nets import LeafConditioned, TinyConvEncoder, arch_for, build_classifier
 from core.taxonomy import Taxonomy
@@ -26,7 +26,9 @@ def make_m2(input_shape: tuple[int, ...], num_leaves: int, arch: str, likelihood
 def test_every_model_gives_finite_loss_and_shaped_outputs(model_name, image_shape):
     torch.manual_seed(0)
     taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
-    model = build_model(TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6), taxonomy, image_shape)
+    model = build_model(
+        TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6, balance=0.0), taxonomy, image_shape
+    )
     x = torch.rand(5, *image_shape)
     admissible = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
     terms = model(x[:3], x, admissible)
@@ -120,6 +122,41 @@ def test_temperature_recovers_a_known_temperature():
     assert temperature == pytest.approx(3.0, rel=0.1)
 
 
+def _held_out(count: int, *, scale: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` held-out logits over 5 leaves, over-confident by ``scale``, with labels drawn from the truth."""
+    rng = torch.Generator().manual_seed(seed)
+    true_logits = torch.randn(count, 5, generator=rng) * 2
+    targets = torch.multinomial(true_logits.softmax(-1), 1, generator=rng).squeeze(1)
+    return true_logits * scale, torch.nn.functional.one_hot(targets, 5).bool()
+
+
+def test_a_few_held_out_labels_all_predicted_right_never_sharpen_the_model() -> None:
+    # Issue 19: 10 validation labels, all right, fitted T -> 0 (clipped to 0.5) and every pool prediction went
+    # above 99%. Ten right answers are no evidence of near-certainty.
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0, 0.0]]).repeat(10, 1) + torch.randn(10, 5) * 0.1
+    admissible = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 5).bool()
+    calibration = calibrate(logits, admissible)
+    assert calibration.temperature == 1.0 and calibration.errors == 0 and not calibration.trusted
+    assert "all predicted right" in calibration.reason
+
+
+def test_too_few_held_out_labels_may_soften_but_never_sharpen() -> None:
+    under_confident, admissible = _held_out(12, scale=0.3)  # a fit would ask for T < 1
+    assert fit_temperature(under_confident, admissible) < 1.0
+    calibration = calibrate(under_confident, admissible)
+    assert calibration.temperature >= 1.0 and calibration.errors > 0 and not calibration.trusted
+    over_confident, admissible = _held_out(12, scale=4.0)
+    assert calibrate(over_confident, admissible).temperature > 1.0
+
+
+def test_enough_held_out_labels_with_errors_fit_the_temperature_both_ways() -> None:
+    for scale in (3.0, 0.5):
+        logits, admissible = _held_out(2_000, scale=scale)
+        calibration = calibrate(logits, admissible)
+        assert calibration.trusted and calibration.fitted and calibration.labels >= MIN_CALIBRATION_LABELS
+        assert calibration.temperature == pytest.approx(scale, rel=0.15)
+
+
 def test_expected_calibration_error():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=20000)
@@ -157,7 +194,7 @@ def test_consistency_and_balance_terms_join_the_loss_only_when_weighted(model_na
     taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
     x, view = torch.rand(6, 1, 8, 8), torch.rand(4, 1, 8, 8)
     admissible = torch.tensor([[1, 0, 0], [0, 1, 0]], dtype=torch.bool)
-    config = TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6, dropout=0.0)
+    config = TrainConfig(model=model_name, latent_dim=4, m1_latent_dim=6, dropout=0.0, consistency=0.0, balance=0.0)
     torch.manual_seed(0)
     plain = build_model(config, taxonomy, (1, 8, 8))
     torch.manual_seed(0)
@@ -214,7 +251,7 @@ def test_colour_histograms_count_colours_wherever_they_sit():
 def test_colour_classifiers_train_inside_m2(kind):
     torch.manual_seed(0)
     taxonomy = Taxonomy.from_dict({"a": ["a1", "a2"], "b": []})
-    model = build_model(TrainConfig(model="m2", classifier=kind, latent_dim=4), taxonomy, (3, 32, 32))
+    model = build_model(TrainConfig(model="m2", classifier=kind, latent_dim=4, balance=0.0), taxonomy, (3, 32, 32))
     x = torch.rand(6, 3, 32, 32)
     admissible = torch.eye(3, dtype=torch.bool)
     terms = model(x, x[:3], admissible)

@@ -52,7 +52,9 @@ def test_a_file_that_is_not_vgg16_is_refused(tmp_path):
 def test_m2_with_a_vgg16_classifier_trains_a_step(vgg16_file):
     path, _ = vgg16_file
     taxonomy = Taxonomy.from_dict({"ants": [], "bees": []})
-    config = TrainConfig(model="m2", classifier="vgg16", vgg16_weights=path, arch="conv_small", latent_dim=4)
+    config = TrainConfig(
+        model="m2", classifier="vgg16", vgg16_weights=path, arch="conv_small", latent_dim=4, balance=0.0
+    )
     model = build_model(config, taxonomy, (3, 32, 32))
     x = torch.rand(2, 3, 32, 32)
     terms = model(x, x, torch.tensor([[True, False], [False, True]]))

@@ -57,7 +57,12 @@ def build_model(
     config: TrainConfig, taxonomy: Taxonomy, image_shape: tuple[int, ...], *, load_vgg_weights: bool = True
 ) -> nn.Module:
     """A freshly initialised model as ``config`` describes it. For feature vectors (``image_shape == (D,)``)
-    the likelihood is an unbounded Gaussian (standardised features are not pixels in [0, 1])."""
+    the likelihood is an unbounded Gaussian (standardised features are not pixels in [0, 1]).
+
+    ``config.balance`` must be a number: "auto" depends on the labels (``resolve_balance``, which ``fit``
+    calls)."""
+    if config.balance == AUTO:
+        raise ValueError('balance "auto" is decided from the labels: call resolve_balance(config, pool) first')
     chosen = _resolved(config, image_shape)
     bounded = len(image_shape) == 3
     arch = arch_for(chosen["arch"])

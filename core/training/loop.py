@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.calibration import expected_calibration_error, fit_temperature, set_nll
+from core.calibration import Calibration, calibrate, expected_calibration_error, set_nll
 from core.data import FeatureScaler, LabelledPool, MappedPages, augment, rows_tensor, stratified_split, to_float
 from core.density import LatentDensity
 from core.device import autocast, eval_mode, needs_grad_scaler, resolve_device
@@ -401,16 +401,17 @@ def fit(
         "world_size": fitter.dist.world_size,
         **schedule,
     }
-    temperature = 1.0
+    calibration = Calibration(1.0, 0, 0, False, False, "no held-out labels: T = 1")
     if len(fitter.val_labelled):
         before = fitter.validation_metrics(model)
         logits, admissible = fitter.evaluate(model, fitter.val_labelled)
-        temperature = fit_temperature(logits, admissible)
-        after = fitter.validation_metrics(model, temperature)
-        metrics.update(after)
+        calibration = calibrate(logits, admissible)
+        metrics.update(fitter.validation_metrics(model, calibration.temperature))
         metrics["val_ece_uncalibrated"] = before["val_ece"]
         metrics["val_nll_uncalibrated"] = before["val_nll"]
+    temperature = calibration.temperature
     metrics["temperature"] = temperature
+    metrics["calibration"] = calibration.as_metrics()
     density = _fit_latent_density(fitter, model)
     return TrainedModel(
         model=model.eval(),
