@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from core.models import classification_loss
+from core.registry import MIN_CALIBRATION_LABELS
 
 
 def set_nll(logits: torch.Tensor, admissible: torch.Tensor) -> torch.Tensor:
@@ -48,10 +49,6 @@ def fit_temperature(logits: torch.Tensor, admissible: torch.Tensor, max_iter: in
     # Bound it: a handful of validation labels, all classified correctly, drive T towards 0 (seen: 0.06
     # on 10 digits), which would make the model absurdly over-confident on everything else.
     return float(np.clip(temperature, 0.5, 20.0))
-
-
-# Held-out labels needed before a temperature may sharpen, and before a version's percentages are shown.
-MIN_CALIBRATION_LABELS = 30
 
 
 @dataclass(frozen=True)

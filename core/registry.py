@@ -41,6 +41,10 @@ DEFAULT_CLASSIFIER = AUTO
 DEFAULT_DEVICE = AUTO
 DEFAULT_FEATURE_VIEW = "centre"
 
+# Held-out labels a version's calibration must rest on before its temperature may sharpen and before people
+# see its percentages (core.calibration.calibrate; the Label card and the Grid).
+MIN_CALIBRATION_LABELS = 30
+
 # -- q(y|x) ----------------------------------------------------------------------------------------------
 # cnn, mlp, colour and cnn_colour are built in core.nets; vgg16 is torchvision's VGG16 (a local checkpoint);
 # linear is a single layer (with dropout) on feature vectors.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from db.engine import unit_of_work
@@ -17,10 +18,11 @@ from db.queries import app_views
 from db.queries.annotations import current_labels, recent_annotations
 from db.queries.annotators import get_or_create_annotator
 from db.queries.queue import claimed_images
-from db.schema import AnnotationKind
+from db.schema import AnnotationKind, Image, ModelVersion, Prediction
 from labeller.app.label_card import KEY as CARD_KEY
 from labeller.app.services import common, label, label_session
 from labeller.app.services import data as data_service
+from labeller.app.services import grid as grid_service
 from labeller.app.services.label_session import DecisionError, LabelSession, parse_card_ops, resolve_decision
 from labeller.app.state import Identity
 from labeller.project import Project
@@ -374,8 +376,84 @@ def test_prediction_and_reason_go_to_the_card_with_a_model(project: Project) -> 
     session = new_session(project, "ann")
     data = session.card_data(project.engine, project, taxonomy(project), acks=[], hide="plain", storage="k")
     item = data["items"][0]
-    assert item["reason"] == "entropy" and item["pred"]["main"] in DIGIT_TAXONOMY
+    assert item["reason"].startswith("1st most uncertain") and item["pred"]["main"] in DIGIT_TAXONOMY
     assert item["score"] is not None and item["mv"] is not None
+
+
+def _first_items(project: Project, count: int = 2) -> list[dict[str, Any]]:
+    session = new_session(project, f"ann-{next(_ids)}")
+    return session.card_data(project.engine, project, taxonomy(project), acks=[], hide="plain", storage="k")["items"][
+        :count
+    ]
+
+
+def test_the_card_says_where_an_image_stands_in_the_uncertainty_ranking(project: Project) -> None:
+    # Issue 19: the card said "Queued by entropy, ranked" for images of entropy 0.000.
+    version = add_active_model(project)
+    item = _first_items(project, 1)[0]
+    with unit_of_work(project.engine) as session:
+        entropies = dict(
+            session.execute(
+                select(Prediction.image_id, Prediction.entropy).where(Prediction.model_version_id == version)
+            ).all()
+        )
+    place = 1 + sum(value > entropies[item["id"]] for value in entropies.values())
+    expected = f"most uncertain of {len(entropies)} unlabelled images (entropy, version {version})"
+    assert item["reason"] == f"{label_session.ordinal(place)} {expected}"
+    assert (
+        label_session.ordinal(1) == "1st"
+        and label_session.ordinal(12) == "12th"
+        and label_session.ordinal(23) == "23rd"
+    )
+
+
+def test_a_coverage_pick_of_the_ranked_queue_says_so(project: Project) -> None:
+    version = add_active_model(project)
+    with unit_of_work(project.engine) as session:
+        ranked = list(
+            session.scalars(
+                select(Prediction.image_id)
+                .where(Prediction.model_version_id == version)
+                .order_by(Prediction.entropy.desc(), Prediction.image_id)
+            )
+        )
+        for rank, image_id in enumerate(ranked):
+            session.get(Prediction, (version, image_id)).queue_rank = rank
+        session.get(ModelVersion, version).metrics = {"queue": {"strategy": "entropy", "coverage_ranks": [1]}}
+    first, second = _first_items(project)
+    assert (first["id"], second["id"]) == (ranked[0], ranked[1])
+    assert first["reason"].startswith("1st most uncertain of 40 unlabelled images")
+    assert second["reason"].startswith(f"coverage pick of version {version}'s entropy queue")
+
+
+def test_percentages_only_from_a_version_calibrated_on_enough_labels(project: Project) -> None:
+    add_active_model(project, metrics={"calibration": {"labels": 6, "trusted": False}, "val_ece": 0.2})
+    pred = _first_items(project, 1)[0]["pred"]
+    assert pred["main"] in DIGIT_TAXONOMY and pred["bars"] == []
+    assert "calibrated on 6 held-out labels" in pred["note"]
+    tiles, _ = grid_service.grid_page(project.engine, project, mode="uncertain")
+    assert tiles and all(tile.confidence == "" for tile in tiles)
+    assert "6 held-out labels" in grid_service.confidence_note(project.engine)
+
+    add_active_model(project, metrics={"calibration": {"labels": 40, "trusted": True}, "val_ece": 0.03})
+    pred = _first_items(project, 1)[0]["pred"]
+    assert pred["bars"] and pred["note"] is None and all(0 <= p <= 1 for _, p in pred["bars"])
+    tiles, _ = grid_service.grid_page(project.engine, project, mode="uncertain")
+    assert all(tile.confidence.endswith("%") for tile in tiles if tile.row.confidence is not None)
+    assert grid_service.confidence_note(project.engine) is None
+
+
+def test_an_audit_image_shows_no_prediction_and_says_it_is_the_audit_sample(project: Project) -> None:
+    add_active_model(project, metrics={"calibration": {"labels": 40, "trusted": True}})
+    with unit_of_work(project.engine) as session:
+        audit_image = session.scalars(select(Image.id).order_by(Image.id)).first()
+        session.get(Image, audit_image).audit = True
+    session = new_session(project, "auditor")
+    session.put_in_front(audit_image)
+    data = session.card_data(project.engine, project, taxonomy(project), acks=[], hide="plain", storage="k")
+    item = next(item for item in data["items"] if item["id"] == audit_image)
+    assert item["audit"] and item["pred"] is None and item["score"] is None
+    assert item["reason"].startswith("audit sample")
 
 
 def test_no_project_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

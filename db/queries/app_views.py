@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from core.registry import SCORE_STRATEGIES
 from db.engine import upsert_insert
 from db.queries.models import input_embedding
 from db.schema import (
@@ -46,6 +47,26 @@ def prediction_for(session: Session, model_version_id: int | None, image_id: int
     if model_version_id is None:
         return None
     return session.get(Prediction, (model_version_id, image_id))
+
+
+def uncertainty_place(session: Session, prediction: Prediction, strategy: str) -> tuple[int, int] | None:
+    """(place, of): the image's place by ``strategy``'s score (1 = most uncertain) among the images of its
+    model version nobody has labelled yet, and how many those are; None when the version has no such score.
+    One pass over the (model_version_id, labelled, score) index range of the unlabelled rows."""
+    if strategy not in SCORE_STRATEGIES:
+        return None
+    score = getattr(Prediction, strategy)
+    mine = getattr(prediction, strategy)
+    if mine is None:
+        return None
+    above, total = session.execute(
+        select(func.count().filter(score > mine), func.count()).where(
+            Prediction.model_version_id == prediction.model_version_id,
+            Prediction.labelled.is_(False),
+            score.is_not(None),
+        )
+    ).one()
+    return int(above) + 1, int(total)
 
 
 def claim_image(

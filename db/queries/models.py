@@ -8,6 +8,7 @@ the promotion history instead of toggling between two versions.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from core.registry import MIN_CALIBRATION_LABELS
 from db.queries.annotations import current_labels
 from db.schema import Image, InputEmbedding, ModelVersion, Prediction, utcnow
 
@@ -220,6 +222,44 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[st
     iterator = iter(rows)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+@dataclass(frozen=True)
+class CalibrationView:
+    """How far a version's probabilities may be read as percentages: ``trusted`` once its calibration rests
+    on at least MIN_CALIBRATION_LABELS held-out labels (core.calibration.calibrate records it)."""
+
+    trusted: bool
+    labels: int
+    ece: float | None
+
+    def note(self) -> str | None:
+        """Why percentages are hidden, or None when they may be shown."""
+        if self.trusted:
+            return None
+        return (
+            f"confidence not shown: calibrated on {self.labels} held-out label{'s' if self.labels != 1 else ''}, "
+            f"fewer than the {MIN_CALIBRATION_LABELS} that make its percentages meaningful"
+        )
+
+
+def version_metrics(session: Session, version_id: int) -> dict[str, Any] | None:
+    """The version's stored metrics (the session's identity map keeps a card's repeated reads cheap)."""
+    version = session.get(ModelVersion, version_id)
+    return None if version is None else version.metrics
+
+
+def version_calibration(session: Session, version_id: int) -> CalibrationView | None:
+    """The version's calibration as its train job measured it; versions trained before it was recorded are
+    judged by their number of validation labels."""
+    metrics = version_metrics(session, version_id)
+    if metrics is None:
+        return None
+    recorded = metrics.get("calibration") or {}
+    labels = int(recorded.get("labels", metrics.get("num_val_labels", 0)) or 0)
+    ece = metrics.get("val_ece")
+    trusted = bool(recorded.get("trusted", labels >= MIN_CALIBRATION_LABELS))
+    return CalibrationView(trusted, labels, float(ece) if isinstance(ece, int | float) else None)
 
 
 def update_version_metrics(session: Session, version_id: int, **entries: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -80,7 +81,9 @@ def make_app_project(root: Path, *, images: int = 40, blur: bool = False, databa
     return project
 
 
-def add_active_model(project: Project, *, seed: int = 0, checkpoint: Path | None = None) -> int:
+def add_active_model(
+    project: Project, *, seed: int = 0, checkpoint: Path | None = None, metrics: dict[str, Any] | None = None
+) -> int:
     """An active model version with predictions (scores, probabilities, UMAP coordinates) for every image.
 
     The "model" is a deterministic function of each image's digit, right 80% of the time, so that some
@@ -101,7 +104,7 @@ def add_active_model(project: Project, *, seed: int = 0, checkpoint: Path | None
             checkpoint_path=project.stored_image_path(checkpoint or project.models_dir / "missing.pt"),
             config={"model": "m2", "epochs": 1},
             data_snapshot={"labels": 0},
-            metrics={"val_accuracy": 0.8},
+            metrics=metrics if metrics is not None else {"val_accuracy": 0.8},
             label_count=0,
         )
         images = list(session.scalars(select(Image).order_by(Image.id)))

@@ -550,7 +550,9 @@ class Card {
     box.replaceChildren();
     box.appendChild(el("div", "lc-title", "Model"));
     if (!item) return;
-    if (!item.pred) {
+    if (item.audit) {
+      box.appendChild(el("div", "lc-muted", "No prediction on audit images: your label measures the model."));
+    } else if (!item.pred) {
       box.appendChild(el("div", "lc-muted", "No prediction yet: images come in cold-start order until a model is trained."));
     } else {
       const predicted = el("div", "lc-predicted");
@@ -563,11 +565,17 @@ class Card {
         bar.append(fill, el("span", "", `${name}: ${Math.round(p * 100)}%`));
         box.appendChild(bar);
       }
+      if (item.pred.note) {
+        const note = el("div", "lc-muted", item.pred.note);
+        note.dataset.testid = "lc-confidence-note";
+        box.appendChild(note);
+      }
     }
-    let why = `Queued by ${item.reason}`;
+    let why = `Why this image: ${item.reason}`;
     if (item.score !== null && item.score !== undefined) why += ` (score ${item.score.toFixed(3)})`;
-    if (item.audit) why += " · audit sample";
-    box.appendChild(el("div", "lc-muted", why));
+    const reason = el("div", "lc-muted", why);
+    reason.dataset.testid = "lc-why";
+    box.appendChild(reason);
   }
 
   renderStatus() {

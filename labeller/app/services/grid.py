@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from db.engine import reading
 from db.queries import app_views
+from db.queries import models as model_queries
 from labeller.app.services.common import active_model_version_id
 from labeller.app.services.renditions import served_thumbnail
 from labeller.project import Project
@@ -20,6 +21,8 @@ from labeller.thumbnails import Veil
 class Tile:
     row: app_views.GridRow
     file: Path
+    # The prediction's percentage, e.g. " 87%", only from a version whose calibration rests on enough labels.
+    confidence: str = ""
 
 
 def grid_page(
@@ -51,11 +54,26 @@ def grid_page(
             limit=page_size,
         )
         images = {image.id: image for image in app_views.images_by_ids(session, [row.image_id for row in rows])}
+        version_id = active_model_version_id(session)
+        calibration = model_queries.version_calibration(session, version_id) if version_id is not None else None
+        shown = calibration is not None and calibration.trusted
         tiles = [
-            Tile(row, served_thumbnail(project, images[row.image_id], None if row.image_id in unveiled else veil))
+            Tile(
+                row,
+                served_thumbnail(project, images[row.image_id], None if row.image_id in unveiled else veil),
+                f" {row.confidence:.0%}" if shown and row.confidence is not None else "",
+            )
             for row in rows
         ]
         return tiles, total
+
+
+def confidence_note(engine: Engine) -> str | None:
+    """Why the Grid shows no percentages (the active version's calibration rests on too few labels), or None."""
+    with reading(engine) as session:
+        version_id = active_model_version_id(session)
+        calibration = model_queries.version_calibration(session, version_id) if version_id is not None else None
+        return calibration.note() if calibration is not None else None
 
 
 MATCHING_LIMIT = 20_000  # "Select all that match" takes at most this many images at once

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import unit_of_work
 from db.queries import app_views, label_history, unreadable
+from db.queries import models as model_queries
 from db.queries.annotations import (
     AnnotationError,
     label_counts,
@@ -43,7 +44,7 @@ from db.queries.queue import (
     release_claims,
     serve_next,
 )
-from db.schema import Annotation, AnnotationKind, AnnotationSource, Image, ModelVersion, utcnow
+from db.schema import Annotation, AnnotationKind, AnnotationSource, Image, ModelVersion, Prediction, utcnow
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.app.services.label import Decision
@@ -634,16 +635,21 @@ def _item_payload(
     image = app_views.image_by_id(session, item.image_id)
     if image is None:
         raise LookupError(f"no image {item.image_id}")
-    prediction = app_views.prediction_for(session, item.model_version_id, item.image_id)
+    # An audit image is the unbiased sample every version is measured on: a suggestion would bias its label.
+    prediction = None if image.audit else app_views.prediction_for(session, item.model_version_id, item.image_id)
     pred = None
     score = None
     if prediction is not None:
+        calibration = model_queries.version_calibration(session, prediction.model_version_id)
+        note = calibration.note() if calibration is not None else None
         probabilities = dict((prediction.probabilities or {}).get("main", {}))
         bars = sorted(probabilities.items(), key=lambda kv: -kv[1])[:PROBABILITY_BARS]
         pred = {
             "main": taxonomy.main_name(prediction.main_class_id),
             "sub": taxonomy.sub_name(prediction.sub_class_id) if prediction.sub_class_id else None,
-            "bars": [[name, float(p)] for name, p in bars],
+            # Percentages only from a version whose calibration rests on enough held-out labels.
+            "bars": [] if note else [[name, float(p)] for name, p in bars],
+            "note": note,
         }
         if item.strategy != "random":
             value = getattr(prediction, item.strategy, None)
@@ -655,12 +661,38 @@ def _item_payload(
         "h": image.height,
         "strategy": item.strategy,
         "mv": item.model_version_id,
-        "reason": item.source.describe(item.served_strategy),
+        "reason": why_this_image(session, item, prediction, audit=bool(image.audit)),
         "score": score,
         "audit": bool(image.audit),
         "pred": pred,
         **_card_files(session, project, image, veil),
     }
+
+
+def why_this_image(session: Session, item: WindowItem, prediction: Prediction | None, *, audit: bool) -> str:
+    """The card's "why this image": the image's uncertainty place in the pool ("3rd most uncertain of 2,310
+    unlabelled images"), a coverage pick of the ranked queue, the audit sample, or what else served it."""
+    if audit:
+        return "audit sample: a random image everyone labels, to measure the model fairly (no prediction shown)"
+    served = item.source.describe(item.served_strategy)
+    strategy = item.served_strategy
+    if prediction is None or strategy is None or item.source not in (AnnotationSource.RANKED, AnnotationSource.SCORE):
+        return served
+    version = f"version {prediction.model_version_id}"
+    queue = (model_queries.version_metrics(session, prediction.model_version_id) or {}).get("queue") or {}
+    if item.source == AnnotationSource.RANKED and prediction.queue_rank in set(queue.get("coverage_ranks") or ()):
+        return f"coverage pick of {version}'s {strategy} queue: typical of a region few labels cover"
+    place = app_views.uncertainty_place(session, prediction, strategy)
+    if place is None:
+        return served
+    rank, total = place
+    return f"{ordinal(rank)} most uncertain of {total:,} unlabelled images ({strategy}, {version})"
+
+
+def ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st..."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number:,}{suffix}"
 
 
 def _card_files(session: Session, project: Project, image: Image, veil: Veil | None) -> dict[str, Path]:

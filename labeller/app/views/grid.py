@@ -160,6 +160,8 @@ bar.button(
 
 if not tiles:
     st.info("No images match.")
+elif note := grid.confidence_note(engine):
+    st.caption(f"Predictions: {note}.")
 for start in range(0, len(tiles), COLUMNS):
     columns = st.columns(COLUMNS)
     for column, tile in zip(columns, tiles[start : start + COLUMNS], strict=False):
@@ -168,7 +170,7 @@ for start in range(0, len(tiles), COLUMNS):
             image_tile(tile.file, key=f"tile-{row.image_id}", hidden_class=tile_class(project, row.image_id))
             st.caption(":green[**✓ labelled**]" if row.labelled else "unlabelled")
             predicted = taxonomy.main_name(row.predicted_main_id) if row.predicted_main_id else "-"
-            confidence = f" {row.confidence:.0%}" if row.confidence is not None else ""
+            confidence = tile.confidence
             if pick_key(row.image_id) not in st.session_state:  # a tile new to the page shows the selection
                 st.session_state[pick_key(row.image_id)] = row.image_id in selected
             # The box's value is what the annotator sees; the selection follows it. (Read here rather than
