@@ -22,6 +22,7 @@ from labeller.export import (
     MAIN_PROBABILITY_PREFIX,
     SCORE_COLUMNS,
     Taxonomy,
+    export_margin,
     label_leaf,
     leaf_name,
 )
@@ -31,7 +32,12 @@ from labeller.project import SETTINGS_FILE, Project, ProjectError, ProjectSettin
 @dataclass(frozen=True)
 class ProjectFrames:
     """``images`` (one row per image), ``labels`` (current label per labelled image), ``predictions``
-    (one row per model version and image, a column per main-class and leaf probability) and ``versions``."""
+    (one row per model version and image, a column per main-class and leaf probability) and ``versions``.
+
+    ``predictions["margin"]`` is the usual margin, as the exports write it: the top main-class probability
+    minus the second (p1 - p2; small = uncertain). The database stores 1 - (p1 - p2) under that name (larger =
+    more uncertain, the order the queue ranks by); it is used only for a prediction without main-class
+    probabilities. The other score columns are the stored scores."""
 
     images: pd.DataFrame
     labels: pd.DataFrame
@@ -40,6 +46,8 @@ class ProjectFrames:
 
 
 def read_project(root: Path | str) -> ProjectFrames:
+    """The project at ``root`` as DataFrames (``ProjectFrames``), read in one read-only transaction.
+    ``predictions["margin"]`` is the usual p1 - p2, as exported, not the stored queue score 1 - (p1 - p2)."""
     root = Path(root).resolve()
     settings_path = root / SETTINGS_FILE
     if not settings_path.is_file():
@@ -137,6 +145,7 @@ def _predictions(session) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     records = []
     for prediction, main_name, sub_name in session.execute(statement):
         probabilities = prediction.probabilities or {}
+        main = {str(k): float(v) for k, v in probabilities.get("main", {}).items()}
         records.append(
             {
                 "model_version_id": prediction.model_version_id,
@@ -145,6 +154,7 @@ def _predictions(session) -> pd.DataFrame:  # type: ignore[no-untyped-def]
                 "predicted_leaf": leaf_name(main_name, sub_name) if main_name else None,
                 "confidence": prediction.confidence,
                 **{name: getattr(prediction, name) for name in SCORE_COLUMNS},
+                "margin": export_margin(main, prediction.margin),  # p1 - p2, not the stored 1 - (p1 - p2)
                 **{MAIN_PROBABILITY_PREFIX + k: v for k, v in probabilities.get("main", {}).items()},
                 **{LEAF_PROBABILITY_PREFIX + k: v for k, v in probabilities.get("leaf", {}).items()},
             }

@@ -204,3 +204,48 @@ def test_models_compare_prints_the_paired_test(project: Project, two_versions) -
     assert "same held-out labels: B is within the noise of A on the same 12 held-out labels" in result.output
     assert "McNemar exact p = 0.25" in result.output
     assert "paired test on the same images: only the new version right on 3" in result.output  # B's reason
+
+
+def _snapshot_versions(project: Project) -> tuple[int, int]:
+    """Two versions whose data snapshots differ by a 5,000-id trained_image_ids list and a short taxonomy list."""
+    ids = []
+    with unit_of_work(project.engine) as session:
+        for trained, subs in ((list(range(1, 4991)), ["0"]), (list(range(3, 5003)), ["0", "6"])):
+            version = register_model_version(
+                session,
+                name="v",
+                model_kind="m2",
+                checkpoint_path="x.pt",
+                config={"model": "m2"},
+                data_snapshot={"newest_annotation_id": 100, "trained_image_ids": trained, "taxonomy": {"loops": subs}},
+                metrics={},
+                label_count=len(trained),
+            )
+            ids.append(version.id)
+    return ids[0], ids[1]
+
+
+def test_models_compare_shows_a_list_of_ids_by_its_length(project: Project) -> None:
+    first, second = _snapshot_versions(project)
+    result = CliRunner().invoke(cli, ["models", str(project.root), "compare", str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if "trained_image_ids" in line]
+    assert len(row) < 300, row
+    assert row.strip() == "trained_image_ids: 4,990 images -> 5,000 images (+12, -2 vs A)"
+    assert "taxonomy.loops: ['0'] -> ['0', '6']" in result.output  # a short list stays in full
+
+
+def test_train_page_comparison_shows_a_list_of_ids_by_its_length(project: Project) -> None:
+    first, second = _snapshot_versions(project)
+    _, differences = train_report.comparison_rows(train_report.compare_versions(project.engine, first, second))
+    rows = {row[""]: row for row in differences}
+    row = rows["data_snapshot: trained_image_ids"]
+    assert sum(len(str(v)) for v in row.values()) < 300, row
+    assert (row["A"], row["B"]) == ("4,990 images", "5,000 images (+12, -2 vs A)")
+    assert (rows["data_snapshot: taxonomy.loops"]["A"], rows["data_snapshot: taxonomy.loops"]["B"]) == (
+        "['0']",
+        "['0', '6']",
+    )
+    assert train_report.snapshot_list_text("trained_image_ids", [7]) == "1 image"
+    assert train_report.snapshot_list_text("labelled_images", 12) is None
+    assert train_report.snapshot_list_text("names", [str(i) for i in range(20)]) == "20 items"

@@ -344,4 +344,7 @@ def test_read_project_gives_dataframes_without_writing(project: Project, tmp_pat
     assert by_name["a1.png"].leaf == "ants/red" and pd.isna(by_name["a2.jpg"].leaf)  # partial: no leaf
     assert len(frames.predictions) == 6
     assert frames.predictions[["p_leaf:ants/red", "p_leaf:ants/black", "p_leaf:bees"]].sum(axis=1).round(6).eq(1).all()
+    # margin is the usual p1 - p2 of the main-class probabilities, as exported, not the stored 1 - (p1 - p2).
+    main = frames.predictions[["p_main:ants", "p_main:bees"]].to_numpy()
+    assert frames.predictions["margin"].to_numpy() == pytest.approx(abs(main[:, 0] - main[:, 1]), abs=1e-9)
     assert bool(frames.versions.loc[0, "active"]) and frames.versions.loc[0, "name"] == "m2-v1"

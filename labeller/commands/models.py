@@ -73,6 +73,8 @@ def compare_command(project, first: int, second: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(comparison, indent=2, default=str))
         return
+    from labeller.app.services.train_report import snapshot_list_text  # plain functions, no Streamlit
+
     click.echo(f"{'':<32} {'A = ' + str(first):>12} {'B = ' + str(second):>12} {'B - A':>10}")
     click.echo(f"{'labels':<32} {comparison['label_count']['a']:>12} {comparison['label_count']['b']:>12}")
     long_text = []
@@ -91,7 +93,13 @@ def compare_command(project, first: int, second: int, as_json: bool) -> None:
         if comparison[title]:
             click.echo(f"\n{title.replace('_', ' ')}:")
             for key, row in comparison[title].items():
-                click.echo(f"  {key}: {row['a']!r} -> {row['b']!r}")
+                a, b = row["a"], row["b"]
+                if title == "data_snapshot_differences":  # a list (trained_image_ids) by its length
+                    a_text = snapshot_list_text(key, a) or repr(a)
+                    b_text = snapshot_list_text(key, b, a) or repr(b)
+                else:
+                    a_text, b_text = repr(a), repr(b)
+                click.echo(f"  {key}: {a_text} -> {b_text}")
 
 
 def _ensure_scored(session, version_id: int) -> str:

@@ -255,13 +255,43 @@ def held_out_comparison(comparison: Mapping[str, Any]) -> str:
     return held_out_text(comparison.get("held_out") or {})
 
 
+# A data_snapshot list longer than this is shown by its length, not element by element.
+LIST_IN_FULL = 8
+
+
+def snapshot_list_text(key: str, value: object, against: object = None) -> str | None:
+    """A data_snapshot list as a comparison shows it, or None when ``value`` is no list (show it as is).
+
+    A list of ids (a key ending in ``_ids``: ``trained_image_ids`` holds thousands) is shown by its length,
+    "1,234 images", and beside B (``against``: A's list) how many ids it adds and drops; any other list
+    longer than LIST_IN_FULL by its length, "12 items"; a short one (a taxonomy's sub-classes) in full."""
+    if not isinstance(value, list | tuple):
+        return None
+    if not key.endswith("_ids") and len(value) <= LIST_IN_FULL:
+        return repr(list(value))
+    noun = ("image" if "image" in key else "id") if key.endswith("_ids") else "item"
+    text = f"{len(value):,} {noun}{'' if len(value) == 1 else 's'}"
+    if key.endswith("_ids") and isinstance(against, list | tuple):
+        try:
+            mine, theirs = set(value), set(against)
+        except TypeError:  # unhashable elements: the length alone
+            return text
+        text += f" (+{len(mine - theirs):,}, -{len(theirs - mine):,} vs A)"
+    return text
+
+
 def comparison_rows(comparison: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(metric rows with B - A, differing config and data rows), as the CLI prints them, as strings."""
+    """(metric rows with B - A, differing config and data rows), as the CLI prints them, as strings; a
+    data_snapshot list by its length (``snapshot_list_text``)."""
 
     def text(value: object) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
         return "" if value is None else str(value)
+
+    def snapshot_text(key: str, value: object, against: object = None) -> str:
+        shown = snapshot_list_text(key, value, against)
+        return text(value) if shown is None else shown
 
     labels = comparison["label_count"]
     metrics = [{"": "labels", "A": text(labels["a"]), "B": text(labels["b"]), "B - A": text(labels["b"] - labels["a"])}]
@@ -270,9 +300,11 @@ def comparison_rows(comparison: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
             continue
         metrics.append({"": key, "A": text(row["a"]), "B": text(row["b"]), "B - A": text(row["difference"])})
     differences = [
-        {"": f"{title}: {key}", "A": text(row["a"]), "B": text(row["b"])}
-        for title in ("config", "data_snapshot")
-        for key, row in comparison[f"{title}_differences"].items()
+        {"": f"config: {key}", "A": text(row["a"]), "B": text(row["b"])}
+        for key, row in comparison["config_differences"].items()
+    ] + [
+        {"": f"data_snapshot: {key}", "A": snapshot_text(key, row["a"]), "B": snapshot_text(key, row["b"], row["a"])}
+        for key, row in comparison["data_snapshot_differences"].items()
     ]
     return metrics, differences
 
