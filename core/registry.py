@@ -8,6 +8,8 @@ parameters, the database's queue) imports these names from here. The module impo
 
 from __future__ import annotations
 
+import re
+
 from core.backbones import BACKBONES
 
 AUTO = "auto"
@@ -39,6 +41,11 @@ DEFAULT_CONSISTENCY = 20.0
 DEFAULT_BALANCE: float | str = AUTO
 DEFAULT_CLASSIFIER = AUTO
 DEFAULT_DEVICE = AUTO
+# Upper bounds for a project setting or a train job: 10^20 epochs was accepted and queued a job that never
+# ends; a real run here takes tens to a few hundred epochs.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"
 DEFAULT_FEATURE_VIEW = "centre"
 
 # Held-out labels a version's calibration must rest on before its temperature may sharpen and before people
@@ -103,3 +110,13 @@ def choose_backbone(requested: str, *, channels: int, image_side: int | None) ->
         f"auto: colour photos, so features of the pretrained {DEFAULT_BACKBONE} "
         "(hymenoptera: 16-20 points above learning from pixels)"
     )
+
+
+def device_problem(spec: object) -> str | None:
+    """None when ``spec`` names a device kind core.device.resolve_device accepts, else why not.
+
+    Torch-free, so settings and the CLI can refuse ``tpu:9`` at once instead of in a failed job; whether
+    this machine has that GPU is for the worker to say (core.device)."""
+    if not isinstance(spec, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", spec.strip().lower()):
+        return f"must be {DEVICE_CHOICES_TEXT}, got {spec!r}"
+    return None

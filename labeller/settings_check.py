@@ -32,6 +32,19 @@ def _names(name: str) -> Callable[[], tuple[str, ...]]:
     return names
 
 
+def _limit(name: str) -> int:
+    """A bound from core.registry (torch-free), read when a check runs."""
+    from core import registry
+
+    return int(getattr(registry, name))
+
+
+def _device_problem(value: Any) -> str | None:
+    from core.registry import device_problem
+
+    return device_problem(value)
+
+
 def _auto_or_at_least(low: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if value == "auto":
@@ -99,8 +112,10 @@ _RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("labelling", "round_size"): _between(1, 1000),
     ("labelling", "break_reminder_minutes"): _at_least(0),
     ("labelling", "daily_exposure_limit"): _at_least(0),
-    ("training", "epochs"): _at_least(1),
-    ("training", "batch_size"): _at_least(1),
+    ("training", "epochs"): lambda value: _between(1, _limit("MAX_EPOCHS"))(value),
+    ("training", "batch_size"): lambda value: _between(1, _limit("MAX_BATCH_SIZE"))(value),
+    ("training", "classifier"): _one_of(lambda: ("auto", *_names("CLASSIFIER_KINDS")())),
+    ("training", "device"): lambda value: _device_problem(value),
     ("training", "auto_retrain_every"): _at_least(0),
     ("training", "consistency"): _at_least(0),
     ("training", "balance"): _auto_or_at_least(0),

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from core.registry import AUTO, INPUT_KINDS, MODEL_CHOICES
+from core.registry import AUTO, DEVICE_CHOICES_TEXT, INPUT_KINDS, MAX_EPOCHS, MODEL_CHOICES, device_problem
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
@@ -19,6 +19,13 @@ from labeller.project import Project
 POLL_SECONDS = 0.5
 # Say so when nothing has picked the job up after this long: the usual cause is no running worker.
 NO_WORKER_HINT_SECONDS = 15.0
+
+
+def _checked_device(value: str | None) -> str | None:
+    """Refuse a device no worker could use (tpu:9) before a job is queued for it."""
+    if value is not None and (problem := device_problem(value)):
+        raise click.BadParameter(problem, param_hint="'--device'")
+    return value
 
 
 @click.command("train")
@@ -34,8 +41,16 @@ NO_WORKER_HINT_SECONDS = 15.0
     help="pixels, or the pretrained backbone whose features the model learns from. Default: the project "
     "setting (training.backbone; auto decides from the images).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), help="Default: the project setting (training.epochs).")
-@click.option("--device", help="auto, cpu, cuda, cuda:N. Default: the project setting.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1, max=MAX_EPOCHS),
+    help="Default: the project setting (training.epochs).",
+)
+@click.option(
+    "--device",
+    callback=lambda _context, _parameter, value: _checked_device(value),
+    help=f"{DEVICE_CHOICES_TEXT}. Default: the project setting.",
+)
 @click.option(
     "--promote",
     type=click.Choice(["auto", "always", "never"]),

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.registry import AUTO, INPUT_KINDS, MODEL_CHOICES
+from core.registry import AUTO, CLASSIFIER_KINDS, INPUT_KINDS, MAX_EPOCHS, MODEL_CHOICES, device_problem
 
 PROMOTE_CHOICES = ("auto", "always", "never")
 
@@ -57,6 +57,12 @@ class TrainParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 found.append(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.epochs, int) and self.epochs > MAX_EPOCHS:
+            found.append(f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
+        if self.classifier is not None and self.classifier not in (AUTO, *CLASSIFIER_KINDS):
+            found.append(f"classifier must be auto or one of {', '.join(CLASSIFIER_KINDS)}, got {self.classifier!r}")
+        if self.device is not None and (problem := device_problem(self.device)):
+            found.append(f"device {problem}")
         if self.channels is not None and self.channels not in (1, 3):
             found.append(f"channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.config, dict):

@@ -1,0 +1,93 @@
+"""Issue 23, items 6-10: hostile inputs that crashed, hung or were accepted unchecked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from db.engine import unit_of_work
+from db.queries import jobs as job_queries
+from labeller.cli import cli
+from labeller.jobs.params import JobParamsError, TrainParams
+from labeller.project import (
+    DATABASE_PASSWORD_ENV,
+    DATABASE_URL_ENV,
+    SETTINGS_FILE,
+    ProjectError,
+    init_project,
+    open_project,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_database_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    monkeypatch.delenv(DATABASE_PASSWORD_ENV, raising=False)
+
+
+def clean_failure(arguments: list[str]) -> str:
+    """The CLI's output for a refused command: exit code 1 or 2 (usage), no traceback."""
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code in (1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+# --- item 9: settings and train options ---------------------------------------------------------------
+
+
+def test_classifier_device_and_huge_epochs_in_the_settings_are_refused_at_open(tmp_path: Path) -> None:
+    project = init_project(tmp_path / "p")
+    project.engine.dispose()
+    (project.root / SETTINGS_FILE).write_text(
+        'name = "p"\n[training]\nclassifier = "bogus"\ndevice = "tpu:9"\nepochs = 100000000000000000000\n'
+    )
+    with pytest.raises(ProjectError) as raised:
+        open_project(project.root)
+    message = str(raised.value)
+    assert "3 problem(s)" in message
+    assert "[training] classifier must be one of auto, cnn" in message
+    assert "[training] device must be auto, cpu, cuda, cuda:N or mps, got 'tpu:9'" in message
+    assert "[training] epochs must be between 1 and 10000" in message
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps", "CUDA:0"])
+def test_real_device_names_pass_the_settings_check(tmp_path: Path, device: str) -> None:
+    project = init_project(tmp_path / "p")
+    project.settings.training.device = device
+    project.settings.training.classifier = "linear"
+    project.settings.training.epochs = 10_000
+    project.save_settings()
+    project.engine.dispose()
+    assert open_project(project.root).settings.training.device == device
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--epochs", "99999999999999999999", "--epochs"),
+        ("--epochs", "10001", "--epochs"),
+        ("--device", "tpu:9", "must be auto, cpu, cuda, cuda:N or mps"),
+        ("--device", "cuda:x", "must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_train_refuses_absurd_options_and_queues_nothing(
+    tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    project = init_project(tmp_path / "p")
+    output = clean_failure(["train", str(project.root), option, value])
+    assert expected in output
+    with unit_of_work(project.engine) as session:
+        assert job_queries.list_jobs(session) == []
+
+
+def test_a_queued_job_with_absurd_parameters_fails_clearly() -> None:
+    with pytest.raises(JobParamsError) as raised:
+        TrainParams.from_params({"epochs": 10**20, "device": "tpu:9", "classifier": "bogus"})
+    message = str(raised.value)
+    assert "epochs must be at most 10000" in message
+    assert "device must be auto, cpu" in message
+    assert "classifier must be auto or one of" in message
