@@ -16,7 +16,9 @@ each of them back.
 
 Rows are streamed from the database in chunks (``yield_per``; a server-side cursor on PostgreSQL) and
 written as they come, so memory stays flat for the line formats. Files are written under a temporary
-name and renamed at the end: an interrupted export leaves no half-written file behind.
+name and renamed at the end: an interrupted export leaves no half-written file behind. Text cells of every
+CSV file that could start a formula are escaped for spreadsheets (:func:`spreadsheet_cell`); ``labeller
+import`` undoes that.
 """
 
 from __future__ import annotations
@@ -366,6 +368,41 @@ def _join_tags(tags: Sequence[str], separator: str) -> str:
     return separator.join(tags)
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): a class or an
+# annotator named "=cmd|' /C calc'!A0" would run when the export is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Columns that hold a path: escaped with "./" (still the same path) rather than a quote (another path).
+CSV_PATH_COLUMNS = frozenset({"path", "exported_file", "file_name"})
+
+
+def spreadsheet_cell(value: str) -> str:
+    """``value`` as a spreadsheet shows it, never as a formula: a leading ``'`` before ``= + - @`` tab or CR.
+    A value that already starts with quotes before one of those gets one more, so that
+    :func:`unescape_cell` gives every name back exactly."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def unescape_cell(value: str) -> str:
+    """The name :func:`spreadsheet_cell` escaped; any other value as it is."""
+    return value[1:] if value.startswith("'") and value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def spreadsheet_path(value: str) -> str:
+    """A relative path that would read as a formula, as ``./path``: the same file for every reader."""
+    return "./" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def spreadsheet_row(record: dict[str, object]) -> dict[str, object]:
+    """Every text cell of a CSV line escaped for spreadsheets; numbers (probabilities, scores, ids, where a
+    leading '-' is a sign) are not text and stay as they are."""
+    return {
+        name: (spreadsheet_path(value) if name in CSV_PATH_COLUMNS else spreadsheet_cell(value))
+        if isinstance(value, str)
+        else value
+        for name, value in record.items()
+    }
+
+
 def csv_columns(taxonomy: Taxonomy, *, predictions: bool) -> list[str]:
     if not predictions:
         return list(CSV_COLUMNS)
@@ -412,7 +449,9 @@ def write_csv(
     writer.writeheader()
     count = 0
     for row in rows:
-        writer.writerow(csv_record(row, paths=paths, tags=lambda tags: _join_tags(tags, tag_separator)))
+        writer.writerow(
+            spreadsheet_row(csv_record(row, paths=paths, tags=lambda tags: _join_tags(tags, tag_separator)))
+        )
         count += 1
     return count
 
@@ -548,7 +587,7 @@ def export_imagefolder(project: Project, out: Path, options: ExportOptions = Exp
         writer.writeheader()
         for row, exported in _with_files(project, out, options, summary, imagefolder_relative_path):
             record = csv_record(row, paths=paths, tags=lambda tags: _join_tags(tags, options.tag_separator))
-            writer.writerow({**record, "exported_file": exported})
+            writer.writerow(spreadsheet_row({**record, "exported_file": exported}))
     return summary
 
 
@@ -566,7 +605,7 @@ def export_hf(project: Project, out: Path, options: ExportOptions = ExportOption
         place = lambda row: hf_relative_path(row, options.layout)  # noqa: E731
         for row, exported in _with_files(project, out, options, summary, place):
             record = csv_record(row, paths=paths, tags=lambda tags: json.dumps(list(tags), ensure_ascii=False))
-            writer.writerow({"file_name": exported, **record})
+            writer.writerow(spreadsheet_row({"file_name": exported, **record}))
     return summary
 
 

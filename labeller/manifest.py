@@ -35,6 +35,7 @@ from labeller.export import (
     LABELSTUDIO_TASKS,
     TAG_SEPARATOR,
     ExportFormat,
+    unescape_cell,
 )
 from labeller.ingest import ImportItem, ImportOptions, IngestError, PreLabel, ResolvedLabel, Skipped, resolve_labels
 from labeller.project import Project
@@ -316,6 +317,8 @@ def _read_csv(manifest: Path, options: ManifestOptions) -> tuple[list[ManifestEn
             ) from error
         where = f"{manifest.name} line {reader.line_num}"
         cleaned = {(key or "").strip().lower(): value for key, value in row.items() if isinstance(value, str)}
+        # Names our CSV exports escaped for spreadsheets come back as they were; paths were never quoted.
+        cleaned = {key: value if key in PATH_COLUMNS else unescape_cell(value) for key, value in cleaned.items()}
         _entry(manifest, cleaned, where, options, entries, skipped)
     return entries, skipped
 
