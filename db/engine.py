@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -51,12 +51,41 @@ def upsert_insert(session: Session, entity: type[object]) -> postgresql.Insert |
     raise NotImplementedError(f"no ON CONFLICT insert for the {name} dialect")
 
 
+SUPPORTED_DATABASES = (
+    "a SQLite file (sqlite:////absolute/path/labeller.db, the default) "
+    "or PostgreSQL through psycopg (postgresql+psycopg://user@host/db)"
+)
+
+
+class UnsupportedDatabaseError(ValueError):
+    """A database URL this application cannot run on; the message names the ones it can."""
+
+
+def database_url_problem(url: URL) -> str | None:
+    """None for a URL this application runs on, else why not (without the password).
+
+    Checked before connecting: another dialect (mysql://) failed with a driver-import traceback, and an
+    in-memory SQLite database (sqlite://) is a new empty database per connection."""
+    shown = url.render_as_string(hide_password=True)
+    backend = url.get_backend_name()
+    # get_driver_name loads the dialect, which raises for a name SQLAlchemy does not know.
+    driver = url.get_driver_name() if backend in ("sqlite", "postgresql") else None
+    if backend == "sqlite" and driver == "pysqlite":
+        in_memory = not url.database or ":memory:" in url.database or "memory" in str(url.query.get("mode", ""))
+        if in_memory:
+            return f"{shown} is an in-memory SQLite database (empty for every connection): use {SUPPORTED_DATABASES}"
+        return None
+    if backend == "postgresql" and driver == "psycopg":
+        return None
+    return f"unsupported database {shown}: use {SUPPORTED_DATABASES}"
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine for ``url`` with the dialect's pragmas and transaction mode set."""
     parsed = make_url(url)
+    if problem := database_url_problem(parsed):
+        raise UnsupportedDatabaseError(problem)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise ValueError("an in-memory SQLite database is not shared between connections: use a file")
         # isolation_level=None hands transaction control to us, so the begin event below decides.
         engine = create_engine(url, echo=echo, connect_args={"isolation_level": None, "check_same_thread": False})
         _configure_sqlite(engine)

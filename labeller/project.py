@@ -31,7 +31,7 @@ from core.registry import (
     DEFAULT_ROUND_SIZE,
     DEFAULT_STRATEGY,
 )
-from db.engine import make_engine, sqlite_url
+from db.engine import database_url_problem, make_engine, sqlite_url
 
 SETTINGS_FILE = "labeller.toml"
 DATABASE_FILE = "labeller.db"
@@ -195,6 +195,16 @@ def init_project(root: Path, *, database_url: str | None = None, name: str | Non
     root = root.resolve()
     if (root / SETTINGS_FILE).exists():
         raise ProjectError(f"{root} is already a project ({SETTINGS_FILE} exists)")
+    if database_url is not None:
+        # Before anything is created: a folder with settings for a database nobody can open helps no one.
+        try:
+            problem = database_url_problem(make_url(database_url))
+        except ArgumentError as error:
+            raise ProjectError(
+                f"--db is not a database URL (like postgresql+psycopg://user@host/db): {error}"
+            ) from error
+        if problem:
+            raise ProjectError(problem)
     root.mkdir(parents=True, exist_ok=True)
     project = Project(root, ProjectSettings(name=name or root.name, database_url=database_url))
     project.thumbs_dir.mkdir(exist_ok=True)
@@ -239,6 +249,8 @@ def open_database(project: Project, upgrade: Callable[[Engine], None]) -> None:
         raise ProjectError(
             f"{source} is not a database URL (like postgresql+psycopg://user@host/db): {error}"
         ) from error
+    if problem := database_url_problem(parsed):
+        raise ProjectError(f"{source}: {problem}")
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database)

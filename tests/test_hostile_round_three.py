@@ -91,3 +91,48 @@ def test_a_queued_job_with_absurd_parameters_fails_clearly() -> None:
     assert "epochs must be at most 10000" in message
     assert "device must be auto, cpu" in message
     assert "classifier must be auto or one of" in message
+
+
+# --- item 8: tracebacks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["export", "{root}", "--out", "{root}/x.csv", "--predictions", "--model-version", "99999999999999999999"],
+        ["export", "{root}", "--out", "{root}/x.csv", "--predictions", "--model-version", "0"],
+        ["jobs", "{root}", "list", "--limit", "99999999999999999999"],
+    ],
+)
+def test_huge_ids_on_the_command_line_are_usage_errors(tmp_path: Path, arguments: list[str]) -> None:
+    project = init_project(tmp_path / "p")
+    output = clean_failure([argument.format(root=project.root) for argument in arguments])
+    assert "is not in the range 1<=x<=" in output
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://someone:secret@localhost/db", "unsupported database mysql://someone:***@localhost/db"),
+        ("postgresql+asyncpg://someone@localhost/db", "unsupported database"),
+        ("sqlite://", "is an in-memory SQLite database"),
+        ("sqlite:///:memory:", "is an in-memory SQLite database"),
+    ],
+)
+def test_unsupported_database_urls_are_refused_naming_the_supported_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    project = init_project(tmp_path / "p")
+    project.engine.dispose()
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    with pytest.raises(ProjectError, match="postgresql\\+psycopg://") as raised:
+        open_project(project.root)
+    assert expected in str(raised.value) and "secret" not in str(raised.value)
+    output = clean_failure(["status", str(project.root)])
+    assert expected in output and "sqlite:////" in output
+
+
+def test_init_refuses_an_unsupported_database_before_creating_anything(tmp_path: Path) -> None:
+    output = clean_failure(["init", str(tmp_path / "p"), "--db", "mysql://someone:secret@localhost/db"])
+    assert "unsupported database" in output and "secret" not in output
+    assert not (tmp_path / "p").exists()

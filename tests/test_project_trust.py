@@ -175,9 +175,9 @@ def test_a_bad_database_url_in_the_environment_is_an_error(tmp_path: Path, monke
     with pytest.raises(ProjectError, match=r"\$LABELLER_DATABASE_URL is not a database URL"):
         open_project(project.root)
     monkeypatch.setenv(DATABASE_URL_ENV, "nosuchdialect://x/y")
-    with pytest.raises(ProjectError, match="unknown database driver"):
+    with pytest.raises(ProjectError, match="unsupported database nosuchdialect://x/y"):
         open_project(project.root)
-    assert "unknown database driver" in one_line_error(project.root)
+    assert "unsupported database" in one_line_error(project.root)
 
 
 def test_a_database_server_that_is_down_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

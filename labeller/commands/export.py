@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from labeller.commands.project import load_project
+from labeller.commands.project import ROW_ID, load_project
 from labeller.export import (
     EXPORT_FORMATS,
     FOLDER_FORMATS,
@@ -39,7 +39,7 @@ from labeller.export import (
     is_flag=True,
     help="Add the model's predicted main class and leaf, every probability and the uncertainty scores.",
 )
-@click.option("--model-version", type=int, help="With --predictions: this version instead of the active one.")
+@click.option("--model-version", type=ROW_ID, help="With --predictions: this version instead of the active one.")
 @click.option("--include-unlabelled", is_flag=True, help="Export the unlabelled images too.")
 @click.option("--layout", type=click.Choice(HF_LAYOUTS), default="main", show_default=True, help="hf: folders.")
 @click.option("--url-prefix", default="", help="labelstudio: prepended to each image's relative path.")

@@ -57,7 +57,7 @@ def jobs_command(context: click.Context, project: Path) -> None:
 
 
 @jobs_command.command("list")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=ROW_ID, default=20, show_default=True)
 @click.pass_obj
 def list_jobs_command(project, limit: int = 20) -> None:
     """Newest first: id, kind, status, attempts, worker, error."""
