@@ -8,6 +8,10 @@ the two accuracies as independent. The unpaired interval (Newcombe's hybrid scor
 Wilson intervals) is the fallback when only the two accuracies are known. ``Comparison.describe`` says
 which one decided.
 
+Fewer than ``MIN_AUDIT_LABELS`` (30) labels behind an accuracy or a comparison is reported as too few:
+the 95% interval of one label spans 0.21 to 1, so "not worse on the same 1 label" says nothing
+(``audit_text``, ``Comparison.describe``).
+
 Pure functions (no torch, no database): the train job's ``promotion_decision`` and the model comparison
 of ``labeller models compare`` and the Train page call them.
 """
@@ -18,6 +22,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from db.queries.audit import MIN_AUDIT_LABELS
 
 # Two-sided 95%.
 Z95 = 1.959963984540054
@@ -35,6 +41,31 @@ def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def interval_text(accuracy: float, n: int) -> str:
+    """An accuracy with its sample size and Wilson interval, e.g. "0.900 (n = 40, 95% interval 0.769 to
+    0.960)"; under ``MIN_AUDIT_LABELS`` labels it says they are too few."""
+    low, high = wilson_interval(accuracy, n)
+    few = f", fewer than {MIN_AUDIT_LABELS}: too few to go by" if n < MIN_AUDIT_LABELS else ""
+    return f"{accuracy:.3f} (n = {n}, 95% interval {low:.3f} to {high:.3f}{few})"
+
+
+def audit_summary(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A model version's audit accuracy from its stored metrics, JSON-ready: ``n`` (labelled audit images
+    it was measured on), ``main_accuracy``, its 95% Wilson ``interval`` and ``enough`` (n reaches
+    ``MIN_AUDIT_LABELS``); None when it was not measured on any audit label."""
+    accuracy, n = metrics.get("audit_main_accuracy"), metrics.get("audit_count")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not isinstance(n, int) or n <= 0:
+        return None
+    low, high = wilson_interval(float(accuracy), n)
+    return {"n": n, "main_accuracy": float(accuracy), "interval": [low, high], "enough": n >= MIN_AUDIT_LABELS}
+
+
+def audit_text(metrics: Mapping[str, Any]) -> str:
+    """A version's audit accuracy for people (``interval_text``), or "not measured"."""
+    summary = audit_summary(metrics)
+    return "not measured" if summary is None else interval_text(summary["main_accuracy"], summary["n"])
 
 
 def mcnemar_exact_p(only_new: int, only_active: int) -> float:
@@ -108,6 +139,11 @@ class Comparison:
     def promote(self) -> bool:
         return self.verdict != "worse"
 
+    @property
+    def too_few(self) -> bool:
+        """Compared on fewer than ``MIN_AUDIT_LABELS`` labels: "not worse" there is no evidence."""
+        return self.n < MIN_AUDIT_LABELS
+
     def test_text(self, new: str = "the new version", active: str = "the active") -> str:
         """Which test was used, with its numbers, e.g. "paired test on the same images: ..."."""
         interval = f"{self.low:+.3f} to {self.high:+.3f}"
@@ -123,7 +159,16 @@ class Comparison:
         )
 
     def describe(self, what: str) -> str:
-        """One line for people, e.g. "better than the active version on the same 40 audit labels: ..."."""
+        """One line for people, e.g. "better than the active version on the same 40 audit labels: ...".
+        On too few labels (``too_few``) a version within the noise is "promoted as the newest: too few ...":
+        the newer version goes ahead, but nothing says it is as good. A clear verdict on few labels stands,
+        with a note on how few they were."""
+        if self.too_few and self.verdict == "not worse within the noise":
+            return (
+                f"promoted as the newest: too few {what} to compare (n = {self.n}, fewer than "
+                f"{MIN_AUDIT_LABELS}): main-class accuracy {self.accuracies_text()}, difference "
+                f"{self.difference:+.3f} ({self.test_text()})"
+            )
         verdict = {
             "better": "better than",
             "not worse within the noise": "not worse, within the noise, than",
@@ -135,12 +180,27 @@ class Comparison:
         )
         if self.verdict == "not worse within the noise":
             text += "; promoted as the newer version"
+        elif self.too_few:
+            text += f"; only {self.n} labels (fewer than {MIN_AUDIT_LABELS}), yet the interval excludes 0"
         return text
+
+    def accuracies_text(self) -> str:
+        """The two accuracies, each with its 95% Wilson interval on the same n labels."""
+        new_low, new_high = wilson_interval(self.new, self.n)
+        active_low, active_high = wilson_interval(self.active, self.n)
+        return (
+            f"{self.new:.3f} (95% interval {new_low:.3f} to {new_high:.3f}) vs {self.active:.3f} "
+            f"({active_low:.3f} to {active_high:.3f})"
+        )
 
     def as_metrics(self) -> dict[str, Any]:
         """What is stored beside the decision (JSON-ready)."""
         return {
             "test": "paired McNemar / Newcombe paired" if self.method == "paired" else "unpaired Newcombe",
+            "n": self.n,
+            "too_few_labels": self.too_few,
+            "new_interval": list(wilson_interval(self.new, self.n)),
+            "active_interval": list(wilson_interval(self.active, self.n)),
             "difference": self.difference,
             "interval": [self.low, self.high],
             "only_new_right": self.only_new,
@@ -213,8 +273,13 @@ def held_out_text(table: Mapping[str, int]) -> str:
         table["both_right"], table["only_b_right"], table["only_a_right"], table["neither_right"]
     )
     verdict = {"better": "better than", "not worse within the noise": "within the noise of", "worse": "worse than"}
+    few = (
+        f"; fewer than {MIN_AUDIT_LABELS} labels: too few to tell them apart"
+        if comparison.too_few and comparison.verdict == "not worse within the noise"
+        else ""
+    )
     return (
         f"B is {verdict[comparison.verdict]} A on the same {comparison.n} held-out labels: main-class accuracy "
         f"{comparison.new:.3f} vs {comparison.active:.3f}, difference {comparison.difference:+.3f} "
-        f"({comparison.test_text('B', 'A')})"
+        f"({comparison.test_text('B', 'A')}){few}"
     )

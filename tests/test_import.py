@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from db.engine import unit_of_work
 from db.queries.annotations import current_labels, record_annotation
 from db.queries.annotators import get_or_create_annotator
+from db.queries.audit import minimum_audit_slice
 from db.queries.images import random_key_from_sha
 from db.queries.taxonomy import apply_taxonomy_spec, main_class_by_name, taxonomy_mapping
 from db.schema import Annotation, AnnotationKind, Image
@@ -100,10 +101,15 @@ def test_folder_import_adds_good_files_and_reports_every_bad_one(project: Projec
         [f"good{suffix}" for suffix in FORMATS] + ["good2.PNG"]
     )
     assert {image.format for image in images} == {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"}
+    # The audit slice: the images with the smallest keys, at least its minimum (half of these 7 images;
+    # none has a key below the 5% fraction, so the minimum alone decides).
+    smallest = {image.id for image in sorted(images, key=lambda image: image.random_key)[:3]}
+    assert minimum_audit_slice(len(images)) == 3
+    assert all(image.random_key >= project.settings.labelling.audit_fraction for image in images)
     for image in images:
         assert (image.width, image.height) == (24, 16)
         assert image.random_key == random_key_from_sha(image.sha256)
-        assert image.audit == (image.random_key < project.settings.labelling.audit_fraction)
+        assert image.audit == (image.id in smallest)
         thumb = thumbnail_file(project.thumbs_dir, image.sha256)
         assert thumb.is_file() and thumb.parent.name == image.sha256[:2]
         assert Path(image.path).is_absolute()  # outside the project: stored absolute

@@ -20,9 +20,10 @@ def test_promotion_compares_on_the_same_audit_images_with_an_interval() -> None:
     # Clearly worse on the same 200 labels: not promoted.
     promoted, reason = promotion_decision("auto", AuditResult(200, 0.70, 0.6), AuditResult(200, 0.90, 0.8), 0.99, 0.1)
     assert not promoted and reason.startswith("worse than the active version on the same 200")
-    # 0.8 vs 0.9 on 5 labels is noise: promoted as the newer version, and the reason says which it was.
+    # 0.8 vs 0.9 on 5 labels is noise: promoted as the newest, and the reason says the labels were too few
+    # (fewer than MIN_AUDIT_LABELS) to compare the two.
     promoted, reason = promotion_decision("auto", AuditResult(5, 0.8, 0.8), AuditResult(5, 0.9, 0.7), None, None)
-    assert promoted and "not worse, within the noise" in reason and "same 5 held-out audit labels" in reason
+    assert promoted and reason.startswith("promoted as the newest: too few held-out audit labels to compare (n = 5")
     promoted, _ = promotion_decision("auto", AuditResult(5, 0.9, 0.8), AuditResult(5, 0.9, 0.7), None, None)
     assert promoted  # a tie goes to the newer model, trained on more labels
 
@@ -34,9 +35,10 @@ def test_promotion_never_compares_validation_accuracies_measured_on_different_la
     assert promoted and "cannot be compared on the same labels" in reason and "not compared" in reason
     promoted, reason = promotion_decision("auto", AuditResult(7, 0.9, 0.9), AuditResult(7, None, None), 0.85, 1.0)
     assert promoted and "cannot be measured on the same 7 audit labels" in reason
-    # One audit image: 1.0 vs 0.0 is within the noise (it used to fall back to validation and refuse).
+    # One audit image: 1.0 vs 0.0 is within the noise (it used to fall back to validation and refuse), and
+    # too few labels to compare: the newest is promoted, and the reason says so.
     promoted, reason = promotion_decision("auto", AuditResult(1, 1.0, 1.0), AuditResult(1, 0.0, 0.0), 0.6, 0.7)
-    assert promoted and "within the noise" in reason
+    assert promoted and "too few held-out audit labels to compare (n = 1" in reason
 
 
 def test_promotion_modes_always_and_never_override_the_comparison() -> None:

@@ -1,14 +1,16 @@
-"""Image rows: adding imported files, looking them up by content hash, streaming them out."""
+"""Image rows: adding imported files (and keeping the audit slice at its minimum size), looking them up by
+content hash, streaming them out."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from db.schema import Annotation, Image
+from db.queries.audit import MIN_AUDIT_LABELS, minimum_audit_slice
+from db.schema import Annotation, AnnotationKind, Image
 
 _ID_CHUNK = 500  # bound parameters per IN (...) list: well under SQLite's and PostgreSQL's limits
 _KEY_HEX_DIGITS = 13  # 52 bits: every key is exactly representable in a float64
@@ -43,7 +45,8 @@ def image_ids_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, int]:
 
 
 def add_images(session: Session, new_images: Sequence[NewImage], *, audit_fraction: float) -> list[Image]:
-    """Insert image rows; ``random_key`` comes from the hash and the audit slice is ``random_key < audit_fraction``."""
+    """Insert image rows: ``random_key`` comes from the hash and an image is in the audit slice when
+    ``random_key < audit_fraction``; then ``top_up_audit_slice`` keeps the slice at its minimum size."""
     rows = []
     for new in new_images:
         key = random_key_from_sha(new.sha256)
@@ -61,7 +64,43 @@ def add_images(session: Session, new_images: Sequence[NewImage], *, audit_fracti
         )
     session.add_all(rows)
     session.flush()
+    top_up_audit_slice(session, audit_fraction=audit_fraction)
     return rows
+
+
+def top_up_audit_slice(session: Session, *, audit_fraction: float) -> int:
+    """Grow the audit slice to ``db.queries.audit.minimum_audit_slice`` images (30, or half a smaller
+    project) and return how many images joined it; an ``audit_fraction`` of 0 keeps the slice off.
+
+    The slice is the images with the smallest ``random_key``: those below ``audit_fraction`` (``add_images``)
+    and, while they are too few, the unlabelled images with the next smallest keys. Keys come from content
+    hashes, so the slice stays a random sample and the same files give the same slice. An image that
+    already has a current label never joins: its label is a training label, and making it an audit image
+    would silently take it out of training. Nothing ever leaves the slice (its labels are what versions are
+    compared on)."""
+    if audit_fraction <= 0:
+        return 0
+    # A capped count first: once the slice has the minimum, an import batch costs no count(*) of the images.
+    audit = session.scalar(
+        select(func.count()).select_from(
+            select(Image.id).where(Image.audit.is_(True)).limit(MIN_AUDIT_LABELS).subquery()
+        )
+    )
+    if audit is None or audit >= MIN_AUDIT_LABELS:
+        return 0
+    missing = minimum_audit_slice(image_count(session)) - audit
+    if missing <= 0:
+        return 0
+    labelled = exists().where(
+        Annotation.image_id == Image.id, Annotation.superseded.is_(False), Annotation.kind == AnnotationKind.LABEL
+    )
+    joining = session.scalars(
+        select(Image.id).where(Image.audit.is_(False), ~labelled).order_by(Image.random_key, Image.id).limit(missing)
+    ).all()
+    if joining:
+        # An ORM update: it also sets ``audit`` on the Image objects this session holds (add_images returns them).
+        session.execute(update(Image).where(Image.id.in_(joining)).values(audit=True))
+    return len(joining)
 
 
 def image_count(session: Session) -> int:

@@ -5,7 +5,11 @@ How the next image is chosen, in order:
 1. *Audit slice*: when none of the annotator's last ``audit_every - 1`` decisions was on an audit image,
    the next one comes from the audit slice (``images.audit``), in ``random_key`` order. Audit images are
    handed to *every* annotator once (in the same order), so the audit slice is both the unbiased
-   accuracy sample and the doubly labelled sample for inter-annotator agreement.
+   accuracy sample and the doubly labelled sample for inter-annotator agreement. Until
+   ``MIN_AUDIT_LABELS`` audit images carry a label the share is one in ``AUDIT_EVERY_UNTIL_ENOUGH``
+   (10) instead of one in ``DEFAULT_AUDIT_EVERY`` (20): model versions are compared on those labels. An
+   annotator's first ``AUDIT_EVERY_UNTIL_ENOUGH - 1`` decisions are never audit images, so a fresh
+   project's first round still goes to training labels (``db.queries.audit``).
 2. *Strategy*: with a model version, the highest-scoring prediction under the strategy (larger =
    sooner), read from the (model_version_id, score) index; ``random`` and cold start (no model version)
    read images in ``random_key`` order. Audit images are never chosen by a strategy.
@@ -35,11 +39,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from core.registry import STRATEGIES
 from db.engine import upsert_insert
+from db.queries.audit import AUDIT_EVERY_UNTIL_ENOUGH, DEFAULT_AUDIT_EVERY, enough_audit_labels
 from db.schema import (
     Annotation,
     AnnotationKind,
@@ -51,7 +56,6 @@ from db.schema import (
     utcnow,
 )
 
-DEFAULT_AUDIT_EVERY = 20
 DEFAULT_LEASE_SECONDS = 600
 # Extra candidates fetched per round so that a few lost claim races (PostgreSQL) do not cost a round.
 _SPARE_CANDIDATES = 4
@@ -149,7 +153,8 @@ def next_batch(
     exclude: Sequence[int] = (),
 ) -> list[int]:
     """Claim up to ``size`` images for the annotator (the grid), best first; one in every
-    ``audit_every`` is an audit image (``audit_every <= 0``: none). Images in ``exclude`` are passed over."""
+    ``audit_every`` is an audit image (``audit_every <= 0``: none; more often while the slice has too few
+    labels: ``_audit_share``). Images in ``exclude`` are passed over."""
     served = serve_batch(
         session,
         annotator_id=annotator_id,
@@ -391,28 +396,38 @@ def _returning(annotator_id: int, now: datetime, limit: int, skip: Sequence[int]
 
 
 def _audit_share(session: Session, annotator_id: int, size: int, audit_every: int) -> int:
-    """How many of the next ``size`` images come from the audit slice."""
+    """How many of the next ``size`` images come from the audit slice: one in ``audit_every``, or one in
+    ``AUDIT_EVERY_UNTIL_ENOUGH`` when that is sooner and fewer than ``MIN_AUDIT_LABELS`` audit images carry
+    a label. The count of labelled audit images is read only when the two rates disagree."""
     if audit_every <= 0:
         return 0
+    sooner = min(audit_every, AUDIT_EVERY_UNTIL_ENOUGH)
     if size > 1:
-        return size // audit_every
-    # One image: audit when none of the annotator's last audit_every - 1 decisions was an audit image.
+        share = size // audit_every
+        return size // sooner if size // sooner > share and not enough_audit_labels(session) else share
+    # One image: audit when none of the annotator's last every - 1 decisions was an audit image (and there
+    # were that many: an annotator's first decisions are training labels).
     window = audit_every - 1
     if window == 0:
         return 1
-    recent = (
-        select(Annotation.image_id)
+    recent = session.execute(
+        select(Image.audit)
+        .join(Annotation, Annotation.image_id == Image.id)
         .where(Annotation.annotator_id == annotator_id, Annotation.kind != AnnotationKind.UNDO)
         .order_by(Annotation.created_at.desc(), Annotation.id.desc())
         .limit(window)
-        .subquery()
-    )
-    seen, audited = session.execute(
-        select(func.count(), func.count(Image.id))
-        .select_from(recent)
-        .outerjoin(Image, and_(Image.id == recent.c.image_id, Image.audit.is_(True)))
-    ).one()
-    return 1 if seen >= window and audited == 0 else 0
+    ).scalars()
+    # Decisions since the last audit image (all of those read when none was one).
+    since = 0
+    for audit in recent:
+        if audit:
+            break
+        since += 1
+    if since >= window:
+        return 1
+    if since < sooner - 1:
+        return 0
+    return 0 if enough_audit_labels(session) else 1
 
 
 # --- claiming ----------------------------------------------------------------------------------

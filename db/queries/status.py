@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.queries.annotations import label_counts
+from db.queries.audit import MIN_AUDIT_LABELS, labelled_audit_images
 from db.queries.images import audit_count, image_count
 from db.schema import Annotation, AnnotationKind, Annotator, Job, ModelVersion
 
@@ -53,6 +54,7 @@ def images_by_current_decision(session: Session) -> dict[str, int]:
 def project_status(session: Session) -> dict[str, Any]:
     """Everything ``labeller status`` prints, as plain JSON-ready data."""
     images = image_count(session)
+    audit_images = audit_count(session)
     counts = label_counts(session)
     classes = [
         {
@@ -69,7 +71,13 @@ def project_status(session: Session) -> dict[str, Any]:
     }
     return {
         "images": images,
-        "audit_images": audit_count(session),
+        "audit_images": audit_images,
+        # The slice's labels are what model versions are compared on: below the minimum, too few to go by.
+        "audit": {
+            "images": audit_images,
+            "labelled": labelled_audit_images(session),
+            "minimum_labels": MIN_AUDIT_LABELS,
+        },
         "labelled": counts.labelled_images,
         "unlabelled": images - counts.labelled_images,
         "images_by_current_decision": images_by_current_decision(session),

@@ -11,17 +11,30 @@ import click
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
 from db.queries import models as model_queries
+from db.queries.audit import MIN_AUDIT_LABELS
 from db.queries.models import ModelVersionError
 from labeller.commands.project import ROW_ID, load_project
-from labeller.promotion import held_out_text
+from labeller.promotion import audit_summary, held_out_text
 
-HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "val_main_accuracy", "val_ece")
+# audit_interval_95 is worked out from the two before it (Wilson), not stored.
+HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "audit_interval_95", "val_main_accuracy", "val_ece")
+FEW = "*"  # marks an audit interval on fewer than MIN_AUDIT_LABELS labels
 
 
 def _number(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _headline(metrics: dict[str, Any], key: str) -> str:
+    if key != "audit_interval_95":
+        return _number(metrics.get(key))
+    summary = audit_summary(metrics)
+    if summary is None:
+        return "-"
+    low, high = summary["interval"]
+    return f"{low:.3f}-{high:.3f}{'' if summary['enough'] else FEW}"
 
 
 @click.group("models", invoke_without_command=True)
@@ -52,9 +65,11 @@ def list_command(project) -> None:
             metrics = version.metrics or {}
             click.echo(
                 f"{'*' if version.active else ' '} {version.id:>4}  {version.model_kind:<10} {version.label_count:>6}  "
-                + "  ".join(f"{_number(metrics.get(m)):>19}" for m in HEADLINE_METRICS)
+                + "  ".join(f"{_headline(metrics, m):>19}" for m in HEADLINE_METRICS)
                 + f"  {version.created_at:%Y-%m-%d %H:%M}"
             )
+        if any((summary := audit_summary(v.metrics or {})) and not summary["enough"] for v in versions):
+            click.echo(f"{FEW} fewer than {MIN_AUDIT_LABELS} audit labels: too few to compare versions by")
 
 
 @models_command.command("compare")

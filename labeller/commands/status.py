@@ -11,6 +11,7 @@ import click
 from db.engine import reading
 from db.queries.status import project_status
 from labeller.commands.project import load_project
+from labeller.promotion import audit_summary, interval_text
 
 
 @click.command("status")
@@ -23,6 +24,9 @@ def status_command(project: Path, as_json: bool) -> None:
     opened = load_project(project)
     with reading(opened.engine) as session:
         status = project_status(session)
+    for version in status["model_versions"]:
+        # n and the 95% interval beside the audit accuracy: on a handful of labels it is no measurement.
+        version["audit"] = audit_summary(version["metrics"])
     status["input"] = choose_input(opened).as_dict() if status["images"] else None
     if as_json:
         click.echo(json.dumps({"project": opened.settings.name, **status}, indent=2))
@@ -35,6 +39,7 @@ def format_status(name: str, status: dict[str, Any]) -> str:
         f"project {name}",
         f"images: {status['images']} ({status['labelled']} labelled, {status['unlabelled']} unlabelled, "
         f"{status['audit_images']} in the audit slice)",
+        _audit_slice_line(status),
         "current decisions: "
         + ", ".join(f"{kind} {count}" for kind, count in status["images_by_current_decision"].items()),
     ]
@@ -64,8 +69,21 @@ def format_status(name: str, status: dict[str, Any]) -> str:
         lines.append(
             f"  #{v['id']} {v['name']} ({v['model_kind']}, {v['label_count']} labels){' ACTIVE' if v['active'] else ''}"
         )
+        if (audit := audit_summary(v.get("metrics") or {})) is not None:
+            lines.append(f"    audit main-class accuracy {interval_text(audit['main_accuracy'], audit['n'])}")
         if v.get("chosen_by_auto"):
             lines.append(f"    model auto: {v['chosen_by_auto']}")
     jobs = ", ".join(f"{status_name} {count}" for status_name, count in sorted(status["jobs"].items()))
     lines.append(f"jobs: {jobs or 'none'}")
     return "\n".join(lines)
+
+
+def _audit_slice_line(status: dict[str, Any]) -> str:
+    audit = status["audit"]
+    line = f"audit slice: {audit['images']} images, {audit['labelled']} of them labelled"
+    if audit["images"] and audit["labelled"] < audit["minimum_labels"]:
+        line += (
+            f" (fewer than {audit['minimum_labels']}: too few to compare model versions by; the queue serves "
+            "audit images more often until then)"
+        )
+    return line

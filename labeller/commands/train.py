@@ -15,6 +15,7 @@ from db.queries import models as model_queries
 from db.schema import JobStatus
 from labeller.commands.project import load_project
 from labeller.project import Project
+from labeller.promotion import audit_summary, interval_text
 
 POLL_SECONDS = 0.5
 # Say so when nothing has picked the job up after this long: the usual cause is no running worker.
@@ -170,9 +171,9 @@ def follow_job(project: Project, job_id: int) -> None:
             return
         version = model_queries.get_model_version(session, version_id)
         promotion = (version.metrics or {}).get("promotion", {})
-        accuracy = version.metrics.get("audit_main_accuracy")
+        audit = audit_summary(version.metrics or {})
         click.echo(
             f"job {job_id} succeeded: model version {version.id} ({version.model_kind}, {version.label_count} labels"
-            + (f", audit main-class accuracy {accuracy:.3f}" if accuracy is not None else "")
+            + (f", audit main-class accuracy {interval_text(audit['main_accuracy'], audit['n'])}" if audit else "")
             + f"); {'promoted' if version.active else 'not promoted'}: {promotion.get('reason', '')}"
         )

@@ -32,7 +32,7 @@ from labeller.inputs import InputChoice
 from labeller.jobs import JobContext, JobFailed, JobInterrupted
 from labeller.jobs.params import JobParamsError, TrainParams
 from labeller.project import ProjectError
-from labeller.promotion import Comparison, compare_on_same_labels, compare_paired
+from labeller.promotion import Comparison, compare_on_same_labels, compare_paired, interval_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,8 +188,9 @@ def promotion_decision(
     are none; accuracy None: it cannot read them), or None when there is no active version. The two are
     compared with a 95% interval on the difference (``audit_comparison``: paired when the per-image
     outcomes are known, and the reason names the test): promoted when better or not worse within the
-    noise. Validation accuracies are measured on different labels for each version, so they are quoted,
-    never compared."""
+    noise. On fewer than ``MIN_AUDIT_LABELS`` labels "not worse" is no evidence, and the reason says the
+    version was promoted as the newest, with n and the intervals. Validation accuracies are measured on
+    different labels for each version, so they are quoted, never compared."""
     if mode == "always":
         return True, "promotion requested"
     if mode == "never":
@@ -210,9 +211,14 @@ def promotion_decision(
             "no labelled audit images held out, so the two versions cannot be compared on the same labels"
             f"{validation}; promoted as the newer version. Label audit images to compare versions fairly"
         )
+    measured = (
+        f" (the new version's main-class accuracy there: {interval_text(new.main_accuracy, new.count)})"
+        if new.main_accuracy is not None
+        else ""
+    )
     return True, (
         f"the active version cannot be measured on the same {new.count} audit labels (its input, taxonomy or "
-        f"image size differs, or its checkpoint is missing){validation}; promoted as the newer version"
+        f"image size differs, or its checkpoint is missing){validation}; promoted as the newer version{measured}"
     )
 
 

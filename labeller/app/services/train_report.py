@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, select
 from core.registry import AUTO, INPUT_KINDS, choose_backbone
 from db.engine import reading
 from db.queries.annotations import current_labels
+from db.queries.audit import MIN_AUDIT_LABELS
 from db.queries.jobs import list_jobs
 from db.queries.models import compare_model_versions
 from db.queries.taxonomy import taxonomy_mapping
@@ -170,12 +171,24 @@ def promotion_rows(versions: Sequence[VersionView]) -> list[dict[str, Any]]:
                 "compared with": promotion.get("compared_with"),
                 "audit labels (n)": version.metrics.get("audit_count"),
                 "audit accuracy": version.metrics.get("audit_main_accuracy"),
+                "audit 95% interval": audit_interval_text(version.metrics),
                 "active's audit accuracy": promotion.get("active_audit_main_accuracy"),
                 "validation labels (n)": version.metrics.get("num_val_labels"),
                 "test": promotion.get("test"),
             }
         )
     return rows
+
+
+def audit_interval_text(metrics: Mapping[str, Any]) -> str | None:
+    """A version's audit accuracy interval for a table cell, e.g. "0.207 to 1.000 (too few: n < 30)"."""
+    from labeller.promotion import audit_summary
+
+    summary = audit_summary(metrics)
+    if summary is None:
+        return None
+    low, high = summary["interval"]
+    return f"{low:.3f} to {high:.3f}" + ("" if summary["enough"] else f" (too few: n < {MIN_AUDIT_LABELS})")
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,11 @@ class CurvePoint:
     low: float
     high: float
     source: str  # "audit" (the unbiased slice) or "validation"
+
+    @property
+    def few(self) -> bool:
+        """Measured on fewer than MIN_AUDIT_LABELS labels: drawn hollow, not as a confident value."""
+        return self.n < MIN_AUDIT_LABELS
 
 
 def learning_curve(versions: Sequence[VersionView]) -> list[CurvePoint]:
@@ -232,7 +250,9 @@ def version_tables(versions: Sequence[VersionView]) -> tuple[list[dict[str, Any]
     for version in versions:
         measured, settings = split_metrics(version.metrics)
         head = {"version": version.id, "active": version.active}
-        metric_rows.append({**head, "labels": version.label_count, **measured})
+        interval = audit_interval_text(version.metrics)
+        audit = {"audit 95% interval": interval} if interval is not None else {}
+        metric_rows.append({**head, "labels": version.label_count, **measured, **audit})
         config = {k: v for k, v in version.config.items() if not isinstance(v, Mapping | list)}
         selection = version.metrics.get("model_selection")
         why = {"model auto": str(selection.get("reason", ""))} if isinstance(selection, Mapping) else {}

@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from db.queries.audit import MIN_AUDIT_LABELS
 from db.queries.jobs import JobError
 from db.queries.models import ModelVersionError
 from labeller.app import state
@@ -226,7 +227,9 @@ else:
             "Each new version is measured beside the active one on the same held-out audit labels; it is "
             "promoted when better, or not worse within the noise (95% interval of the difference). The test "
             "is paired (McNemar on the images where they disagree, Newcombe's paired interval) where both "
-            "versions' right and wrong images are known, unpaired otherwise; the reason says which."
+            "versions' right and wrong images are known, unpaired otherwise; the reason says which. On fewer "
+            f"than {MIN_AUDIT_LABELS} audit labels that says little: the newer version is promoted as the "
+            "newest, and the reason says so with n and the 95% intervals."
         )
         newest = promotions[0]
         verdict = "promoted" if newest["promoted"] else "not promoted"
@@ -251,7 +254,13 @@ else:
                     "array": [p.high - p.accuracy for p in curve],
                     "arrayminus": [p.accuracy - p.low for p in curve],
                 },
-                text=[f"version {p.version}: n = {p.n} {p.source} labels" for p in curve],
+                text=[
+                    f"version {p.version}: n = {p.n} {p.source} labels, 95% interval {p.low:.3f} to {p.high:.3f}"
+                    + (" (too few)" if p.few else "")
+                    for p in curve
+                ],
+                # Hollow markers: measured on too few labels to read as a value.
+                marker={"symbol": ["circle-open" if p.few else "circle" for p in curve], "size": 9},
                 mode="lines+markers",
             )
         )
@@ -262,6 +271,14 @@ else:
             margin={"l": 10, "r": 10, "t": 40, "b": 10},
         )
         st.plotly_chart(figure, key="learning-curve")
+        few = [p for p in curve if p.few]
+        if few:
+            st.caption(
+                f"Hollow points: measured on fewer than {MIN_AUDIT_LABELS} labels "
+                f"({', '.join(f'version {p.version}: n = {p.n}' for p in few)}), too few to read as a value; "
+                "their 95% intervals show how little they say. The Label page serves audit images more often "
+                f"until {MIN_AUDIT_LABELS} carry a label."
+            )
 
     st.markdown("**Per class**")
     report_version = st.selectbox(
