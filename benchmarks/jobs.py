@@ -94,7 +94,7 @@ def scoring_throughput(images: int, model: str, device: str = "cpu") -> dict[str
     torch.manual_seed(0)
     taxonomy = Taxonomy.from_dict({"ants": [], "bees": ["honey", "bumble"]})
     shape = (3, 64, 64)
-    config = TrainConfig(model=model, device=device)  # amp=True: bf16 autocast on cuda, ignored on cpu
+    config = TrainConfig(model=model, device=device, balance=0.0)  # amp=True: bf16 autocast on cuda, ignored on cpu
     trained = TrainedModel(
         model=build_model(config, taxonomy, shape).eval(),
         taxonomy=taxonomy,

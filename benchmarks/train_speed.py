@@ -102,7 +102,8 @@ def measure(
     torch.manual_seed(0)
     taxonomy = Taxonomy.from_dict({f"c{i}": [] for i in range(num_leaves)})
     model_name = "supervised" if variant == "supervised" else "m2"
-    config = TrainConfig(model=model_name, classifier="cnn", likelihood="gaussian")  # arch: as fit chooses
+    # arch as fit chooses; balance resolved, as fit resolves it from the labels
+    config = TrainConfig(model=model_name, classifier="cnn", likelihood="gaussian", balance=0.0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(config, taxonomy, image_shape).to(device, memory_format=memory_format).train()
     x_unlabelled = torch.rand(UNLABELLED, *image_shape, device=device).contiguous(memory_format=memory_format)

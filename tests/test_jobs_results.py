@@ -117,7 +117,7 @@ def test_scoring_in_chunks_gives_the_whole_pool_scores() -> None:
 
     taxonomy = Taxonomy.from_dict({"a": [], "b": ["x", "y"]})
     features = np.random.default_rng(0).normal(size=(1300, 16)).astype(np.float16)
-    config = TrainConfig(model="m2", backbone="efficientnet_lite0", device="cpu")
+    config = TrainConfig(model="m2", backbone="efficientnet_lite0", device="cpu", balance=0.0)
     torch.manual_seed(0)
     trained = TrainedModel(
         model=build_model(config, taxonomy, (16,)).eval(),
