@@ -136,3 +136,53 @@ def test_init_refuses_an_unsupported_database_before_creating_anything(tmp_path:
     output = clean_failure(["init", str(tmp_path / "p"), "--db", "mysql://someone:secret@localhost/db"])
     assert "unsupported database" in output and "secret" not in output
     assert not (tmp_path / "p").exists()
+
+
+# --- item 7: one bad record blocks a whole workflow ------------------------------------------------------
+
+
+def test_a_card_decision_for_a_missing_image_is_refused_alone_and_later_ones_save(
+    tmp_path: Path, database_url: str
+) -> None:
+    from db.queries.annotations import current_labels
+    from db.queries.annotators import get_or_create_annotator
+    from labeller.app.services import common
+    from labeller.app.services.label_session import LabelSession
+    from tests.e2e.project_factory import make_app_project
+
+    project = make_app_project(tmp_path / "project", images=6, database_url=database_url)
+    with unit_of_work(project.engine) as session:
+        taxonomy = common.load_taxonomy(session)
+        annotator = get_or_create_annotator(session, "a").id
+    main = taxonomy.main_classes[0].id
+    card = LabelSession(annotator, "entropy")
+    card.refill(project.engine, lease_seconds=600)
+    real, other = card.window[0].image_id, card.window[1].image_id
+
+    def decision(op: str, image: int, **extra: int) -> dict[str, object]:
+        return {"op": op, "kind": "label", "image": image, "after": 0, "step": 1, "main": main, **extra}
+
+    # As replayed from the browser's storage: ids of no image, past int4 and past int8, then a real decision.
+    outbox = {
+        "ops": [
+            decision("gone", 999_999),
+            decision("int8", 2**63),
+            decision("huge", 10**20),
+            decision("mv", other, mv=2**63),
+            decision("ok", real),
+        ]
+    }
+    for applied in ("applied", "duplicate"):  # a reload resends the whole outbox
+        results = {result.op_id: result for result in card.receive(project.engine, outbox, taxonomy, lease_seconds=600)}
+        assert {op: result.status for op, result in results.items()} == {
+            "gone": "rejected",
+            "int8": "rejected",
+            "huge": "rejected",
+            "mv": applied,
+            "ok": applied,
+        }
+        assert results["gone"].message == "Image 999999 is not in this project: nothing applied."
+        assert "names an id no row can have" in results["int8"].message
+        card = LabelSession(annotator, "entropy")  # a reload: a fresh session, the same outbox
+    with unit_of_work(project.engine) as session:
+        assert {label.image_id for label in current_labels(session)} == {real, other}

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import unit_of_work
@@ -44,7 +45,16 @@ from db.queries.queue import (
     release_claims,
     serve_next,
 )
-from db.schema import Annotation, AnnotationKind, AnnotationSource, Image, ModelVersion, Prediction, utcnow
+from db.schema import (
+    MAX_ID,
+    Annotation,
+    AnnotationKind,
+    AnnotationSource,
+    Image,
+    ModelVersion,
+    Prediction,
+    utcnow,
+)
 from labeller.app.keys import PAGE_KEYS
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.app.services.label import Decision
@@ -245,6 +255,18 @@ def reclaim_undone(session: Session, target: Annotation, annotator_id: int, leas
     return None
 
 
+def _missing_ids(session: Session, op: CardOp) -> str | None:
+    """Why ``op`` cannot apply to any row, or None. A decision replayed from the browser's storage for an
+    image that does not exist (or an id past what the database holds) raised on every reload, and no later
+    decision saved: it is refused alone, before anything is written."""
+    named = (op.image_id, op.after, op.step, op.target_step, op.annotation_id, op.main_class_id, *op.tags)
+    if any(value is not None and value > MAX_ID for value in named):
+        return f"Image {op.image_id}: the decision names an id no row can have: nothing applied."
+    if session.get(Image, op.image_id) is None:
+        return f"Image {op.image_id} is not in this project: nothing applied."
+    return None
+
+
 def apply_op(
     session: Session, *, annotator_id: int, op: CardOp, taxonomy: TaxonomyView, lease_seconds: int
 ) -> OpResult:
@@ -253,6 +275,8 @@ def apply_op(
     def result(status: str, annotation_id: int | None = None, message: str = "") -> OpResult:
         return OpResult(op.op_id, status, op.image_id, op.kind, annotation_id, message)
 
+    if (missing := _missing_ids(session, op)) is not None:
+        return result("rejected", message=missing)
     if op.kind == "undo_annotation":
         target = session.get(Annotation, op.annotation_id)
         if target is None or target.annotator_id != annotator_id or target.image_id != op.image_id:
@@ -304,7 +328,7 @@ def apply_op(
     if claim is None:
         return result("rejected", message=held_elsewhere(op.image_id))
     version_id = op.model_version_id
-    if version_id is not None and session.get(ModelVersion, version_id) is None:
+    if version_id is not None and (version_id > MAX_ID or session.get(ModelVersion, version_id) is None):
         version_id = None
     # What served the image (and its strategy) comes from my claim on it, not from the card's op.
     source, strategy = served_by(claim)
@@ -335,6 +359,10 @@ def apply_ops(
                 )
         except AnnotationError as error:
             results.append(OpResult(op.op_id, "rejected", op.image_id, op.kind, None, str(error)))
+        except IntegrityError:
+            # Say, the image was removed between the check and the write: refuse this op, keep the others.
+            message = f"Image {op.image_id}: the decision no longer fits the database: nothing applied."
+            results.append(OpResult(op.op_id, "rejected", op.image_id, op.kind, None, message))
     return results
 
 
