@@ -55,6 +55,9 @@ def new_project(root: Path, database_url: str | None = None) -> Project:
 
 def interchange_project(tmp_path: Path, database_url: str | None = None) -> Project:
     project = new_project(tmp_path / "project", database_url)
+    # No audit slice: the in-sample flags below are about training labels (audit images are never in sample,
+    # tests/test_export_predictions_honesty.py), and a 6-image project would put half its images in the slice.
+    project.settings.labelling.audit_fraction = 0.0
     data = tmp_path / "data"
     write_image(data / "labelled" / "ants" / "red" / "a1.png", 1)
     write_image(data / "labelled" / "ants" / "a2.jpg", 2)
