@@ -27,9 +27,10 @@ import csv
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
@@ -348,6 +349,51 @@ def path_style(options: ExportOptions, default_root: Path) -> PathStyle:
 # --- writing -----------------------------------------------------------------------------------------
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "named pipe (FIFO)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISREG, "regular file"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def refuse_special_target(out: Path) -> None:
+    """Raise ExportError unless ``out`` is a new path, a regular file or a real folder. The rename that ends
+    an export replaces whatever has the name: a FIFO, a device node (as root, /dev/full) or a symbolic link
+    would become our file. A link is refused rather than followed: it may point anywhere."""
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    raise ExportError(
+        f"{out} is a {_file_kind(mode)}: an export writes only to a new path, a regular file or a folder; "
+        "nothing written"
+    )
+
+
+def _make_folders(root: Path, folder: Path) -> None:
+    """``folder`` (inside ``root``) and its parents below ``root``, each a real folder: an export never
+    writes through a symbolic link someone put into its folder."""
+    current = root
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        with suppress(FileExistsError):
+            current.mkdir()
+        mode = os.lstat(current).st_mode
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            raise ExportError(
+                f"{current} is a {_file_kind(mode)}, not a folder this export made: nothing written there"
+            )
+
+
 @contextmanager
 def _atomic_text(target: Path) -> Iterator[IO[str]]:
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -355,6 +401,7 @@ def _atomic_text(target: Path) -> Iterator[IO[str]]:
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
             yield stream
+        refuse_special_target(target)  # again: something may have taken the name while rows were written
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -549,6 +596,7 @@ def fiftyone_relative_path(row: ExportRow) -> Path:
 
 
 def _empty_folder(out: Path) -> None:
+    refuse_special_target(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder: choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -564,7 +612,7 @@ def _with_files(
     """Rows whose image file was linked or copied into ``out``, with its path there (posix, relative)."""
     for row in _counted(iter_export_rows(project, options), summary):
         relative = place_at(row)
-        outcome = _place(Path(row.path), out / relative, link=options.link)
+        outcome = _place(Path(row.path), out, relative, link=options.link)
         if outcome is None:
             summary.missing.append(row.path)
             summary.labelled -= row.labelled
@@ -808,17 +856,30 @@ def export_fiftyone(project: Project, out: Path, options: ExportOptions = Export
     return summary
 
 
-def _place(source: Path, target: Path, *, link: bool) -> Literal["linked", "copied"] | None:
+def _place(source: Path, root: Path, relative: Path, *, link: bool) -> Literal["linked", "copied"] | None:
     if not source.is_file():
         return None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = root / relative
+    _make_folders(root, target.parent)
+    refuse_special_target(target)
     if link:
         try:
-            os.link(source, target)
+            os.link(source, target)  # never follows a link at target: it fails if the name is taken
             return "linked"
         except OSError:
-            pass  # another file system, or links not allowed: copy instead
-    shutil.copy2(source, target)
+            pass  # another file system, links not allowed, or the name taken: copy instead
+    # Copied under a new name and renamed: never written into an existing file (a hard link to someone's
+    # image) or through a symbolic link.
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream, source.open("rb") as original:
+            shutil.copyfileobj(original, stream)
+        shutil.copystat(source, tmp_name)
+        refuse_special_target(target)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return "copied"
 
 
@@ -841,6 +902,7 @@ def export_labels(
     if exporter is None:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
+    refuse_special_target(out)
     if format not in FOLDER_FORMATS and out.is_dir():
         raise ExportError(f"{out} is a folder: --out names the {format} file to write, e.g. {out / f'labels.{format}'}")
     try:

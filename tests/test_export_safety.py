@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,9 @@ from db.schema import AnnotationKind, Image
 from labeller.cli import cli
 from labeller.export import (
     FORMULA_STARTS,
+    ExportError,
     ExportOptions,
+    _place,
     export_labels,
     spreadsheet_cell,
     unescape_cell,
@@ -144,3 +148,96 @@ def test_numbers_are_not_escaped(tmp_path: Path) -> None:
 
     row = spreadsheet_row({"margin": -0.25, "image_id": 3, "audit": False, "leaf": "-1", "path": "-x.png"})
     assert row == {"margin": -0.25, "image_id": 3, "audit": False, "leaf": "'-1", "path": "./-x.png"}
+
+
+# --- export targets ------------------------------------------------------------------------------------
+
+
+def export_cli(project: Project, out: Path, format: str = "csv") -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["export", str(project.root), "--format", format, "--out", str(out)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_a_fifo_as_out_is_refused_and_stays_a_fifo(project: Project, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    code, output = export_cli(project, fifo)
+    assert code != 0 and "named pipe (FIFO)" in output and "nothing written" in output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert leftovers(tmp_path) == ["pipe.csv"]  # no temporary file left either
+
+
+@pytest.mark.parametrize("format", ["csv", "jsonl", "coco"])
+def test_a_symlink_as_out_is_refused_and_its_target_unchanged(project: Project, tmp_path: Path, format: str) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    target.chmod(0o644)
+    link = tmp_path / "labels.out"
+    link.symlink_to(target)
+    code, output = export_cli(project, link, format)
+    assert code != 0 and "symbolic link" in output
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "keep me\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert leftovers(tmp_path) == ["labels.out", "precious.txt"]
+
+
+@pytest.mark.parametrize("format", ["imagefolder", "hf", "labelstudio", "fiftyone"])
+def test_a_symlink_to_a_folder_as_out_is_refused(project: Project, tmp_path: Path, format: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "export"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    code, output = export_cli(project, link, format)
+    assert code != 0 and "symbolic link" in output
+    assert link.is_symlink() and leftovers(elsewhere) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_node_as_out_is_refused_and_stays_a_device(project: Project, tmp_path: Path) -> None:
+    device = tmp_path / "null"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+    code, output = export_cli(project, device)
+    assert code != 0 and "character device" in output
+    info = os.lstat(device)
+    assert stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)
+
+
+def test_a_regular_file_as_out_is_still_replaced(project: Project, tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    out.write_text("old\n")
+    assert export_cli(project, out)[0] == 0
+    assert out.read_text().startswith("image_id,") and not out.is_symlink()
+
+
+def test_files_are_never_placed_through_a_symlink_inside_the_folder(tmp_path: Path) -> None:
+    """A link planted inside the export folder while it is written (a folder or a file name the export is
+    about to use) is refused, never followed; what it points to stays as it was."""
+    source = tmp_path / "image.png"
+    source.write_bytes(b"image bytes")
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "ants").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ExportError, match="symbolic link"):
+        _place(source, out, Path("ants") / "image.png", link=False)
+    assert leftovers(elsewhere) == []
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"keep me")
+    (out / "bees").mkdir()
+    (out / "bees" / "image.png").symlink_to(precious)
+    for link in (True, False):
+        with pytest.raises(ExportError, match="symbolic link"):
+            _place(source, out, Path("bees") / "image.png", link=link)
+    assert precious.read_bytes() == b"keep me"
+    # A name already taken by a regular file (a hard link to another image) is replaced, not written into.
+    other = tmp_path / "other.png"
+    other.write_bytes(b"other image")
+    (out / "bees" / "copy.png").hardlink_to(other)
+    assert _place(source, out, Path("bees") / "copy.png", link=True) == "copied"
+    assert other.read_bytes() == b"other image" and (out / "bees" / "copy.png").read_bytes() == b"image bytes"
