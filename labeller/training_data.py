@@ -17,9 +17,11 @@ harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -256,9 +258,12 @@ class PixelCache:
             try:
                 with np.load(path) as shard:
                     hashes, pixels = shard["sha256"], shard["pixels"]
-            except (OSError, ValueError, KeyError) as error:
-                # A damaged shard costs a re-decode, never a failed job.
-                log.warning("ignoring unreadable pixel cache shard %s: %s", path, error)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                # A damaged shard (a truncated .npz is a BadZipFile) costs a re-decode, never a failed job;
+                # shards appear whole (os.replace), so a damaged one never heals: remove it.
+                log.warning("removing unreadable pixel cache shard %s: %s", path, error)
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 continue
             if pixels.shape[1:] != (self.channels, self.image_size, self.image_size):
                 continue

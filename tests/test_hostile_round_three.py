@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -186,3 +187,26 @@ def test_a_card_decision_for_a_missing_image_is_refused_alone_and_later_ones_sav
         card = LabelSession(annotator, "entropy")  # a reload: a fresh session, the same outbox
     with unit_of_work(project.engine) as session:
         assert {label.image_id for label in current_labels(session)} == {real, other}
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_a_truncated_pixel_cache_shard_counts_as_missing_and_is_recomputed(tmp_path: Path, keep: float) -> None:
+    from PIL import Image as PILImage
+
+    from labeller.training_data import PixelCache
+
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"{index}.png"
+        PILImage.new("RGB", (20, 20), (index * 60, 10, 200)).save(path)
+        paths.append(path)
+    hashes = [f"{index:064x}" for index in range(4)]
+    cache = PixelCache(tmp_path / "cache", image_size=16, channels=3)
+    expected, failures = cache.get(hashes, paths)
+    assert failures == {}
+    [shard] = cache._shards()
+    data = shard.read_bytes()
+    shard.write_bytes(data[: int(len(data) * keep)])  # a disk-full or killed write, as the issue found
+    again, failures = PixelCache(tmp_path / "cache", image_size=16, channels=3).get(hashes, paths)
+    assert failures == {} and np.array_equal(again, expected)
+    assert not shard.exists()  # removed, so the next job does not trip over it again
