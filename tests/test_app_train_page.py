@@ -290,3 +290,15 @@ def test_a_version_trained_with_model_auto_says_why_and_auto_is_offered(project:
     _, settings = train_report.version_tables([version])
     assert settings[0]["model auto"] == reason
     assert train.TRAIN_MODELS[0] == "auto" and "m2" in train.TRAIN_MODELS
+
+
+def test_the_metrics_table_shows_each_versions_ece_with_the_labels_it_rests_on() -> None:
+    def version(id_: int, metrics: dict) -> VersionView:
+        return VersionView(id_, "v", "m2", None, False, 30, metrics, {})  # type: ignore[arg-type]
+
+    few = {"val_ece": 0.031, "num_val_labels": 6, "temperature": 1.0, "calibration": {"trusted": False}}
+    enough = {"val_ece": 0.02, "num_val_labels": 45, "temperature": 1.3, "calibration": {"trusted": True}}
+    rows, settings = train_report.version_tables([version(2, enough), version(1, few)])
+    assert rows[0]["calibration"] == "ECE 0.020 on 45 labels, T = 1.30"
+    assert rows[1]["calibration"] == "ECE 0.031 on 6 labels, T = 1.00; percentages hidden (fewer than 30)"
+    assert "calibration" not in settings[1]  # a decision, shown as such, not a setting

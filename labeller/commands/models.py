@@ -17,7 +17,14 @@ from labeller.commands.project import ROW_ID, load_project
 from labeller.promotion import audit_summary, held_out_text
 
 # audit_interval_95 is worked out from the two before it (Wilson), not stored.
-HEADLINE_METRICS = ("audit_main_accuracy", "audit_count", "audit_interval_95", "val_main_accuracy", "val_ece")
+HEADLINE_METRICS = (
+    "audit_main_accuracy",
+    "audit_count",
+    "audit_interval_95",
+    "val_main_accuracy",
+    "val_ece",
+    "num_val_labels",  # what the ECE (and the temperature) rest on
+)
 FEW = "*"  # marks an audit interval on fewer than MIN_AUDIT_LABELS labels
 
 

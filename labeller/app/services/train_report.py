@@ -235,10 +235,11 @@ def is_measurement(key: str, value: object) -> bool:
 
 def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(measurements, settings): accuracies, counts, timings apart from the choices the run was made with.
-    The promotion decision and the queue ranking have their own sections and are left out."""
+    The promotion decision, the queue ranking and the calibration have their own columns or sections and are
+    left out."""
     measured, settings = {}, {}
     for key, value in metrics.items():
-        if key in ("promotion", "queue"):
+        if key in ("promotion", "queue", "calibration"):
             continue
         (measured if is_measurement(key, value) else settings)[key] = value
     return measured, settings
@@ -252,7 +253,8 @@ def version_tables(versions: Sequence[VersionView]) -> tuple[list[dict[str, Any]
         head = {"version": version.id, "active": version.active}
         interval = audit_interval_text(version.metrics)
         audit = {"audit 95% interval": interval} if interval is not None else {}
-        metric_rows.append({**head, "labels": version.label_count, **measured, **audit})
+        calibration = {"calibration": text} if (text := calibration_text(version.metrics)) else {}
+        metric_rows.append({**head, "labels": version.label_count, **measured, **audit, **calibration})
         config = {k: v for k, v in version.config.items() if not isinstance(v, Mapping | list)}
         selection = version.metrics.get("model_selection")
         why = {"model auto": str(selection.get("reason", ""))} if isinstance(selection, Mapping) else {}
@@ -260,6 +262,24 @@ def version_tables(versions: Sequence[VersionView]) -> tuple[list[dict[str, Any]
             {**head, "model": version.model_kind, **why, **{k: str(v) for k, v in {**settings, **config}.items()}}
         )
     return metric_rows, setting_rows
+
+
+def calibration_text(metrics: Mapping[str, Any]) -> str | None:
+    """A version's calibration for a table cell: its ECE with the held-out labels it rests on, the
+    temperature, and whether its percentages are shown, e.g. "ECE 0.031 on 6 labels, T = 1.00; percentages
+    hidden (fewer than 30)"."""
+    from core.registry import MIN_CALIBRATION_LABELS
+
+    ece, labels = metrics.get("val_ece"), metrics.get("num_val_labels")
+    if not isinstance(ece, int | float) or not isinstance(labels, int):
+        return None
+    recorded = metrics.get("calibration")
+    trusted = recorded.get("trusted") if isinstance(recorded, Mapping) else labels >= MIN_CALIBRATION_LABELS
+    temperature = metrics.get("temperature")
+    text = f"ECE {ece:.3f} on {labels} label{'s' if labels != 1 else ''}"
+    if isinstance(temperature, int | float):
+        text += f", T = {temperature:.2f}"
+    return text + ("" if trusted else f"; percentages hidden (fewer than {MIN_CALIBRATION_LABELS})")
 
 
 def compare_versions(engine: Engine, first: int, second: int) -> dict[str, Any]:
