@@ -50,6 +50,18 @@ NAMING_CONVENTION = {
 # command lines) are checked against it, so that a huge one is "not found", not an overflow traceback.
 MAX_ID = 2**31 - 1
 
+# Names people type (main classes, sub-classes, annotators): one limit on every database, checked before
+# writing. PostgreSQL enforces String(200) with a DataError; SQLite stored 100,000-character names. Names
+# stored before the check stay readable: only new names are refused.
+MAX_NAME_LENGTH = 200
+
+
+def name_length_problem(what: str, name: str) -> str | None:
+    """None when ``name`` fits MAX_NAME_LENGTH, else a message naming ``what`` (the name is cut short)."""
+    if len(name) <= MAX_NAME_LENGTH:
+        return None
+    return f"{what} {name[:40]!r}... is {len(name):,} characters long: at most {MAX_NAME_LENGTH} are allowed"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -87,7 +99,7 @@ class MainClass(Base):
     __tablename__ = "main_classes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), unique=True)
     shortcut: Mapped[str | None] = mapped_column(String(16))
     position: Mapped[int] = mapped_column(Integer, default=0)
     colour: Mapped[str | None] = mapped_column(String(16))
@@ -103,7 +115,7 @@ class SubClass(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     main_class_id: Mapped[int] = mapped_column(ForeignKey("main_classes.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     shortcut: Mapped[str | None] = mapped_column(String(16))
     position: Mapped[int] = mapped_column(Integer, default=0)
     colour: Mapped[str | None] = mapped_column(String(16))
@@ -115,7 +127,7 @@ class Annotator(Base):
     __tablename__ = "annotators"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -28,13 +28,13 @@ from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
 from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
 from db.queries.taxonomy import ensure_class, list_main_classes
-from db.schema import AnnotationKind, AnnotationSource, MainClass
+from db.schema import AnnotationKind, AnnotationSource, MainClass, name_length_problem
 from labeller.files import FileRefused, hash_file, is_utf8_name, printable, read_regular
 from labeller.project import Project
 from labeller.thumbnails import thumbnail_file, write_thumbnail
 
 if TYPE_CHECKING:
-    from labeller.manifest import Manifest
+    from labeller.manifest import Manifest, ManifestEntry
 
 BatchItem = TypeVar("BatchItem")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -329,6 +329,10 @@ def import_images(
         from labeller.manifest import read_manifest  # labeller.manifest builds on this module
 
         parsed = read_manifest(manifest)
+    if problems := _name_problems(items, parsed.entries if parsed is not None else [], options):
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise IngestError(f"nothing was imported: {len(problems)} name(s) too long:\n  {shown}")
+    if parsed is not None:
         manifest_items, manifest_skipped = parsed.prepare(project, options)
         items += manifest_items
         skipped += manifest_skipped
@@ -345,6 +349,31 @@ def import_images(
         report.labelled += parsed.record_labels(project)  # rows with their own annotator and time
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _name_problems(items: Sequence[ImportItem], entries: Sequence[ManifestEntry], options: ImportOptions) -> list[str]:
+    """Every name the import would write that the databases cannot hold, checked before anything is written:
+    on PostgreSQL a long annotator name failed after the images were in, leaving them without their labels."""
+    problems: list[str] = []
+
+    def check(origin: str, what: str, name: str | None) -> None:
+        if name is not None and (problem := name_length_problem(what, name.strip())):
+            problems.append(f"{origin}: {problem}")
+
+    labelled = any(item.label for item in items) or any(entry.main and not entry.recorded for entry in entries)
+    if labelled:
+        check("--annotator", "the annotator name", options.annotator)
+    for entry in entries:
+        if entry.main is not None:
+            check(entry.origin, "the annotator name", entry.annotator)
+    if options.create_classes:
+        labels = [(item.origin, item.label) for item in items if item.label is not None]
+        labels += [(entry.origin, PreLabel(entry.main, entry.tags)) for entry in entries if entry.main is not None]
+        for origin, label in labels:
+            check(origin, "main class", label.main)
+            for tag in label.tags:
+                check(origin, f"sub-class of {label.main[:40]!r}", tag)
+    return problems
 
 
 def _annotator_id(project: Project, name: str) -> int:

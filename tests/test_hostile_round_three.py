@@ -210,3 +210,64 @@ def test_a_truncated_pixel_cache_shard_counts_as_missing_and_is_recomputed(tmp_p
     again, failures = PixelCache(tmp_path / "cache", image_size=16, channels=3).get(hashes, paths)
     assert failures == {} and np.array_equal(again, expected)
     assert not shard.exists()  # removed, so the next job does not trip over it again
+
+
+def test_one_name_length_rule_on_every_database_checked_before_writing(tmp_path: Path, database_url: str) -> None:
+    from sqlalchemy import select
+
+    from db.queries.annotators import AnnotatorError, get_or_create_annotator
+    from db.queries.taxonomy import MainClassEntry, SubClassEntry, TaxonomyError, TaxonomySpec, apply_taxonomy_spec
+    from db.schema import MAX_NAME_LENGTH, Annotator, Image, MainClass
+    from labeller.ingest import ImportOptions, IngestError, import_images
+    from tests.images import write_image
+
+    project = init_project(tmp_path / "project", database_url=database_url)
+    long, fits = "x" * (MAX_NAME_LENGTH + 1), "y" * MAX_NAME_LENGTH
+    with unit_of_work(project.engine) as session:
+        assert get_or_create_annotator(session, fits).name == fits
+        with pytest.raises(AnnotatorError, match="201 characters long: at most 200"):
+            get_or_create_annotator(session, long)
+    for spec in (
+        TaxonomySpec((MainClassEntry(long),)),
+        TaxonomySpec((MainClassEntry("ants", sub_classes=(SubClassEntry(long),)),)),
+    ):
+        with pytest.raises(TaxonomyError, match="at most 200 are allowed"), unit_of_work(project.engine) as session:
+            apply_taxonomy_spec(session, spec)
+    with unit_of_work(project.engine) as session:
+        apply_taxonomy_spec(session, TaxonomySpec((MainClassEntry(fits), MainClassEntry("ants"))))
+
+    # One row's annotator too long: the whole file is refused before any image or label is written.
+    for index in range(5):
+        write_image(tmp_path / "data" / f"{index}.png", index)
+    rows = [f"data/{index}.png,ants,,someone,2024-01-0{index + 1}T00:00:00" for index in range(5)]
+    rows[3] = f"data/3.png,ants,,{'z' * 300},2024-01-04T00:00:00"
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,main_class,sub_classes,annotator,labelled_at\n" + "\n".join(rows) + "\n")
+    with pytest.raises(IngestError, match=r"nothing was imported: 1 name\(s\) too long:\n  labels.csv line 5: "):
+        import_images(project, manifest=manifest, options=ImportOptions(progress=False))
+    # And a class name too long for --create-classes, from a plain pre-label row.
+    manifest.write_text(f"path,class\ndata/0.png,{'w' * 250}\n")
+    with pytest.raises(IngestError, match="main class 'wwww"):
+        import_images(project, manifest=manifest, options=ImportOptions(progress=False, create_classes=True))
+    with unit_of_work(project.engine) as session:
+        assert session.scalars(select(Image)).all() == []
+        assert {row.name for row in session.scalars(select(Annotator))} == {fits}
+        assert {row.name for row in session.scalars(select(MainClass))} == {fits, "ants"}
+
+
+def test_long_names_stored_before_the_rule_stay_usable_on_sqlite(tmp_path: Path) -> None:
+    from sqlalchemy import insert
+
+    from db.queries.annotators import get_or_create_annotator
+    from db.queries.taxonomy import ensure_class
+    from db.schema import Annotator, MainClass
+
+    project = init_project(tmp_path / "project")
+    old = "o" * 100_000  # what SQLite accepted before
+    with unit_of_work(project.engine) as session:
+        session.execute(insert(Annotator).values(name=old))
+        session.execute(insert(MainClass).values(name=old, position=0))
+    with unit_of_work(project.engine) as session:
+        assert get_or_create_annotator(session, old).name == old
+        main, _ = ensure_class(session, old)
+        assert main.name == old

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.schema import Annotator
+from db.schema import Annotator, name_length_problem
 
 
 class AnnotatorError(ValueError):
@@ -22,6 +22,8 @@ def get_or_create_annotator(session: Session, name: str) -> Annotator:
     annotator = session.scalars(query).one_or_none()
     if annotator is not None:
         return annotator
+    if problem := name_length_problem("the annotator name", clean_name):
+        raise AnnotatorError(problem)
     # Two PostgreSQL sessions may create the same name at once: the loser's savepoint rolls back and it
     # reads the winner's row. (SQLite transactions are serialised by BEGIN IMMEDIATE.)
     try:

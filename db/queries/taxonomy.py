@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from db.schema import Annotation, AnnotationTag, MainClass, Prediction, SubClass
+from db.schema import Annotation, AnnotationTag, MainClass, Prediction, SubClass, name_length_problem
 
 ClassRow = TypeVar("ClassRow", MainClass, SubClass)
 
@@ -121,6 +121,8 @@ def ensure_class(session: Session, main_name: str, sub_name: str | None = None) 
     """The named main class (and sub-class), created at the end of the display order when missing."""
     main = main_class_by_name(session, main_name)
     if main is None:
+        if problem := name_length_problem("main class", main_name):
+            raise TaxonomyError(problem)
         position = session.scalar(select(func.coalesce(func.max(MainClass.position) + 1, 0)))
         main = MainClass(name=main_name, position=position)
         session.add(main)
@@ -129,6 +131,8 @@ def ensure_class(session: Session, main_name: str, sub_name: str | None = None) 
         return main, None
     sub = next((s for s in main.sub_classes if s.name == sub_name), None)
     if sub is None:
+        if problem := name_length_problem(f"sub-class of {main_name[:40]!r}", sub_name):
+            raise TaxonomyError(problem)
         sub = SubClass(name=sub_name, position=len(main.sub_classes))
         main.sub_classes.append(sub)
         session.flush()
@@ -152,6 +156,8 @@ def validate_spec(spec: TaxonomySpec) -> None:
             problems.append("a main class has an empty name")
         if "/" in main.name:
             problems.append(f"main class {main.name!r}: '/' is not allowed in a name")
+        if problem := name_length_problem("main class", main.name):
+            problems.append(problem)
         if main.merge_into is not None:
             if main.merge_into not in surviving_names:
                 problems.append(
@@ -196,6 +202,8 @@ def _sub_problems(main: MainClassEntry, main_keys: dict[str, str]) -> list[str]:
             problems.append(f"main class {main.name!r} has a sub-class with an empty name")
         if "/" in sub.name:
             problems.append(f"{what}: '/' is not allowed in a name")
+        if problem := name_length_problem(f"sub-class of {main.name[:40]!r}", sub.name):
+            problems.append(problem)
         if sub.merge_into is not None:
             if sub.merge_into not in surviving:
                 problems.append(f"{what}: merge_into names no sub-class of {main.name!r} ({sub.merge_into!r})")
