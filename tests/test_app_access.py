@@ -16,6 +16,7 @@ from db.queries.jobs import enqueue_job
 from db.schema import JobStatus
 from labeller.app.services import data
 from labeller.app.state import Identity
+from labeller.app.text import md_text
 from labeller.project import Project
 from tests.e2e.project_factory import make_app_project, write_digit_images
 from tests.test_app_pages import MAIN_APP, open_page
@@ -59,7 +60,7 @@ def test_with_login_the_identity_is_the_logged_in_user_not_the_url(project: Proj
         get_or_create_annotator(session, "bob")
     app = logged_in("ann@x.org", "grid", query={"annotator": "bob"})
     assert _identity(app) is not None and _identity(app).name == "ann@x.org"
-    assert "Signed in as **ann@x.org** (annotator)" in _texts(app)
+    assert f"Signed in as **{md_text('ann@x.org')}** (annotator)" in _texts(app)  # a name, shown as text
 
 
 def test_logged_out_leaves_no_identity_even_one_from_earlier_in_the_session(project: Project) -> None:
@@ -81,7 +82,7 @@ def test_someone_not_on_the_annotators_list_is_not_let_in(project: Project) -> N
     project.save_settings()
     app = logged_in("stranger@y.org", "grid")
     assert _identity(app) is None
-    assert "stranger@y.org is not on this project's list of annotators" in app.error[0].value
+    assert f"{md_text('stranger@y.org')} is not on this project's list of annotators" in app.error[0].value
 
 
 def test_an_annotator_sees_no_admin_actions_on_the_data_page(project: Project) -> None:
@@ -135,7 +136,7 @@ def test_a_folder_outside_the_import_roots_is_refused_without_naming_server_path
         assert not app.success
     app.text_input[0].input("missing")
     app.button(key=IMPORT).click().run()
-    assert app.error[0].value == "That path is not a folder on the server."
+    assert app.error[0].value == md_text("That path is not a folder on the server.")  # may name a path
 
 
 def test_a_failed_jobs_message_names_no_server_path(project: Project) -> None:

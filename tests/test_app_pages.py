@@ -23,6 +23,7 @@ from db.queries.models import (
 from db.queries.taxonomy import list_main_classes
 from db.schema import AnnotationKind, Image, JobStatus
 from labeller.app.state import Identity
+from labeller.app.text import md_text
 from labeller.project import Project
 from tests.e2e.project_factory import add_active_model, make_app_project
 
@@ -239,14 +240,14 @@ def test_explore_shows_decoder_reconstructions_of_labelled_examples(project: Pro
     assert not app.exception, app.exception
     # Ten sub-classes with two labelled examples each: an input and a reconstruction per example.
     assert len(app.get("image")) - images_before == 40
-    assert any("loops/0" in m.value for m in app.markdown)
+    assert any(md_text("loops/0") in m.value for m in app.markdown)  # a class name, shown as text
 
     app.toggle(key="show_reconstructions").set_value(False).run()
     app.toggle(key="show_samples").set_value(True).run()
     assert not app.exception, app.exception
     # Eight images drawn from the decoder for each of the ten leaves (one st.image call per leaf).
     samples = [m.value for m in app.markdown if "drawn from p(x | y, z)" in m.value]
-    assert len(samples) == 10 and samples[0].startswith("**loops/0**")
+    assert len(samples) == 10 and samples[0].startswith(f"**{md_text('loops/0')}**")
     assert len(app.get("image")) - images_before == 10
 
 

@@ -13,6 +13,7 @@ from db.queries.wellbeing import MAX_BLUR_PX, MIN_BLUR_PX
 from labeller.app import state
 from labeller.app.keys import key_rows
 from labeller.app.services.common import TaxonomyView
+from labeller.app.text import md_text
 from labeller.project import Project
 
 NEW_NAME = "New annotator..."
@@ -52,15 +53,15 @@ def _logged_in_identity(project: Project) -> None:
     if state.role(project) is None:
         if state.identity() is not None:
             state.set_identity(None)
-        st.error(f"{name} is not on this project's list of annotators; ask one of its admins.")
+        st.error(f"{md_text(name)} is not on this project's list of annotators; ask one of its admins.")
         st.button("Log out", on_click=st.logout)
         return
     who = state.identity()
     if who is None or who.name != name:
         _sign_in(name, remember=False)
     if error := st.session_state.get("identity_error"):
-        st.error(error)
-    st.caption(f"Signed in as **{name}** ({state.role(project)})")
+        st.error(md_text(error))
+    st.caption(f"Signed in as **{md_text(name)}** ({state.role(project)})")
     st.button("Log out", on_click=st.logout)
 
 
@@ -74,7 +75,7 @@ def identity_picker(project: Project) -> None:
     who = state.identity()
     if who is not None:
         cols = st.columns([3, 2], vertical_alignment="center")
-        cols[0].markdown(f":material/person: **{who.name}**")
+        cols[0].markdown(f":material/person: **{md_text(who.name)}**")
         cols[1].button("Switch", key="switch_annotator", on_click=_sign_out)
         return
     with unit_of_work(state.engine()) as session:
@@ -94,7 +95,7 @@ def identity_picker(project: Project) -> None:
         _sign_in(choice)
         st.rerun()
     if error := st.session_state.get("identity_error"):
-        st.error(error)
+        st.error(md_text(error))
 
 
 def wellbeing_panel(project: Project) -> None:
@@ -156,7 +157,7 @@ def image_tile(file: Path, *, key: str, hidden_class: str, caption: str | None =
 def probability_bars(probabilities: Mapping[str, float], *, limit: int = 5) -> None:
     """The top classes and their probabilities, largest first."""
     for name, value in sorted(probabilities.items(), key=lambda item: -item[1])[:limit]:
-        st.progress(min(max(float(value), 0.0), 1.0), text=f"{name}: {value:.0%}")
+        st.progress(min(max(float(value), 0.0), 1.0), text=f"{md_text(name)}: {value:.0%}")
 
 
 def key_table(taxonomy: TaxonomyView) -> None:

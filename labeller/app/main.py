@@ -21,6 +21,7 @@ from streamlit.navigation.page import StreamlitPage
 
 from labeller.app import state
 from labeller.app.components import identity_picker, wellbeing_panel
+from labeller.app.text import md_text
 from labeller.serving import is_loopback
 
 VIEWS = Path(__file__).parent / "views"
@@ -107,7 +108,7 @@ def main() -> None:
     st.session_state.setdefault("reveal_on_hold", True)
     navigation = build_navigation()
     with st.sidebar:
-        st.markdown(f"**{project.settings.name}**")
+        st.markdown(f"**{md_text(project.settings.name)}**")
         identity_picker(project)
         wellbeing = st.container()
     state.load_wellbeing(project)

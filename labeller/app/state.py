@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from db.engine import reading, unit_of_work
 from db.queries import wellbeing as wellbeing_queries
 from labeller.app.services import common
+from labeller.app.text import md_text
 from labeller.project import Project, ProjectError, open_project
 
 PROJECT_ENV = "LABELLER_PROJECT"
@@ -52,7 +53,7 @@ def current_project() -> Project:
     except ProjectError as error:
         # The whole message goes to the server's log; the browser gets it without the server's paths.
         _LOG.error("cannot open the project: %s", error)
-        st.error(common.public_message(str(error), [root.resolve()]))
+        st.error(md_text(common.public_message(str(error), [root.resolve()])))  # may name a folder
         st.stop()
         raise  # unreachable: st.stop raises
 

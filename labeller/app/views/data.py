@@ -14,6 +14,7 @@ from db.queries.taxonomy import TaxonomyError
 from labeller.app import state
 from labeller.app.components import key_table
 from labeller.app.services import common, data
+from labeller.app.text import md_text
 from labeller.ingest import ImportReport
 
 project = state.current_project()
@@ -40,7 +41,7 @@ def show_report(report: ImportReport, bases: Sequence[Path]) -> None:
                 }
             )
             if count <= SKIPPED_IN_FULL:
-                st.table(table.set_index("file"))  # wraps long reasons instead of cutting them off
+                st.table(table.map(md_text).set_index("file"))  # wraps long reasons instead of cutting them off
             else:
                 st.dataframe(
                     table,
@@ -76,7 +77,7 @@ with imports:
                         report = data.import_folder(project, folder, labels_from_folders=from_folders, role=role)
                     show_report(report, shown_under)
                 except (OSError, ValueError) as error:
-                    st.error(common.public_message(str(error), shown_under))
+                    st.error(md_text(common.public_message(str(error), shown_under)))
         with right, st.form("upload", clear_on_submit=True):
             st.markdown("**Upload from this computer**")
             uploads = st.file_uploader(
@@ -102,13 +103,13 @@ with taxonomy_tab:
         try:
             changes = data.apply_taxonomy_toml(engine, text, role=role)
         except TaxonomyError as error:
-            st.error(str(error))
+            st.error(md_text(error))
         else:
             st.session_state["taxonomy_revision"] = revision + 1
             st.session_state["taxonomy_flash"] = "; ".join(changes) or "No change."
             st.rerun()
     if flash := st.session_state.pop("taxonomy_flash", None):
-        st.success(flash)
+        st.success(md_text(flash))
     st.markdown("**Keys on the Label page** (the same on its `?` list)")
     key_table(state.taxonomy())
 

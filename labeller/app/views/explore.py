@@ -15,6 +15,7 @@ from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.selection import selected_image_ids
 from labeller.app.services import common, explore, renditions
 from labeller.app.services.label_session import image_data_url
+from labeller.app.text import md_text
 
 # Categorical colours (Okabe-Ito, colour-blind safe), cycled when there are more categories.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -174,7 +175,7 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
         hidden = "veiled" if veil is not None else state.image_filter_class(project)
         try:
             for row, (name, image_ids) in enumerate(explore.examples_per_sub_class(engine).items()):
-                st.markdown(f"**{name}** · input, then reconstruction")
+                st.markdown(f"**{md_text(name)}** · input, then reconstruction")
                 pairs = explore.reconstructions(engine, project, trained, image_ids)
                 columns = st.columns(8)
                 for index, (image_id, original, decoded) in enumerate(pairs):
@@ -188,7 +189,7 @@ with st.expander("Decoder reconstructions and samples per sub-class", icon=":mat
         trained = state.load_model(checkpoint[0], str(checkpoint[1]))
         try:
             for row, (leaf, images) in enumerate(explore.decoder_samples(trained).items()):
-                st.markdown(f"**{leaf}** · drawn from p(x | y, z), z ~ N(0, I)")
+                st.markdown(f"**{md_text(leaf)}** · drawn from p(x | y, z), z ~ N(0, I)")
                 veil = page_veil(project)  # made up, but as like the real images as the model can draw them
                 hidden = "veiled" if veil is not None else state.image_filter_class(project)
                 with st.container(key=f"hide-{hidden}-samples-{row}"):

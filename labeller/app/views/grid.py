@@ -16,6 +16,7 @@ from labeller.app.grid_keys import grid_keys, requested_range
 from labeller.app.grid_selection import select_matching, select_range
 from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.services import grid, label
+from labeller.app.text import md_text
 
 MODES = {
     "uncertain": "Most uncertain (unlabelled)",
@@ -128,7 +129,7 @@ tiles, total = grid.grid_page(
 )
 
 if flash := st.session_state.pop("grid_flash", None):
-    st.toast(flash, icon=":material/done_all:")
+    st.toast(md_text(flash), icon=":material/done_all:")
 
 pages = max(1, math.ceil(total / page_size))
 selected: set[int] = st.session_state["grid_selected"]
@@ -176,7 +177,7 @@ for start in range(0, len(tiles), COLUMNS):
             # The box's value is what the annotator sees; the selection follows it. (Read here rather than
             # in an on_change callback: Streamlit dropped some callbacks of ticks made during a rerun.)
             if st.checkbox(
-                f"{row.image_id} · {predicted}{confidence}" + (" · labelled" if row.labelled else ""),
+                f"{row.image_id} · {md_text(predicted)}{confidence}" + (" · labelled" if row.labelled else ""),
                 key=pick_key(row.image_id),
             ):
                 selected.add(row.image_id)

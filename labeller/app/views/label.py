@@ -15,6 +15,7 @@ from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.services import common, label, label_session, renditions
 from labeller.app.services.label import Decision
 from labeller.app.services.label_session import LabelSession
+from labeller.app.text import md_text
 
 PROGRESS_EVERY_S = 5  # the progress row and the Recent list refresh on their own, not on every key press
 
@@ -100,7 +101,7 @@ def progress_row() -> None:
         st.metric("Labels today", done.today)
         st.metric("Labels in the last hour", f"{done.per_hour:.0f}")
         st.metric("Images left to label", done.left)
-    per_class = " · ".join(f"{name} **{n}**" for name, n in done.by_main_class.items())
+    per_class = " · ".join(f"{md_text(name)} **{n}**" for name, n in done.by_main_class.items())
     st.caption(f"Labelled images per class: {per_class or 'none'}")
 
 
@@ -115,7 +116,7 @@ def card() -> None:
     if (shown := session.current_image()) is not None:
         state.count_exposure(shown)
     while session.messages:
-        st.toast(session.messages.pop(0), icon=":material/info:")
+        st.toast(md_text(session.messages.pop(0)), icon=":material/info:")
     storage = "latent-labeller:" + hashlib.sha256(str(project.root.resolve()).encode()).hexdigest()[:12]
     session.request_full(label_session.parse_reveal_request(sent_reveal()))
     hiding = state.hiding(project)
@@ -157,7 +158,9 @@ def recent() -> None:
             with row[0].container(key=f"hide-{hidden}-recent-{item.id}-{item.image_id}"):
                 st.image(str(thumbs[item.image_id]), width=56)
         row[1].caption(item.created_at.strftime("%H:%M:%S"))
-        row[2].markdown(f"image {item.image_id} · {item.kind}" + (f" · {', '.join(item.tags)}" if item.tags else ""))
+        row[2].markdown(
+            f"image {item.image_id} · {item.kind}" + (f" · {md_text(', '.join(item.tags))}" if item.tags else "")
+        )
         row[3].selectbox(
             "Main class",
             main_names,

@@ -14,6 +14,7 @@ from labeller.app.reveal import held_reveals, hold_reveal, page_veil, tile_class
 from labeller.app.services import common, label, renditions, review
 from labeller.app.services.label_session import image_data_url
 from labeller.app.services.review import kappa_text
+from labeller.app.text import md_text
 
 project = state.current_project()
 engine = project.engine
@@ -77,8 +78,9 @@ with mistakes:
                 image_tile(files[item.image_id], key=f"mistake-{index}-{item.image_id}", hidden_class=shown_as)
                 link = f"./?image={item.image_id}&annotator={quote(who.name)}"
                 st.caption(
-                    f"{item.image_id}: **{taxonomy.main_name(item.human_main_id)}** by {item.annotator}; "
-                    f"model says {taxonomy.main_name(item.predicted_main_id)} ({item.confidence:.0%}) · "
+                    f"{item.image_id}: **{md_text(taxonomy.main_name(item.human_main_id))}** by "
+                    f"{md_text(item.annotator)}; model says {md_text(taxonomy.main_name(item.predicted_main_id))} "
+                    f"({item.confidence:.0%}) · "
                     f"[relabel]({link})"
                 )
         hold_reveal(project, found_ids, key="review-hold")
