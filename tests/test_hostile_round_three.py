@@ -271,3 +271,23 @@ def test_long_names_stored_before_the_rule_stay_usable_on_sqlite(tmp_path: Path)
         assert get_or_create_annotator(session, old).name == old
         main, _ = ensure_class(session, old)
         assert main.name == old
+
+
+# --- item 10: wrong or unbounded results -------------------------------------------------------------------
+
+
+def test_evaluate_refuses_a_taxonomy_of_one_main_class_even_with_sub_classes(tmp_path: Path) -> None:
+    from labeller.ingest import ImportOptions, import_images
+    from tests.project_factory import write_class_images
+
+    project = init_project(tmp_path / "project")
+    # photos/animal/{dark,bright}/*.png: one main class, two labelled sub-classes (reported 100% before).
+    write_class_images(tmp_path / "photos" / "animal", per_class=8, size=16)
+    options = ImportOptions(labels_from_folders=True, create_classes=True, progress=False)
+    import_images(project, [tmp_path / "photos"], options=options)
+    fast = ["--models", "supervised", "--seeds", "1", "--epochs", "1", "--image-size", "16", "--device", "cpu"]
+    out = ["--json", str(tmp_path / "eval" / "eval.json")]
+    plan = ["--budgets", "6", "--initial", "4", "--strategies", "random"]
+    output = clean_failure(["evaluate", str(project.root), *plan, *fast, *out])
+    assert "the taxonomy has one main class ('animal')" in output and "100% by construction" in output
+    assert not (tmp_path / "eval" / "eval.json").exists()

@@ -307,8 +307,8 @@ def evaluate_command(
 
 
 def _check_classes(data: EvaluationData) -> None:
-    """Refuse what ``labeller train`` refuses: labels of one main class only (main-class accuracy would be
-    a meaningless 0% or 100%); with a one-main-class taxonomy, labels of one leaf only."""
+    """Refuse labels of one main class only (as ``labeller train`` does) and a one-main-class taxonomy: its
+    main-class accuracy and macro-F1 are a meaningless 100% (they were reported without a word)."""
     taxonomy = data.taxonomy
     leaf_main = taxonomy.main_of_leaf()
     mains_seen = {int(main) for row in data.admissible for main in np.unique(leaf_main[row])}
@@ -319,9 +319,8 @@ def _check_classes(data: EvaluationData) -> None:
             "evaluating, or every accuracy is a meaningless 0% or 100%"
         )
     if taxonomy.num_main == 1:
-        exact = {int(np.flatnonzero(row)[0]) for row in data.admissible if row.sum() == 1}
-        if len(exact) < 2:
-            raise click.ClickException(
-                f"the taxonomy has one main class ({taxonomy.main_names[0]!r}) and the labels name fewer than two "
-                "of its sub-classes: there is nothing to tell apart; add a main class or label sub-classes"
-            )
+        raise click.ClickException(
+            f"the taxonomy has one main class ({taxonomy.main_names[0]!r}): main-class accuracy and macro-F1 "
+            "would be 100% by construction, so there is nothing to tell apart; add at least one other main class "
+            "(its sub-classes can become main classes) before evaluating"
+        )
