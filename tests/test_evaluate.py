@@ -113,7 +113,7 @@ def test_end_to_end_on_a_digits_subset_with_a_real_model(tmp_path: Path) -> None
     assert written["dataset"]["num_test"] == 90 and written["dataset"]["num_pool"] == 210
     assert written["config"]["train"]["epochs"] == 20
     row = next(r for r in written["summary"] if r["model"] == "m2" and r["strategy"] == "entropy")
-    assert row["seeds"] == 1 and row["main_accuracy_std"] == 0.0
+    assert row["seeds"] == 1 and row["main_accuracy_std"] is None  # one seed: no std to report
     assert "| m2 | entropy | 30 |" in paths["markdown"].read_text()
     assert "plotly" in paths["figure"].read_text()[:5000].lower()
 
@@ -124,7 +124,7 @@ def test_bad_configurations_are_clear_errors() -> None:
         evaluate(data, EvaluationConfig(strategies=("psychic",)))
     with pytest.raises(ValueError, match="increasing"):
         evaluate(data, EvaluationConfig(budgets=(50, 20)))
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match=r"every budget .* exceeds"):
         evaluate(data, EvaluationConfig(budgets=(5_000,), models=()))
 
 

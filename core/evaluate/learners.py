@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -13,6 +14,39 @@ import numpy as np
 from core.acquisition import UncertaintyScores
 from core.evaluate.data import EvaluationData
 from core.evaluate.results import EvaluationConfig
+from core.registry import SMALL_IMAGE_SIDE
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` inside the block (None: left alone), restored after."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def training_threads(config: EvaluationConfig, image_shape: tuple[int, ...]) -> int | None:
+    """The intra-op threads a model on rows of ``image_shape`` trains and scores with (None: torch's own).
+
+    ``config.threads`` when set; otherwise 1 for small models: feature vectors (N, D) and images under
+    SMALL_IMAGE_SIDE px. Their steps are too small to split: the threads wait on each other, and spin
+    against other processes on a busy machine. Measured on the shared 2-core machine (load 2-7 from other
+    work; benchmarks/results/threads.md): M2 with its linear q(y|x) on 1,280-d features ran 13.9 steps/s on
+    1 thread against 1.6 on 2, and 3.1 against 0.5 beside 2 busy processes; M2 on 8x8 digits, 12-13 against
+    0.5-2.7. Photo-sized pixel models keep torch's setting: where cores are free their convolutions use them
+    (on that busy machine a 64 px CNN, too, ran faster on 1: ``--threads 1``)."""
+    if config.threads is not None:
+        return config.threads
+    small = len(image_shape) == 1 or image_shape[1] < SMALL_IMAGE_SIDE  # (D,) or (C, H, W), as build_model
+    return 1 if small else None
 
 
 @dataclass
@@ -62,6 +96,7 @@ class TrainedModelLearner:
         extra = data.extra_unlabelled if data.extra_unlabelled is not None else data.images[:0]
         # Pool images first, then the extra unlabelled ones; test images are never seen in training.
         self.train_images = np.concatenate([data.images[pool], extra])
+        self.threads = training_threads(config, self.train_images.shape[1:])
         self.trained: Any = None
 
     def training_pool(self, labelled: np.ndarray) -> Any:
@@ -82,18 +117,21 @@ class TrainedModelLearner:
         init = self.trained if (warm and self.trained is not None) else None
         if init is not None and self.warm_epochs is not None:
             config = dataclasses.replace(config, epochs=self.warm_epochs)
-        self.trained = fit(pool, self.data.taxonomy, config, init=init, on_progress=self.on_training)
+        with torch_threads(self.threads):
+            self.trained = fit(pool, self.data.taxonomy, config, init=init, on_progress=self.on_training)
 
     def predict(self, rows: np.ndarray) -> Prediction:
         from core.scoring import score_pool
 
-        scores = score_pool(self.trained, self.data.images[rows], mc_samples=0)
+        with torch_threads(self.threads):
+            scores = score_pool(self.trained, self.data.images[rows], mc_samples=0)
         return Prediction(scores.main_probs, scores.leaf_probs)
 
     def pool_scores(self) -> tuple[UncertaintyScores, np.ndarray | None]:
         from core.scoring import score_pool
 
-        scores = score_pool(self.trained, self.data.images[self.pool_rows], mc_samples=self.mc_samples)
+        with torch_threads(self.threads):
+            scores = score_pool(self.trained, self.data.images[self.pool_rows], mc_samples=self.mc_samples)
         return scores.uncertainty(), scores.latent_mean
 
 
@@ -124,7 +162,8 @@ class AutoLearner(TrainedModelLearner):
         from core.training import TrainConfig, select_model
 
         overrides = self.evaluation.model_train
-        selection = select_model(self.training_pool(labelled), self.data.taxonomy, self.base, overrides=overrides)
+        with torch_threads(self.threads):  # its cross-validation fits the same models
+            selection = select_model(self.training_pool(labelled), self.data.taxonomy, self.base, overrides=overrides)
         chosen = selection.chosen
         self.choices.append(chosen)
         self.base = TrainConfig(

@@ -36,6 +36,8 @@ class EvaluationConfig:
     # before any model version its queue serves images in random-key order), "typical" (TypiClust on the
     # features) or "diverse" (k-centre on the features, core.acquisition.cold_start, which the app does not serve).
     initial_selection: str = "random"
+    # Labels per active round. 5 is the anchors' protocol (the benchmarks); `labeller evaluate` passes the
+    # project's labelling.round_size, the app queue's round, so that it simulates what the app serves.
     round_size: int = 5
     balanced_random: bool = True
     # k-centre diversification of each round in latent space (the app's default); off = plain top-n,
@@ -49,6 +51,11 @@ class EvaluationConfig:
     warm_start: bool = False
     warm_epochs: int | None = None
     mc_samples: int = 8  # MC-dropout passes when scoring for BALD
+    # Torch intra-op threads while a model trains and scores. None: 1 for small models (feature vectors, images
+    # under SMALL_IMAGE_SIDE px), whose steps extra threads slow down, badly on a busy machine
+    # (core.evaluate.learners.training_threads, benchmarks/results/threads.md); torch's own setting for larger
+    # pixel models. A number: that many for every model.
+    threads: int | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides shared by every model
     # Per-model TrainConfig overrides on top of ``train`` (e.g. more epochs for the supervised model, whose
     # epochs pass over the few labelled images only).
@@ -75,6 +82,8 @@ class EvaluationConfig:
             problems.append(f"initial_selection must be one of {INITIAL_SELECTIONS}, got {self.initial_selection!r}")
         if self.initial_labels < 1 or self.round_size < 1:
             problems.append("initial_labels and round_size must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1, got {self.threads}")
         if problems:
             raise ValueError("invalid evaluation: " + "; ".join(problems))
 
@@ -99,7 +108,8 @@ class EvaluationResult:
     dataset: dict[str, Any]
     config: dict[str, Any]
     runs: list[RunResult]
-    skipped: list[dict[str, str]]
+    # {"model", "strategy", "reason"} for a pair not run, {"budget", "reason"} for a budget not run.
+    skipped: list[dict[str, Any]]
     seconds: float
 
     @classmethod
@@ -110,11 +120,13 @@ class EvaluationResult:
             raise ValueError("nothing to merge")
         if any(part.dataset != parts[0].dataset for part in parts):
             raise ValueError("cannot merge results on different datasets or splits")
+        all_skips = [skip for part in parts for skip in part.skipped]
         return cls(
             dataset=parts[0].dataset,
             config=config if config is not None else parts[0].config,
             runs=[run for part in parts for run in part.runs],
-            skipped=[skip for part in parts for skip in part.skipped],
+            # Every part skips the same budgets and pairs: once each.
+            skipped=[skip for i, skip in enumerate(all_skips) if skip not in all_skips[:i]],
             seconds=sum(part.seconds for part in parts),
         )
 
@@ -128,7 +140,8 @@ class EvaluationResult:
             for metric in ("main_accuracy", "leaf_accuracy", "macro_f1"):
                 values = [getattr(r, metric) for r in runs if getattr(r, metric) is not None]
                 row[f"{metric}_mean"] = float(np.mean(values)) if values else None
-                row[f"{metric}_std"] = float(np.std(values)) if values else None
+                # One value has no spread to report: null ("n/a"), not a reassuring 0.0.
+                row[f"{metric}_std"] = float(np.std(values)) if len(values) >= 2 else None
             covered = [r.classes_labelled for r in runs if r.classes_labelled is not None]
             row["classes_labelled_mean"] = float(np.mean(covered)) if covered else None
             rows.append(row)
@@ -145,11 +158,30 @@ class EvaluationResult:
             "seconds": self.seconds,
         }
 
+    def spread_note(self) -> str:
+        """How the accuracies are summarised over seeds: a std needs at least two."""
+        seeds = {row["seeds"] for row in self.summary()}
+        if seeds and max(seeds) < 2:
+            return "one seed, so no std (n/a)"
+        if seeds and min(seeds) < 2:
+            return "mean ± std over seeds (n/a with one seed)"
+        return "mean ± std over seeds"
+
+    def image_points(self) -> str:
+        """What one measured image is worth in accuracy points, e.g. "1 test image = 5.9 points (17 test
+        images)": on a small split a gap of a few points is one or two images."""
+        measured_on = self.dataset.get("measured_on", "test")
+        count = int(self.dataset["num_test"])
+        if count < 1:
+            return f"no {measured_on} images"
+        return f"1 {measured_on} image = {100 / count:.1f} points ({count} {measured_on} images)"
+
     def markdown(self) -> str:
         measured_on = self.dataset.get("measured_on", "test")
         lines = [
             f"{measured_on.capitalize()} accuracy on {self.dataset['name']} ({self.dataset['num_test']} "
-            f"{measured_on} images, pool {self.dataset['num_pool']}), mean ± std over seeds.\n",
+            f"{measured_on} images, pool {self.dataset['num_pool']}), {self.spread_note()}.\n",
+            f"{self.image_points()}.\n",
             "| model | strategy | labels | main accuracy | leaf accuracy | macro-F1 | seeds |",
             "|---|---|---|---|---|---|---|",
         ]
@@ -165,7 +197,8 @@ class EvaluationResult:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         for skip in self.skipped:
-            lines.append(f"\nSkipped {skip['model']} × {skip['strategy']}: {skip['reason']}")
+            what = f"budget {skip['budget']}" if "budget" in skip else f"{skip['model']} × {skip['strategy']}"
+            lines.append(f"\nSkipped {what}: {skip['reason']}")
         return "\n".join(lines) + "\n"
 
     def figure(self) -> Any:
@@ -178,20 +211,33 @@ class EvaluationResult:
             curves.setdefault((row["model"], row["strategy"]), []).append(row)
         for (model, strategy), rows in curves.items():
             rows.sort(key=lambda r: r["budget"])
+            stds = [r["main_accuracy_std"] for r in rows]
             figure.add_trace(
                 go.Scatter(
                     x=[r["budget"] for r in rows],
                     y=[r["main_accuracy_mean"] for r in rows],
-                    error_y={"type": "data", "array": [r["main_accuracy_std"] for r in rows]},
+                    # Bars only where there is a std: one seed gives none (its hover text says n/a).
+                    error_y={
+                        "type": "data",
+                        "array": [0.0 if std is None else std for std in stds],
+                        "visible": any(std is not None for std in stds),
+                    },
+                    text=[
+                        f"{_mean_std(r['main_accuracy_mean'], r['main_accuracy_std'])} over {r['seeds']} seed(s)"
+                        for r in rows
+                    ],
+                    hovertemplate="%{x} labels: %{text}",
                     mode="lines+markers",
                     name=f"{model} · {strategy}",
                     line={"dash": "dot" if strategy == "random" else "solid"},
                 )
             )
+        measured_on = self.dataset.get("measured_on", "test")
         figure.update_layout(
-            title=f"Label efficiency on {self.dataset['name']}",
+            title=f"Label efficiency on {self.dataset['name']}<br><sup>{self.spread_note()}; "
+            f"{self.image_points()}</sup>",
             xaxis_title="labels",
-            yaxis_title="test main-class accuracy",
+            yaxis_title=f"{measured_on} main-class accuracy",
             template="plotly_white",
         )
         return figure
@@ -220,4 +266,6 @@ class EvaluationResult:
 
 
 def _mean_std(mean: float | None, std: float | None) -> str:
-    return "–" if mean is None else f"{100 * mean:.1f}% ± {100 * (std or 0.0):.1f}"
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f}% ± " + ("n/a" if std is None else f"{100 * std:.1f}")

@@ -13,7 +13,7 @@ from core.acquisition import cold_start, get_strategy, rank_pool, typical_covera
 from core.evaluate.data import EvaluationData, evaluation_split
 from core.evaluate.learners import AutoLearner, Learner, Prediction, ScikitLearner, TrainedModelLearner
 from core.evaluate.results import BASELINES, EvaluationConfig, EvaluationResult, RunResult
-from core.registry import AUTO
+from core.registry import AUTO, DIVERSITY_FACTOR
 
 
 def _metrics(data: EvaluationData, rows: np.ndarray, prediction: Prediction) -> dict[str, float | None]:
@@ -100,8 +100,13 @@ def _active_runs(
     config: EvaluationConfig,
     seed: int,
 ) -> list[RunResult]:
+    # The app queue's shortlist factor (core.registry), so a simulated round diversifies as the app's does.
     strategy = get_strategy(
-        strategy_name, diversify=config.diversify, exploration=config.exploration, coverage=config.coverage
+        strategy_name,
+        diversify=config.diversify,
+        diversity_factor=DIVERSITY_FACTOR,
+        exploration=config.exploration,
+        coverage=config.coverage,
     )
     rng = np.random.default_rng(seed)
     initial = min(config.initial_labels, len(pool))
@@ -195,8 +200,10 @@ def evaluate(
     split: explicit (pool, test) indices into ``data`` (e.g. a dataset's own train/val folders); by
     default a stratified ``config.test_fraction`` split with ``config.split_seed`` (its validation part when
     ``config.on_validation``; an explicit split is then taken to be that validation split). on_event: one line per
-    finished run, prefixed with runs done of runs planned; on_training: every training's
-    ``core.training.Progress``."""
+    finished run, prefixed with runs done of runs planned, and one per budget skipped; on_training: every
+    training's ``core.training.Progress``.
+
+    Budgets above the pool's size are skipped (listed in the result's ``skipped``); ValueError when none fits."""
     config.validate()
     if split is None:
         split = evaluation_split(data, config.test_fraction, config.split_seed, on_validation=config.on_validation)
@@ -204,12 +211,14 @@ def evaluate(
     pool, test = np.asarray(pool, dtype=np.int64), np.asarray(test, dtype=np.int64)
     if np.intersect1d(pool, test).size:
         raise ValueError("pool and test splits overlap")
-    if max(config.budgets) > len(pool):
-        raise ValueError(f"budget {max(config.budgets)} exceeds the {len(pool)} labelled images in the pool")
     say = on_event or (lambda message: None)
+    # Budgets the pool cannot give are skipped, not the whole run; the recorded config keeps the budgets asked.
+    fitting, skipped = budgets_that_fit(config.budgets, len(pool))
+    for skip in skipped:
+        say(f"skipped budget {skip['budget']}: {skip['reason']}")
+    requested, config = config, dataclasses.replace(config, budgets=fitting)
     started = time.perf_counter()
     runs: list[RunResult] = []
-    skipped: list[dict[str, str]] = []
     planned = [
         (name, strategy)
         for name in (*config.models, *config.baselines)
@@ -253,5 +262,5 @@ def evaluate(
             main: int((data.main_labels[test] == i).sum()) for i, main in enumerate(data.taxonomy.main_names)
         },
     }
-    config_dict = {**dataclasses.asdict(config), "train": train_config}
+    config_dict = {**dataclasses.asdict(requested), "train": train_config, "diversity_factor": DIVERSITY_FACTOR}
     return EvaluationResult(dataset, config_dict, runs, skipped, time.perf_counter() - started)

@@ -20,7 +20,9 @@ from core.registry import (
     DEFAULT_COVERAGE,
     DEFAULT_EXPLORATION,
     DEFAULT_STRATEGY,
+    DIVERSITY_FACTOR,
     INPUT_KINDS,
+    SMALL_IMAGE_SIDE,
 )
 from labeller.commands.project import load_project
 
@@ -78,8 +80,12 @@ def _evaluate_in_processes(data: Any, config: Any, workers: int) -> Any:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from core.evaluate import EvaluationResult, evaluation_split
+    from core.evaluate.simulation import budgets_that_fit
 
     split = evaluation_split(data, config.test_fraction, config.split_seed, on_validation=config.on_validation)
+    # Before spawning anything: no budget that fits is an error; the others are skipped in every worker.
+    for skip in budgets_that_fit(config.budgets, len(split[0]))[1]:
+        click.echo(f"skipped budget {skip['budget']}: {skip['reason']}")
     seeds = range(config.first_seed, config.first_seed + config.seeds)
     parts = []
     context = multiprocessing.get_context("spawn")  # torch state must not be forked
@@ -150,7 +156,12 @@ def _csv(kind: type, value: str) -> tuple:
     show_default=True,
     help="Random labels before the first active round.",
 )
-@click.option("--round-size", type=click.IntRange(min=1), default=5, show_default=True, help="Labels per active round.")
+@click.option(
+    "--round-size",
+    type=click.IntRange(min=1),
+    help="Labels per active round. Default: the project's labelling.round_size, the round the app's queue "
+    "serves, so the simulation labels as annotators do.",
+)
 @click.option(
     "--initial-selection",
     type=click.Choice(INITIAL_SELECTIONS),
@@ -163,7 +174,8 @@ def _csv(kind: type, value: str) -> tuple:
     "--diversify/--no-diversify",
     default=True,
     show_default=True,
-    help="k-centre diversification of each active round in latent space.",
+    help=f"k-centre diversification of each active round in latent space, over its {DIVERSITY_FACTOR} x round-size "
+    "most uncertain images (as the app's queue).",
 )
 @click.option(
     "--exploration",
@@ -187,6 +199,13 @@ def _csv(kind: type, value: str) -> tuple:
     help="Continue each active round from the previous model for this many epochs instead of retraining "
     "(faster; measured much worse for M2 on digits).",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch threads while a model trains and scores. Default: 1 for small models (backbone features, images "
+    f"under {SMALL_IMAGE_SIDE} px: many times faster than 2 on a busy machine, benchmarks/results/threads.md), "
+    "torch's own setting for larger images.",
+)
 @click.option("--image-size", type=click.IntRange(min=4), help="Default: the project setting (training.image_size).")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Default: the project setting (training.channels).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. Default: the project setting.")
@@ -209,20 +228,22 @@ def evaluate_command(
     test_fraction: float,
     on_validation: bool,
     initial_labels: int,
-    round_size: int,
+    round_size: int | None,
     initial_selection: str,
     diversify: bool,
     exploration: float,
     coverage: str,
     epochs: int | None,
     warm_epochs: int | None,
+    threads: int | None,
     image_size: int | None,
     channels: str | None,
     device: str | None,
     json_path: Path,
 ) -> None:
     """Simulate labelling PROJECT's labelled images: for every model, strategy and budget, test accuracy
-    (main class, leaf, macro-F1) as mean and std over seeds, with scikit-learn baselines."""
+    (main class, leaf, macro-F1) as mean and std over seeds (n/a with one seed), with scikit-learn baselines.
+    Budgets above the labelled images left for the pool are skipped."""
     from core.backbones import BackboneUnavailable
     from core.evaluate import EvaluationConfig, evaluate
     from labeller.inputs import choose_input
@@ -245,13 +266,14 @@ def evaluate_command(
         test_fraction=test_fraction,
         on_validation=on_validation,
         initial_labels=initial_labels,
-        round_size=round_size,
+        round_size=round_size if round_size is not None else opened.settings.labelling.round_size,
         initial_selection=initial_selection,
         diversify=diversify,
         exploration=exploration,
         coverage=coverage,
         warm_start=warm_epochs is not None,
         warm_epochs=warm_epochs,
+        threads=threads,
         train={
             "epochs": epochs or training.epochs,
             "batch_size": training.batch_size,
