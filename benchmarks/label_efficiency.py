@@ -270,7 +270,8 @@ def summary_rows(results: dict[str, EvaluationResult]) -> list[dict[str, Any]]:
                     "strategy": row["strategy"],
                     "labels": row["budget"],
                     "main_accuracy": round(row["main_accuracy_mean"], 4),
-                    "std": round(row["main_accuracy_std"], 4),
+                    # None with one seed: a spread needs two.
+                    "std": None if row["main_accuracy_std"] is None else round(row["main_accuracy_std"], 4),
                     "macro_f1": round(row["macro_f1_mean"], 4),
                     "seeds": row["seeds"],
                 }

@@ -28,6 +28,8 @@ BENCHMARKS = (
     "label_latency",  # Chromium: scripts/system-packages.sh
     "concurrent_labelling",  # PostgreSQL too when LABELLER_BENCH_PG_URL or LABELLER_TEST_PG_URL is set
     "soak",  # 30 minutes (--quick: 3); exits non-zero when anything was lost, doubled or locked
+    "threads",  # torch threads for small models, idle and under load
+    "loop_truth",  # the queue's head and calibration on hymenoptera ($LABELLER_HYMENOPTERA)
 )
 RESULTS_DIR = Path(__file__).parent / "results"
 

@@ -23,7 +23,7 @@ images in random-key order (recorded as ``cold_start`` on each annotation).
 Beyond the protocol: ``initial_selection="diverse"`` starts from a k-centre sample of the features
 (``core.acquisition.cold_start``; the app does not serve it), ``"typical"`` from the most typical image of
 each of ``initial_labels`` k-means clusters (TypiClust); ``diversify=True`` spreads each round by k-centre
-over the ``5 x round_size`` most uncertain candidates in the model's latent space (pixels for the
+over the ``DIVERSITY_FACTOR x round_size`` (5 x) most uncertain candidates in the model's latent space (pixels for the
 scikit-learn learners); ``exploration`` gives a share of each round to coverage, ``coverage="typical"``
 choosing the most typical image of the largest unlabelled k-means cluster (TypiClust) rather than the
 farthest one.
@@ -44,10 +44,11 @@ Result JSON (``EvaluationResult.to_dict``), schema ``latent-labeller/evaluate/1`
                 "main_accuracy": float, "leaf_accuracy": float | null, "macro_f1": float,
                 "seconds": float, "classes_labelled": int}, ...],  # one per (model, strategy, seed, budget)
       "summary": [{"model": str, "strategy": str, "budget": int, "seeds": int,
-                   "main_accuracy_mean": float, "main_accuracy_std": float,
+                   "main_accuracy_mean": float, "main_accuracy_std": float | null,
                    "leaf_accuracy_mean": float | null, "leaf_accuracy_std": float | null,
-                   "macro_f1_mean": float, "macro_f1_std": float, "classes_labelled_mean": float | null}, ...],
-      "skipped": [{"model": str, "strategy": str, "reason": str}, ...],
+                   "macro_f1_mean": float, "macro_f1_std": float | null, "classes_labelled_mean": float | null},
+                  ...],                 # every std is null with one seed
+      "skipped": [{"model": str, "strategy": str, "reason": str} | {"budget": int, "reason": str}, ...],
       "seconds": float                          # summed over parts when merged from parallel runs
     }
 
