@@ -16,6 +16,7 @@
 const cards = new WeakMap();
 const RESEND_MS = 3000;
 const HISTORY_LIMIT = 50;
+const HELP_ROWS_LIMIT = 200; // the key list past this: a note (10,000 classes drew 10,000 rows per update)
 
 function textEntry(el) {
   if (!el || el === document.body) return false;
@@ -25,6 +26,13 @@ function textEntry(el) {
   if (tag !== "INPUT") return false;
   const type = (el.getAttribute("type") || "text").toLowerCase();
   return !["button", "checkbox", "radio", "range", "submit", "reset", "color", "file"].includes(type);
+}
+
+function deepActive() {
+  // The focused element inside shadow roots (the card's own search box): document.activeElement is the host.
+  let active = document.activeElement;
+  while (active && active.shadowRoot && active.shadowRoot.activeElement) active = active.shadowRoot.activeElement;
+  return active;
 }
 
 function closedCombobox(el) {
@@ -372,14 +380,14 @@ class Card {
   unfocus(event) {
     // After a mouse click, give the keys back to the card unless the click was into a text box.
     setTimeout(() => {
-      const active = document.activeElement;
+      const active = deepActive();
       if (active && active !== document.body && (!textEntry(active) || closedCombobox(active))) active.blur();
     }, 0);
   }
 
   key(event) {
     if (!this.root.isConnected || event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
-    const active = document.activeElement;
+    const active = deepActive();
     if (textEntry(active) && !closedCombobox(active)) return;
     if (document.querySelector("[role='dialog'][aria-modal='true']")) return;
     const key = baseKey(event);
@@ -458,6 +466,24 @@ class Card {
     const right = el("div", "lc-right");
     this.model = el("div", "lc-model");
     const mainTitle = el("div", "lc-title", "Main class · its key labels and advances");
+    // Past data.maxButtons main classes, a search box and the matching classes only: one button per class
+    // (10,000 of them) left the page unusable.
+    this.search = el("input", "lc-search");
+    this.search.type = "search";
+    this.search.placeholder = "Find a main class by name…";
+    this.search.setAttribute("aria-label", "Find a main class");
+    this.search.dataset.testid = "label-card-search";
+    this.search.hidden = true;
+    this.search.addEventListener("input", () => this.renderClasses());
+    this.search.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.search.blur();
+      if (event.key !== "Enter") return;
+      const matches = this.classMatches();
+      if (matches.length === 1) {
+        this.search.blur();
+        this.label(matches[0].id);
+      }
+    });
     this.classes = el("div", "lc-classes");
     this.actions = el("div", "lc-actions");
     const action = (label, key, fn, name) => {
@@ -479,7 +505,7 @@ class Card {
     this.status.setAttribute("data-testid", "label-card-status");
     this.message = el("div", "lc-message");
     this.message.setAttribute("role", "status");
-    right.append(this.model, mainTitle, this.classes, this.actions, this.status, this.message);
+    right.append(this.model, mainTitle, this.search, this.classes, this.actions, this.status, this.message);
 
     this.help = el("div", "lc-help");
     this.help.hidden = true;
@@ -500,12 +526,25 @@ class Card {
       tr.append(k, el("td", "", what), el("td", "lc-note", note || ""));
       table.appendChild(tr);
     };
+    const picker = this.picker();
+    let rows = 0;
+    let left = 0;
     for (const main of this.data.taxonomy) {
-      row(main.key || "-", `label ${main.name}`, main.assigned ? "assigned: the taxonomy file gives no usable key" : "");
-      for (const sub of main.subs) {
-        row(sub.key || "-", `tag ${main.name} / ${sub.name}`, sub.assigned ? "assigned" : "");
+      for (const [key, what, note] of [
+        [main.key, `label ${main.name}`, main.assigned ? "assigned: the taxonomy file gives no usable key" : ""],
+        ...main.subs.map((sub) => [sub.key, `tag ${main.name} / ${sub.name}`, sub.assigned ? "assigned" : ""]),
+      ]) {
+        if (!key && picker) continue; // found with the search box instead
+        if (rows >= HELP_ROWS_LIMIT) {
+          left += 1;
+          continue;
+        }
+        row(key || "-", what, note);
+        rows += 1;
       }
     }
+    if (left) row("…", `${left} more keys of classes and tags`);
+    if (picker) row("", "classes without a key: find them with the search box above the class buttons");
     for (const [key, what] of this.data.keys.described) row(key, what);
     box.appendChild(table);
     const close = el("button", "lc-button", "Close (Esc)");
@@ -515,10 +554,46 @@ class Card {
     help.appendChild(box);
   }
 
+  picker() {
+    const max = this.data.maxButtons;
+    return Boolean(max) && this.data.taxonomy.length > max;
+  }
+
+  classMatches() {
+    const needle = this.search.value.trim().toLocaleLowerCase();
+    if (!needle) return [];
+    return this.data.taxonomy.filter((main) => main.name.toLocaleLowerCase().includes(needle));
+  }
+
+  classesShown(box) {
+    if (!this.picker()) {
+      this.search.hidden = true;
+      return this.data.taxonomy;
+    }
+    const all = this.data.taxonomy;
+    const max = this.data.maxButtons;
+    this.search.hidden = false;
+    const matches = this.classMatches();
+    const shown = matches.slice(0, max);
+    // The armed class (Shift and its key) stays in view, so that its tags can be clicked.
+    const armed = all.find((main) => main.id === this.armed);
+    if (armed && !shown.includes(armed)) shown.unshift(armed);
+    let hint = "";
+    if (!this.search.value.trim()) hint = `${all.length} main classes: type to find one, or press its key.`;
+    else if (!matches.length) hint = "No main class matches.";
+    else if (matches.length > max) hint = `${matches.length} match: the first ${max} are shown, type more.`;
+    if (hint) {
+      const note = el("div", "lc-muted", hint);
+      note.dataset.testid = "label-card-search-hint";
+      box.appendChild(note);
+    }
+    return shown;
+  }
+
   renderClasses() {
     const box = this.classes;
     box.replaceChildren();
-    for (const main of this.data.taxonomy) {
+    for (const main of this.classesShown(box)) {
       const group = el("div", "lc-group");
       const button = el("button", "lc-button lc-main");
       button.type = "button";

@@ -62,6 +62,8 @@ from labeller.app.services.renditions import veiled_large_view
 from labeller.project import Project
 from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file
 
+# Past this many main classes the card shows a search box and the matching classes, not one button each.
+MAX_CLASS_BUTTONS = 40
 WINDOW_SIZE = 24  # images the card holds: the one on screen and the next ones, preloaded (a burst of 20 keys)
 LEFT_REFRESH_S = 30.0
 RESULTS_KEPT = 2000
@@ -654,6 +656,7 @@ class LabelSession:
             "undoable": undoable,
             "keys": card_keys(taxonomy),
             "taxonomy": card_taxonomy(taxonomy),
+            "maxButtons": MAX_CLASS_BUTTONS,
         }
 
 
