@@ -24,12 +24,13 @@ import`` undoes that.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -555,39 +556,130 @@ def safe_folder_name(name: str) -> str:
     return "_" + cleaned if cleaned.startswith(".") or not cleaned else cleaned
 
 
+# Folder names longer than this (in UTF-8 bytes) are cut and given a hash: a 200-character main class and a
+# 200-character sub-class made a leaf folder name past the file systems' 255 bytes.
+MAX_FOLDER_BYTES = 200
+FolderKey = tuple[str, ...]  # see ExportFolders
+
+
+def unique_folder_names(wanted: Mapping[FolderKey, str], reserved: Sequence[str] = ()) -> dict[FolderKey, str]:
+    """One folder name per key, unique among siblings and apart from ``reserved`` names, comparing without
+    case (as macOS and Windows do). Class names ``.x`` and ``_.x``, or the leaves ``dog/pug`` and ``dog.pug``
+    (``dog.pug`` in the leaf layout), used to land in one folder and merge: a colliding name gets a short hash
+    of its key (``_.x~3fa2c1d0``), except one that is its own wanted name unchanged."""
+    safe = {key: safe_folder_name(name) for key, name in wanted.items()}
+    for key, name in safe.items():
+        if len(name.encode()) > MAX_FOLDER_BYTES:
+            safe[key] = name.encode()[: MAX_FOLDER_BYTES - 20].decode(errors="ignore")
+
+    def hashed(key: FolderKey, length: int) -> str:
+        return f"{safe[key]}~{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:length]}"
+
+    taken = {name.casefold() for name in reserved}
+    groups: dict[str, list[FolderKey]] = {}
+    for key, name in safe.items():
+        groups.setdefault(name.casefold(), []).append(key)
+    out: dict[FolderKey, str] = {}
+    for folded, keys in groups.items():
+        exact = [key for key in keys if safe[key] == wanted[key]]
+        plain = exact[0] if len(exact) == 1 and folded not in taken else None
+        for key in keys:
+            cut = len(safe[key]) < len(safe_folder_name(wanted[key]))
+            clash = len(keys) > 1 or folded in taken
+            out[key] = hashed(key, 8) if (clash and key != plain) or cut else safe[key]
+    # A hashed name that meets a class literally called so (``x~3fa2c1d0``): longer hashes until none do.
+    for length in (16, 64):
+        counts: dict[str, int] = {}
+        for name in [*out.values(), *reserved]:
+            counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+        repeated = [key for key, name in out.items() if counts[name.casefold()] > 1 and "~" in name]
+        for key in repeated:
+            out[key] = hashed(key, length)
+    return out
+
+
+@dataclass(frozen=True)
+class ExportFolders:
+    """The folder names of one folder export, made unique from the whole taxonomy up front. Keys:
+    ``("main", main)``, ``("sub", main, sub)`` and ``("any", main)`` (a label naming no single sub-class),
+    apart even where the names are not (a sub-class called ``_any``)."""
+
+    mains: dict[FolderKey, str]  # top folders of the imagefolder, hf main and hf main/sub layouts
+    subs: dict[FolderKey, str]  # folders inside a main folder (imagefolder, hf main/sub)
+    leaves: dict[FolderKey, str]  # top folders of the hf leaf layout
+
+    @classmethod
+    def of(cls, taxonomy: Taxonomy, reserved: Sequence[str]) -> ExportFolders:
+        mains = unique_folder_names({("main", main): main for main in taxonomy.mains}, reserved)
+        subs: dict[FolderKey, str] = {}
+        leaves: dict[FolderKey, str] = {}
+        for main, names in taxonomy.mains.items():
+            subs.update(unique_folder_names({("sub", main, sub): sub for sub in names}, [NO_SUB_FOLDER]))
+            leaves.update({("sub", main, sub): f"{main}.{sub}" for sub in names})
+            if names:
+                leaves[("any", main)] = f"{main}.{NO_SUB_FOLDER}"
+            else:
+                leaves[("main", main)] = main
+        return cls(mains, subs, unique_folder_names(leaves, reserved))
+
+    def main(self, main: str) -> str:
+        return self.mains.get(("main", main)) or safe_folder_name(main)
+
+    def sub(self, main: str, sub: str) -> str:
+        return self.subs.get(("sub", main, sub)) or safe_folder_name(sub)
+
+    def leaf(self, main: str, sub: str) -> str:
+        """The leaf layout's folder of a label naming one sub-class."""
+        return self.leaves.get(("sub", main, sub)) or safe_folder_name(f"{main}.{sub}")
+
+    def leaf_of_main(self, main: str) -> str:
+        """The leaf layout's folder of a main class without sub-classes."""
+        return self.leaves.get(("main", main)) or safe_folder_name(main)
+
+    def leaf_of_any(self, main: str) -> str:
+        """The leaf layout's folder of a label naming no single sub-class of a main class that has them."""
+        return self.leaves.get(("any", main)) or safe_folder_name(f"{main}.{NO_SUB_FOLDER}")
+
+
 def exported_file_name(row: ExportRow) -> str:
     """``<name>_<sha8><suffix>``: the hash keeps same-named files from different folders apart."""
     source = Path(row.path)
     return f"{source.stem}_{row.sha256[:8]}{source.suffix.lower()}"
 
 
-def imagefolder_relative_path(row: ExportRow) -> Path:
+_NO_FOLDERS = ExportFolders({}, {}, {})
+
+
+def imagefolder_relative_path(row: ExportRow, folders: ExportFolders = _NO_FOLDERS) -> Path:
     """``main/sub/<file>``; an image with no tag or several tags (a partial label) goes in ``main/``
-    itself, an unlabelled one in ``_unlabelled/``."""
+    itself, an unlabelled one in ``_unlabelled/``. Folder names come from ``folders`` (unique per export)."""
     if not row.labelled:
         return Path(UNLABELLED_FOLDER) / exported_file_name(row)
-    folder = Path(safe_folder_name(row.main_class))
+    folder = Path(folders.main(row.main_class))
     if len(row.sub_classes) == 1:
-        folder /= safe_folder_name(row.sub_classes[0])
+        folder /= folders.sub(row.main_class, row.sub_classes[0])
     return folder / exported_file_name(row)
 
 
-def hf_relative_path(row: ExportRow, layout: HfLayout) -> Path:
+def hf_relative_path(row: ExportRow, layout: HfLayout, folders: ExportFolders = _NO_FOLDERS) -> Path:
     """Every file at one depth: ``main/<file>``; ``leaf/<file>`` with the leaf as ``main.sub`` (``main._any``
     for a label that names no single sub-class of a main class that has them, plain ``main`` otherwise); or
-    ``main/sub/<file>`` with ``_any`` for a label that names no single sub-class."""
-    main = safe_folder_name(row.main_class) if row.labelled else UNLABELLED_FOLDER
+    ``main/sub/<file>`` with ``_any`` for a label that names no single sub-class. Folder names come from
+    ``folders`` (unique per export)."""
+    main = folders.main(row.main_class) if row.labelled else UNLABELLED_FOLDER
     if layout == "main":
         return Path(main) / exported_file_name(row)
     if layout == "leaf":
         if not row.labelled:
             return Path(UNLABELLED_FOLDER) / exported_file_name(row)
         if len(row.sub_classes) == 1:
-            leaf = f"{row.main_class}.{row.sub_classes[0]}"
+            leaf = folders.leaf(row.main_class, row.sub_classes[0])
+        elif row.leaf == row.main_class:
+            leaf = folders.leaf_of_main(row.main_class)
         else:
-            leaf = row.main_class if row.leaf == row.main_class else f"{row.main_class}.{NO_SUB_FOLDER}"
-        return Path(safe_folder_name(leaf)) / exported_file_name(row)
-    sub = safe_folder_name(row.sub_classes[0]) if len(row.sub_classes) == 1 else NO_SUB_FOLDER
+            leaf = folders.leaf_of_any(row.main_class)
+        return Path(leaf) / exported_file_name(row)
+    sub = folders.sub(row.main_class, row.sub_classes[0]) if len(row.sub_classes) == 1 else NO_SUB_FOLDER
     return Path(main) / sub / exported_file_name(row)
 
 
@@ -628,12 +720,15 @@ def export_imagefolder(project: Project, out: Path, options: ExportOptions = Exp
     ``out/main/sub/``, with ``out/labels.csv`` describing every file (``exported_file``)."""
     _empty_folder(out)
     summary = ExportSummary()
-    columns = [*csv_columns(_taxonomy(project), predictions=options.predictions), "exported_file"]
+    taxonomy = _taxonomy(project)
+    columns = [*csv_columns(taxonomy, predictions=options.predictions), "exported_file"]
     paths = path_style(options, out)
+    folders = ExportFolders.of(taxonomy, [UNLABELLED_FOLDER, IMAGEFOLDER_LABELS])
+    place = lambda row: imagefolder_relative_path(row, folders)  # noqa: E731
     with _atomic_text(out / IMAGEFOLDER_LABELS) as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row, exported in _with_files(project, out, options, summary, imagefolder_relative_path):
+        for row, exported in _with_files(project, out, options, summary, place):
             record = csv_record(row, paths=paths, tags=lambda tags: _join_tags(tags, options.tag_separator))
             writer.writerow(spreadsheet_row({**record, "exported_file": exported}))
     return summary
@@ -645,12 +740,14 @@ def export_hf(project: Project, out: Path, options: ExportOptions = ExportOption
     a column that is empty in a whole chunk would come back as float."""
     _empty_folder(out)
     summary = ExportSummary()
-    columns = ["file_name", *csv_columns(_taxonomy(project), predictions=options.predictions)]
+    taxonomy = _taxonomy(project)
+    columns = ["file_name", *csv_columns(taxonomy, predictions=options.predictions)]
     paths = path_style(options, out)
+    folders = ExportFolders.of(taxonomy, [UNLABELLED_FOLDER, HF_METADATA])
     with _atomic_text(out / HF_METADATA) as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        place = lambda row: hf_relative_path(row, options.layout)  # noqa: E731
+        place = lambda row: hf_relative_path(row, options.layout, folders)  # noqa: E731
         for row, exported in _with_files(project, out, options, summary, place):
             record = csv_record(row, paths=paths, tags=lambda tags: json.dumps(list(tags), ensure_ascii=False))
             writer.writerow(spreadsheet_row({"file_name": exported, **record}))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from db.engine import unit_of_work
 from db.queries import jobs as job_queries
@@ -291,3 +292,90 @@ def test_evaluate_refuses_a_taxonomy_of_one_main_class_even_with_sub_classes(tmp
     output = clean_failure(["evaluate", str(project.root), *plan, *fast, *out])
     assert "the taxonomy has one main class ('animal')" in output and "100% by construction" in output
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_folder_exports_never_merge_classes_whose_folder_names_collide(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from db.queries.annotations import record_annotation
+    from db.queries.annotators import get_or_create_annotator
+    from db.queries.taxonomy import (
+        MainClassEntry,
+        SubClassEntry,
+        TaxonomySpec,
+        apply_taxonomy_spec,
+        main_class_by_name,
+        sub_class_by_name,
+    )
+    from db.schema import AnnotationKind, Image
+    from labeller.export import ExportOptions, export_labels
+    from labeller.ingest import ImportOptions, import_images
+    from tests.images import write_image
+
+    project = init_project(tmp_path / "project")
+    project.settings.labelling.audit_fraction = 0.0
+    # Each pair met in one folder of some layout: '.x' is written '_.x'; the leaf dog/pug is 'dog.pug';
+    # '_unlabelled' and 'metadata.csv' are the export's own; 'Cat' and 'cat' are one folder on macOS.
+    labels: list[tuple[str, str | None]] = [
+        (".x", None),
+        ("_.x", None),
+        ("dog", "pug"),
+        ("dog.pug", None),
+        ("dog", "_any"),
+        ("_unlabelled", None),
+        ("metadata.csv", None),
+        ("labels.csv", None),
+        ("Cat", None),
+        ("cat", None),
+    ]
+    subs: dict[str, list[str]] = {}
+    for main, sub in labels:
+        subs.setdefault(main, [])
+        if sub:
+            subs[main].append(sub)
+    spec = TaxonomySpec(
+        tuple(MainClassEntry(main, sub_classes=tuple(map(SubClassEntry, s))) for main, s in subs.items())
+    )
+    with unit_of_work(project.engine) as session:
+        apply_taxonomy_spec(session, spec)
+    for index in range(len(labels) + 1):  # one more: a label of dog alone (no single sub-class)
+        write_image(tmp_path / "data" / f"{index:02d}.png", index + 50)
+    import_images(project, [tmp_path / "data"], options=ImportOptions(progress=False))
+    with unit_of_work(project.engine) as session:
+        annotator = get_or_create_annotator(session, "ann").id
+        images = {Path(image.path).name: image.id for image in session.scalars(select(Image))}
+        for index, (main, sub) in enumerate([*labels, ("dog", None)]):
+            record_annotation(
+                session,
+                image_id=images[f"{index:02d}.png"],
+                annotator_id=annotator,
+                kind=AnnotationKind.LABEL,
+                main_class_id=main_class_by_name(session, main).id,
+                sub_class_ids=[sub_class_by_name(session, main, sub).id] if sub else [],
+            )
+    for export_format, layout, manifest in [
+        ("imagefolder", "main", "labels.csv"),
+        ("hf", "main", "metadata.csv"),
+        ("hf", "leaf", "metadata.csv"),
+        ("hf", "main/sub", "metadata.csv"),
+    ]:
+        out = tmp_path / f"{export_format}-{layout.replace('/', '-')}"
+        summary = export_labels(project, export_format, out, ExportOptions(layout=layout))  # type: ignore[arg-type]
+        assert summary.rows == len(labels) + 1
+        with (out / manifest).open(newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        assert (out / manifest).is_file()
+        # Every folder holds the images of one label only (by main class, and by leaf where the layout has one).
+        by_folder: dict[str, set[tuple[str, str]]] = {}
+        for row in rows:
+            exported = row.get("exported_file") or row["file_name"]
+            assert (out / exported).is_file()
+            tags = json.loads(row["sub_classes"]) if export_format == "hf" else row["sub_classes"].split("|")
+            tag = tags[0] if len(tags) == 1 and tags[0] else ""
+            by_main_only = export_format == "hf" and layout == "main"
+            folder = str(Path(exported).parent).casefold()
+            by_folder.setdefault(folder, set()).add((row["main_class"], "" if by_main_only else tag))
+        merged = {folder: found for folder, found in by_folder.items() if len(found) > 1}
+        assert merged == {}, (export_format, layout, merged)
+        assert "_.x" in {Path(folder).parts[0] for folder in by_folder}  # a name needing no change keeps it
