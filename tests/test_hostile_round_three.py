@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,72 @@ def test_folder_exports_never_merge_classes_whose_folder_names_collide(tmp_path:
         merged = {folder: found for folder, found in by_folder.items() if len(found) > 1}
         assert merged == {}, (export_format, layout, merged)
         assert "_.x" in {Path(folder).parts[0] for folder in by_folder}  # a name needing no change keeps it
+
+
+# --- item 6: inputs other than images have limits --------------------------------------------------------
+
+
+def _special_file(tmp_path: Path, kind: str, name: str) -> Path:
+    """A path called ``name`` that is /dev/zero (by a link), a FIFO, or a sparse file over the caps."""
+    import os
+
+    path = tmp_path / name
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with path.open("wb") as stream:
+            stream.truncate(3 * 1024**3)  # 3 GB, no disk used
+    return path
+
+
+@pytest.fixture
+def _no_hang() -> Iterator[None]:
+    """Fail instead of hanging for ever (a FIFO opened for reading blocks until a writer comes)."""
+    import signal
+
+    def hung(_signal: int, _frame: object) -> None:
+        raise TimeoutError("hung reading a special file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.usefixtures("_no_hang")
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "sparse"])
+@pytest.mark.parametrize("name", ["labels.csv", "labels.json", "labels.jsonl"])
+def test_a_manifest_must_be_a_regular_file_of_sane_size(tmp_path: Path, kind: str, name: str) -> None:
+    project = init_project(tmp_path / "project")
+    manifest = _special_file(tmp_path, kind, name)
+    output = clean_failure(["import", str(project.root), "--manifest", str(manifest)])
+    expected = "too large" if kind == "sparse" else "not a regular file"
+    assert f"cannot read the manifest {manifest}: {expected}" in output
+
+
+@pytest.mark.usefixtures("_no_hang")
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "sparse"])
+def test_a_taxonomy_file_must_be_a_regular_file_of_sane_size(tmp_path: Path, kind: str) -> None:
+    project = init_project(tmp_path / "project")
+    taxonomy = _special_file(tmp_path, kind, "taxonomy.toml")
+    output = clean_failure(["taxonomy", str(project.root), "--file", str(taxonomy)])
+    expected = "too large: 3,221,225,472 bytes" if kind == "sparse" else "not a regular file"
+    assert f"cannot read {taxonomy}: {expected}" in output
+
+
+@pytest.mark.usefixtures("_no_hang")
+def test_a_manifest_row_naming_a_special_file_is_skipped(tmp_path: Path) -> None:
+    from labeller.ingest import ImportOptions, import_images
+
+    project = init_project(tmp_path / "project")
+    zero = _special_file(tmp_path, "dev-zero", "zero.png")
+    pipe = _special_file(tmp_path, "fifo", "pipe.png")
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text(f"path,main_class,annotator,labelled_at\n{zero},ants,a,2024-01-01\n{pipe},ants,a,2024-01-01\n")
+    report = import_images(project, manifest=manifest, options=ImportOptions(progress=False, create_classes=True))
+    assert report.added == 0 and len(report.skipped) == 2
