@@ -449,3 +449,19 @@ def test_a_manifest_row_naming_a_special_file_is_skipped(tmp_path: Path) -> None
     manifest.write_text(f"path,main_class,annotator,labelled_at\n{zero},ants,a,2024-01-01\n{pipe},ants,a,2024-01-01\n")
     report = import_images(project, manifest=manifest, options=ImportOptions(progress=False, create_classes=True))
     assert report.added == 0 and len(report.skipped) == 2
+
+
+def test_the_train_page_opens_with_any_epochs_the_settings_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labeller.project import open_project
+    from tests.e2e.project_factory import make_app_project
+    from tests.test_app_pages import open_page
+
+    project = make_app_project(tmp_path / "project", images=6)
+    project.settings.training.epochs = 10_000  # the settings' upper bound; the page's box stopped at 1,000
+    project.save_settings()
+    monkeypatch.setenv("LABELLER_PROJECT", str(project.root))
+    app = open_page(open_project(project.root), "train")
+    assert not app.exception, app.exception
+    assert [box.value for box in app.number_input if box.label == "Epochs"] == [10_000]

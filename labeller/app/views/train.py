@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.registry import MAX_EPOCHS
 from db.queries.audit import MIN_AUDIT_LABELS
 from db.queries.jobs import JobError
 from db.queries.models import ModelVersionError
@@ -177,7 +178,8 @@ with st.form("retrain"):
         index=choices.index(defaults.backbone) if defaults.backbone in choices else 0,
         help="auto decides from the images: pixels for greyscale or tiny images, a pretrained backbone for photos.",
     )
-    epochs = cols[2].number_input("Epochs", min_value=1, max_value=1000, value=defaults.epochs)
+    # The settings' bound: a project set above the box's old 1,000 made the page fail to open.
+    epochs = cols[2].number_input("Epochs", min_value=1, max_value=MAX_EPOCHS, value=defaults.epochs)
     device = cols[3].selectbox(
         "Device", DEVICES, index=DEVICES.index(defaults.device) if defaults.device in DEVICES else 0
     )
