@@ -31,6 +31,35 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def small_model_threads(image_shape: tuple[int, ...]) -> int | None:
+    """The intra-op threads a model on rows of ``image_shape`` trains and scores with on the cpu: 1 for small
+    models (feature vectors (D,) and images under SMALL_IMAGE_SIDE px), None (torch's own) for larger ones.
+
+    A small model's steps are too small to split: the threads wait on each other, and spin against other
+    processes on a busy machine. Measured on the shared 2-core machine (benchmarks/results/threads.md): M2
+    with its linear q(y|x) on 1,280-d features ran 13.9 steps/s on 1 thread against 1.6 on 2 (load 2-4.5
+    from other work), and 3.1 against 0.5 beside 2 busy processes; M2 on 8x8 digits 12-13 against 0.5-2.7.
+    Photo-sized pixel models keep torch's setting: where cores are free their convolutions use them."""
+    from core.registry import SMALL_IMAGE_SIDE
+
+    small = len(image_shape) == 1 or image_shape[1] < SMALL_IMAGE_SIDE  # (D,) or (C, H, W)
+    return 1 if small else None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` inside the block (None: left alone), restored after."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for mixed precision on ``device``, or None where it does not pay (cpu)."""
     if device.type != "cuda":

@@ -172,3 +172,16 @@ def test_feature_models_train_on_one_thread_unless_asked(monkeypatch: pytest.Mon
     asked = dataclasses.replace(config, train=train, threads=2)
     TrainedModelLearner("m2", data, np.arange(30), asked, 0, needs_bald=False).fit(np.arange(6), warm=False)
     assert seen == [1, 2] and torch.get_num_threads() == before
+
+
+def test_the_product_trains_small_models_on_one_cpu_thread_and_restores_the_setting() -> None:
+    import torch
+
+    from core.device import small_model_threads, torch_threads
+
+    assert small_model_threads((1280,)) == 1 and small_model_threads((1, 8, 8)) == 1
+    assert small_model_threads((3, 64, 64)) is None
+    before = torch.get_num_threads()
+    with torch_threads(small_model_threads((1280,))):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -14,39 +14,23 @@ import numpy as np
 from core.acquisition import UncertaintyScores
 from core.evaluate.data import EvaluationData
 from core.evaluate.results import EvaluationConfig
-from core.registry import SMALL_IMAGE_SIDE
+
+
+def training_threads(config: EvaluationConfig, image_shape: tuple[int, ...]) -> int | None:
+    """The intra-op threads a model on rows of ``image_shape`` trains and scores with (None: torch's own):
+    ``config.threads`` when set, else the product's rule (``core.device.small_model_threads``)."""
+    from core.device import small_model_threads
+
+    return config.threads if config.threads is not None else small_model_threads(image_shape)
 
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Torch's intra-op threads set to ``threads`` inside the block (None: left alone), restored after."""
-    if threads is None:
+    """``core.device.torch_threads``, imported when used: this module loads without torch."""
+    from core.device import torch_threads as set_threads
+
+    with set_threads(threads):
         yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def training_threads(config: EvaluationConfig, image_shape: tuple[int, ...]) -> int | None:
-    """The intra-op threads a model on rows of ``image_shape`` trains and scores with (None: torch's own).
-
-    ``config.threads`` when set; otherwise 1 for small models: feature vectors (N, D) and images under
-    SMALL_IMAGE_SIDE px. Their steps are too small to split: the threads wait on each other, and spin
-    against other processes on a busy machine. Measured on the shared 2-core machine (load 2-7 from other
-    work; benchmarks/results/threads.md): M2 with its linear q(y|x) on 1,280-d features ran 13.9 steps/s on
-    1 thread against 1.6 on 2, and 3.1 against 0.5 beside 2 busy processes; M2 on 8x8 digits, 12-13 against
-    0.5-2.7. Photo-sized pixel models keep torch's setting: where cores are free their convolutions use them
-    (on that busy machine a 64 px CNN, too, ran faster on 1: ``--threads 1``)."""
-    if config.threads is not None:
-        return config.threads
-    small = len(image_shape) == 1 or image_shape[1] < SMALL_IMAGE_SIDE  # (D,) or (C, H, W), as build_model
-    return 1 if small else None
 
 
 @dataclass

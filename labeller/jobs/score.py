@@ -184,7 +184,11 @@ def run(context: JobContext) -> None:
     if not len(data.image_ids):
         raise JobFailed("the project has no images to score: import some first (labeller import PROJECT PATH)")
     context.report_progress({"stage": "scoring", "images": len(data.image_ids)}, force=True)
-    scores = score_in_chunks(context, trained, data.pool.images)
+    from core.device import resolve_device, small_model_threads, torch_threads
+
+    on_cpu = resolve_device(context.device).type == "cpu"
+    with torch_threads(small_model_threads(tuple(trained.image_shape)) if on_cpu else None):
+        scores = score_in_chunks(context, trained, data.pool.images)
     labelling = project.settings.labelling
     ranking = rank_queue(
         labelling.default_strategy,
