@@ -26,7 +26,13 @@ from tqdm import tqdm
 from db.engine import unit_of_work
 from db.queries.annotations import record_annotation
 from db.queries.annotators import get_or_create_annotator
-from db.queries.images import NewImage, add_images, image_ids_by_sha, images_with_current_annotation
+from db.queries.images import (
+    NewImage,
+    add_images,
+    image_ids_by_sha,
+    images_with_current_annotation,
+    top_up_audit_slice,
+)
 from db.queries.taxonomy import ensure_class, list_main_classes
 from db.schema import AnnotationKind, AnnotationSource, MainClass, name_length_problem
 from labeller.files import FileRefused, hash_file, is_utf8_name, printable, read_regular
@@ -430,6 +436,10 @@ def _import_batch(
     ]
     if labels and annotator_id is not None:
         report.labelled += _pre_label(project, labels, annotator_id)
+    # Only now: a pre-labelled image is a training label, and the top-up never takes one into the audit slice
+    # (topped up at insert, 15 of a first import's 30 labelled photos became audit images).
+    with unit_of_work(project.engine) as session:
+        top_up_audit_slice(session, audit_fraction=project.settings.labelling.audit_fraction)
 
 
 def _ensure_thumbnail(project: Project, read: ReadFile, image: PILImage.Image) -> Skipped | None:
@@ -450,7 +460,10 @@ def _insert(project: Project, fresh: Sequence[DecodedFile], report: ImportReport
     rows = [_new_image(project, decoded) for decoded in fresh]
     try:
         with unit_of_work(project.engine) as session:
-            added = {image.sha256: image.id for image in add_images(session, rows, audit_fraction=audit_fraction)}
+            added = {
+                image.sha256: image.id
+                for image in add_images(session, rows, audit_fraction=audit_fraction, top_up=False)
+            }
         report.added += len(added)
         return added
     except IntegrityError:
@@ -459,7 +472,7 @@ def _insert(project: Project, fresh: Sequence[DecodedFile], report: ImportReport
     for row in rows:
         try:
             with unit_of_work(project.engine) as session:
-                added[row.sha256] = add_images(session, [row], audit_fraction=audit_fraction)[0].id
+                added[row.sha256] = add_images(session, [row], audit_fraction=audit_fraction, top_up=False)[0].id
             report.added += 1
         except IntegrityError:
             report.duplicates += 1

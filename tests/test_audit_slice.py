@@ -25,7 +25,7 @@ from db.queries.audit import (
 from db.queries.images import NewImage, add_images, top_up_audit_slice
 from db.queries.models import register_model_version
 from db.queries.queue import next_batch, release_claims, serve_next
-from db.schema import AnnotationKind, AnnotationSource, Image
+from db.schema import Annotation, AnnotationKind, AnnotationSource, Image
 from labeller.app.services import train_report
 from labeller.app.services.train import VersionView
 from labeller.cli import cli
@@ -78,6 +78,26 @@ def test_importing_100_images_makes_a_slice_of_30(tmp_path: Path, engine) -> Non
     below = [image for image in images if image.random_key < project.settings.labelling.audit_fraction]
     assert all(image.audit for image in below)
     assert MIN_AUDIT_LABELS <= sum(image.audit for image in images) <= MIN_AUDIT_LABELS + len(below)
+
+
+def test_a_first_import_of_labelled_photos_keeps_its_labels_for_training(tmp_path: Path, engine) -> None:
+    # Topped up at insert, before the folder labels were recorded, 15 of a new project's 30 labelled photos
+    # became audit images: half of the first labels never trained the model.
+    project = init_project(tmp_path / "project", database_url=engine.url.render_as_string(hide_password=False))
+    for seed in range(30):
+        write_image(tmp_path / "labelled" / ("ants" if seed % 2 else "bees") / f"{seed}.png", seed, size=(8, 8))
+    for seed in range(30, 130):
+        write_image(tmp_path / "pool" / f"{seed}.png", seed, size=(8, 8))
+    options = ImportOptions(labels_from_folders=True, create_classes=True, progress=False)
+    assert import_images(project, [tmp_path / "labelled"], options=options).labelled == 30
+    import_images(project, [tmp_path / "pool"], options=ImportOptions(progress=False))
+    with unit_of_work(project.engine) as session:
+        labelled = set(session.scalars(select(Annotation.image_id)))
+        images = list(session.scalars(select(Image)))
+    fraction = project.settings.labelling.audit_fraction
+    # Only the random 5% below the fraction, as always; the top-up takes unlabelled images.
+    assert {i.id for i in images if i.audit} & labelled == {i.id for i in images if i.random_key < fraction} & labelled
+    assert sum(image.audit for image in images) >= MIN_AUDIT_LABELS
 
 
 def test_the_slice_grows_with_unlabelled_images_only_and_never_shrinks(engine) -> None:

@@ -44,9 +44,12 @@ def image_ids_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def add_images(session: Session, new_images: Sequence[NewImage], *, audit_fraction: float) -> list[Image]:
+def add_images(
+    session: Session, new_images: Sequence[NewImage], *, audit_fraction: float, top_up: bool = True
+) -> list[Image]:
     """Insert image rows: ``random_key`` comes from the hash and an image is in the audit slice when
-    ``random_key < audit_fraction``; then ``top_up_audit_slice`` keeps the slice at its minimum size."""
+    ``random_key < audit_fraction``; then, with ``top_up``, ``top_up_audit_slice`` keeps the slice at its
+    minimum size (an import that pre-labels images tops up after recording the labels instead)."""
     rows = []
     for new in new_images:
         key = random_key_from_sha(new.sha256)
@@ -64,7 +67,8 @@ def add_images(session: Session, new_images: Sequence[NewImage], *, audit_fracti
         )
     session.add_all(rows)
     session.flush()
-    top_up_audit_slice(session, audit_fraction=audit_fraction)
+    if top_up:
+        top_up_audit_slice(session, audit_fraction=audit_fraction)
     return rows
 
 
