@@ -110,3 +110,26 @@ def test_restored_file_can_be_cleared(project: Project) -> None:
     a.release_window(project.engine)
     b = _session(project, "b")
     assert broken in _decide_everything(project, b, kind="label")
+
+
+@pytest.mark.parametrize("kind", ["label", "unsure"])
+def test_a_class_key_on_the_placeholder_is_refused_and_skip_is_not(project: Project, kind: str) -> None:
+    """Issue 23 item 5: a key pressed on the placeholder of an unreadable image recorded a label for an image
+    nobody saw."""
+    a = _session(project, "a")
+    broken = a.window[0].image_id
+    _break_file(project, broken, "missing")
+    _card(project, a)  # shows the placeholder and marks the image
+    main = _taxonomy(project).main_classes[0].id
+    op = {"op": f"unreadable-{next(_ids)}", "kind": kind, "image": broken, "after": 0, "step": 1, "main": main}
+    [result] = a.receive(project.engine, {"ops": [op]}, _taxonomy(project), lease_seconds=LEASE)
+    assert result.status == "rejected"
+    assert "missing or unreadable" in result.message and "only Skip" in result.message
+    with unit_of_work(project.engine) as session:
+        annotator_id = get_or_create_annotator(session, "a").id
+        assert app_views.image_by_id(session, broken) is not None
+        assert (
+            label_session.label_history.rows_after(session, image_id=broken, annotator_id=annotator_id, after=0) == []
+        )
+    skip = {"op": f"unreadable-{next(_ids)}", "kind": "skip", "image": broken, "after": 0, "step": 1}
+    assert a.receive(project.engine, {"ops": [skip]}, _taxonomy(project), lease_seconds=LEASE)[0].status == "applied"

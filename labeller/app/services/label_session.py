@@ -72,6 +72,12 @@ DECISION_KINDS = ("label", "skip", "unsure")
 OP_KINDS = (*DECISION_KINDS, "undo", "undo_annotation")
 
 
+UNREADABLE_REFUSED = (
+    "Image {image}: its file is missing or unreadable, so nobody has seen it: only Skip is saved for it "
+    "(nothing applied)."
+)
+
+
 class DecisionError(ValueError):
     """A decision the rules refuse (a tag of another main class, a label without a class...)."""
 
@@ -324,6 +330,10 @@ def apply_op(
         return result("applied", undo.id)
 
     assert decision is not None
+    if decision.kind != AnnotationKind.SKIP and unreadable.unreadable_ids(session, [op.image_id]):
+        # Its card showed the "file missing or unreadable" placeholder: a class key pressed there would label
+        # an image nobody saw. Skip stays allowed; once the file is back and re-checked, it can be labelled.
+        return result("rejected", message=UNREADABLE_REFUSED.format(image=op.image_id))
     # A decision needs the image: one handed to another annotator meanwhile (say after my other tab skipped
     # it and my lease ran out) is theirs now. My own live claim is renewed and keeps what served the image.
     claim = app_views.claim_image(session, image_id=op.image_id, annotator_id=annotator_id, lease_seconds=lease_seconds)
