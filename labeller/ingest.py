@@ -77,6 +77,7 @@ class ImportReport:
     labelled: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    unreadable_cleared: int = 0  # images marked unreadable whose file this import found readable again
 
     @property
     def images_per_second(self) -> float:
@@ -436,6 +437,11 @@ def _import_batch(
     ]
     if labels and annotator_id is not None:
         report.labelled += _pre_label(project, labels, annotator_id)
+    if met := [stored[read.sha256] for read in reads if read.sha256 in stored]:
+        # A file marked unreadable (moved away, then back) is readable again: clear its mark (issue 23 item 5).
+        from labeller.recheck import recheck_unreadable
+
+        report.unreadable_cleared += recheck_unreadable(project, met).cleared
     # Only now: a pre-labelled image is a training label, and the top-up never takes one into the audit slice
     # (topped up at insert, 15 of a first import's 30 labelled photos became audit images).
     with unit_of_work(project.engine) as session:

@@ -68,6 +68,21 @@ def unreadable_ids(session: Session, image_ids: Iterable[int]) -> set[int]:
     return set(session.scalars(query))
 
 
+def marked_image_ids(session: Session) -> list[int]:
+    """Every image marked unreadable, in id order."""
+    query = (
+        select(Annotation.image_id)
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .where(
+            Annotator.name == UNREADABLE_ANNOTATOR,
+            Annotation.superseded.is_(False),
+            Annotation.kind == AnnotationKind.SKIP,
+        )
+        .order_by(Annotation.image_id)
+    )
+    return list(session.scalars(query))
+
+
 def pass_over(session: Session, image_id: int, annotator_id: int) -> None:
     """An annotator's queue offered an unreadable image: record their SKIP once (which also gives the claim
     back), so the queue does not offer it to them again before everything else is done."""
@@ -86,7 +101,9 @@ def pass_over(session: Session, image_id: int, annotator_id: int) -> None:
 
 
 def clear_unreadable(session: Session, image_id: int) -> bool:
-    """The file is back: withdraw the system's mark (the annotators' own skips stay, as any skip does)."""
+    """The file is back: withdraw the system's mark, and the skips ``pass_over`` recorded for annotators whose
+    queue offered the image meanwhile (nobody pressed those: left, the image came back to them only after
+    everything else). A Skip an annotator pressed on the placeholder stays, as any skip does."""
     system = session.scalars(select(Annotator).where(Annotator.name == UNREADABLE_ANNOTATOR)).one_or_none()
     if system is None:
         return False
@@ -94,4 +111,15 @@ def clear_unreadable(session: Session, image_id: int) -> bool:
     if current is None or current.kind != AnnotationKind.SKIP:
         return False
     undo_annotation(session, current.id, system.id)
+    passed_over = session.scalars(
+        select(Annotation).where(
+            Annotation.image_id == image_id,
+            Annotation.annotator_id != system.id,
+            Annotation.superseded.is_(False),
+            Annotation.kind == AnnotationKind.SKIP,
+            Annotation.source == UNREADABLE_SOURCE.value,
+        )
+    ).all()
+    for skip in passed_over:
+        undo_annotation(session, skip.id, skip.annotator_id)
     return True

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 
+from labeller import recheck
 from labeller.commands.project import load_project
 from labeller.export import EXPORT_FORMATS, TAG_SEPARATOR
 from labeller.ingest import ImportOptions, ImportReport, IngestError, import_images
 from labeller.manifest import ManifestOptions, read_manifest
+from labeller.recheck import RecheckReport
 
 SKIPPED_LINES_SHOWN = 20  # per reason; the rest are counted
 
@@ -34,6 +36,12 @@ SKIPPED_LINES_SHOWN = 20  # per reason; the rest are counted
 @click.option("--create-classes", is_flag=True, help="Add unknown class names from folders or the manifest.")
 @click.option("--annotator", default="import", show_default=True, help="Whose name the pre-labels carry.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--recheck-unreadable",
+    is_flag=True,
+    help="Re-open every image marked unreadable (file missing or no image) and clear the marks of those whose "
+    "file is back, so the Label page serves them again. Needs no PATH.",
+)
 def import_command(
     project: Path,
     paths: tuple[Path, ...],
@@ -44,15 +52,20 @@ def import_command(
     create_classes: bool,
     annotator: str,
     no_progress: bool,
+    recheck_unreadable: bool,
 ) -> None:
     """Import images (jpg, png, webp, bmp, tiff, gif) from files and folders (recursively) into PROJECT.
 
     Files already in the project (same content) are counted as duplicates, so re-running adds nothing twice.
     Unusable files are skipped and listed with the reason.
     """
-    if not paths and manifest is None:
-        raise click.UsageError("give at least one PATH or --manifest FILE.csv")
+    if not paths and manifest is None and not recheck_unreadable:
+        raise click.UsageError("give at least one PATH or --manifest FILE.csv (or --recheck-unreadable)")
     opened = load_project(project)
+    if recheck_unreadable:
+        print_recheck(recheck.recheck_unreadable(opened))
+        if not paths and manifest is None:
+            return
     options = ImportOptions(
         labels_from_folders=labels_from_folders,
         create_classes=create_classes,
@@ -69,6 +82,22 @@ def import_command(
     print_report(report)
 
 
+def print_recheck(report: RecheckReport) -> None:
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for still in report.still:
+        by_reason[still.reason].append(still.path)
+    for reason, paths in sorted(by_reason.items(), key=lambda pair: -len(pair[1])):
+        click.echo(f"still unreadable {len(paths)}: {reason}", err=True)
+        for path in paths[:SKIPPED_LINES_SHOWN]:
+            click.echo(f"  {path}", err=True)
+        if len(paths) > SKIPPED_LINES_SHOWN:
+            click.echo(f"  ... and {len(paths) - SKIPPED_LINES_SHOWN} more", err=True)
+    click.echo(
+        f"re-checked {report.checked} image(s) marked unreadable: {report.cleared} readable again (mark cleared), "
+        f"{len(report.still)} still unreadable"
+    )
+
+
 def print_report(report: ImportReport) -> None:
     by_reason: dict[str, list[str]] = defaultdict(list)
     for skipped in report.skipped:
@@ -83,3 +112,5 @@ def print_report(report: ImportReport) -> None:
         f"added {report.added}, duplicates {report.duplicates}, skipped {len(report.skipped)}, "
         f"pre-labelled {report.labelled} ({report.seconds:.1f} s, {report.images_per_second:.0f} images/s)"
     )
+    if report.unreadable_cleared:
+        click.echo(f"{report.unreadable_cleared} image(s) marked unreadable are readable again: marks cleared")

@@ -14,6 +14,7 @@ from db.queries.taxonomy import apply_taxonomy_spec, taxonomy_spec
 from labeller.app.services.common import Role, require_admin
 from labeller.ingest import ImportReport
 from labeller.project import Project
+from labeller.recheck import RecheckReport
 
 UPLOADS_FOLDER = "uploads"
 NO_IMPORT_ROOTS = (
@@ -72,6 +73,22 @@ def import_uploads(project: Project, files: Sequence[tuple[str, bytes]], *, role
     for index, (name, data) in enumerate(files):
         save_upload(folder, name, data, index=index)
     return import_images(project, [folder], options=ImportOptions(progress=False))
+
+
+def recheck_unreadable(project: Project, *, role: Role | None) -> RecheckReport:
+    """The Data page's re-check (admins only): re-open every image marked unreadable and clear the marks of
+    those whose file is back, as ``labeller import --recheck-unreadable`` does."""
+    from labeller.recheck import recheck_unreadable as recheck
+
+    require_admin(role, "re-check unreadable images")
+    return recheck(project)
+
+
+def unreadable_count(engine: Engine) -> int:
+    from db.queries.unreadable import marked_image_ids
+
+    with reading(engine) as session:
+        return len(marked_image_ids(session))
 
 
 def save_upload(folder: Path, name: str, data: bytes, *, index: int = 0) -> Path:

@@ -87,6 +87,20 @@ with imports:
                 with st.spinner("Importing..."):
                     report = data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads], role=role)
                 show_report(report, shown_under)
+        marked = data.unreadable_count(engine)
+        st.caption(
+            f"{marked} image{'' if marked == 1 else 's'} marked unreadable (file missing or no image when the Label "
+            "page showed it). Once the files are back, a re-check serves them again."
+        )
+        if st.button("Re-check unreadable images", key="recheck_unreadable", disabled=not marked):
+            recheck = data.recheck_unreadable(project, role=role)
+            st.success(
+                f"Re-checked {recheck.checked}: {recheck.cleared} readable again (mark cleared), "
+                f"{len(recheck.still)} still unreadable."
+            )
+            for still in recheck.still[:SKIPPED_IN_FULL]:
+                where = common.public_path(still.path, shown_under)
+                st.caption(md_text(f"{where}: {common.public_message(still.reason, shown_under)}"))
     total_box.metric("Images in the project", common.image_total(engine))
 
 with taxonomy_tab:
