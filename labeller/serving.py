@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import ipaddress
 import os
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from labeller.project import Project
 
@@ -52,6 +54,64 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
+# The host names a browser on this machine uses; with a login, its redirect host is added (see ``allowed_hosts``).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_local_address(address: object) -> bool:
+    """True when a server bound to Streamlit's ``server.address`` is reachable from this machine only: a
+    loopback address or a Unix socket. Unset (None or "") means every interface, as ``streamlit run`` does."""
+    text = str(address or "").strip()
+    return bool(text) and (text.startswith("unix://") or is_loopback(text))
+
+
+def host_name(header: str) -> str | None:
+    """The host name of an HTTP Host header (lower case, no port, no brackets); None when it is malformed."""
+    try:
+        parts = urlsplit(f"//{header.strip()}")
+        parts.port  # noqa: B018 (a port that is not a number in range raises ValueError)
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        return None
+    if parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname.lower().rstrip(".")
+
+
+def allowed_hosts(address: object = None, redirect_uri: object = None, extra: Iterable[str] = ()) -> list[str]:
+    """The host names the app answers to: this machine's (``LOCAL_HOSTS``), the address it listens on when that is
+    one address (not a wildcard), the login's redirect host, and ``extra`` (Streamlit's ``server.allowedHosts``).
+    A foreign name (``evil.example`` resolving to 127.0.0.1: DNS rebinding) is not among them."""
+    hosts = list(LOCAL_HOSTS)
+    text = str(address or "").strip().strip("[]").lower()
+    if text and not text.startswith("unix://"):
+        try:
+            if not ipaddress.ip_address(text).is_unspecified:
+                hosts.append(text)
+        except ValueError:
+            hosts.append(text.rstrip("."))  # a host name to listen on: the name the server is reached by
+    if redirect_uri and (name := urlsplit(str(redirect_uri)).hostname):
+        hosts.append(name.lower().rstrip("."))
+    hosts += [str(host).strip().lower().rstrip(".") for host in extra if str(host).strip()]
+    return list(dict.fromkeys(hosts))
+
+
+def host_allowed(header: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a request's Host header names one of ``allowed`` (``*.example.org`` and ``*`` as Streamlit's
+    ``server.allowedHosts`` reads them; ports are ignored). A request without a Host header is not from a
+    browser (every browser sends one), so it is no DNS-rebinding page: allowed."""
+    if header is None:
+        return True
+    name = host_name(header)
+    if name is None:
+        return False
+    for pattern in (str(host).strip().lower().rstrip(".") for host in allowed):
+        if pattern == "*" or name == pattern.strip("[]") or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+            return True
+    return False
+
+
 def secrets_files(project: Project, *, home: Path | None = None, cwd: Path | None = None) -> list[Path]:
     """The secrets files the app reads, last wins: Streamlit's own two (the user's and the working folder's)
     and the project's. ``labeller serve`` passes exactly these, so what it checks is what the app uses."""
@@ -84,6 +144,17 @@ def login_problem(files: Sequence[Path], *, authlib_installed: bool | None = Non
     return None
 
 
+def login_redirect_uri(files: Sequence[Path]) -> str | None:
+    """The login's ``redirect_uri`` when the login in ``files`` is configured and can work, else None."""
+    if login_problem(files) is not None:
+        return None
+    auth: dict[str, object] = {}
+    for path in files:
+        if path.is_file():
+            auth.update(tomllib.loads(path.read_text(encoding="utf-8")).get("auth", {}))
+    return str(auth.get("redirect_uri") or "") or None
+
+
 def check_host(project: Project, host: str) -> None:
     """Refuse to listen beyond this machine without a working login: anyone who reached the port could
     label as anyone, import and train."""
@@ -99,7 +170,12 @@ def check_host(project: Project, host: str) -> None:
 
 
 def port_in_use(port: int) -> bool:
-    """True when something listens on ``port`` (Streamlit would fail to bind it after starting)."""
+    """True when something listens on ``port``, over IPv4 (Streamlit would fail to bind it after starting) or on
+    IPv6's [::1] (the printed http://localhost:PORT may reach that other process first)."""
+    return port_in_use_ipv4(port) or port_in_use_ipv6(port)
+
+
+def port_in_use_ipv4(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR ignores connections closing (TIME_WAIT), never a listener.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -110,10 +186,33 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def port_in_use_ipv6(port: int) -> bool:
+    """True when something listens on [::1]:``port`` (or on [::]); False where this machine has no IPv6."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return False  # IPv6 switched off: localhost is 127.0.0.1 only
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(("::1", port))
+        except OSError as error:
+            return error.errno in (errno.EADDRINUSE, errno.EACCES)  # EADDRNOTAVAIL: no ::1 here
+    return False
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free on 127.0.0.1 and on [::1] (both are localhost)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not port_in_use_ipv6(port):
+            return port
+    return port
 
 
 def streamlit_flags(config_file: Path = STREAMLIT_CONFIG, overrides: Mapping[str, object] | None = None) -> list[str]:
@@ -136,10 +235,13 @@ def streamlit_flags(config_file: Path = STREAMLIT_CONFIG, overrides: Mapping[str
 
 
 def streamlit_command(project: Project, port: int, host: str = DEFAULT_HOST) -> list[str]:
+    files = secrets_files(project)
     overrides = {
         "server.address": host,
         "server.port": port,
-        "secrets.files": [str(path) for path in secrets_files(project)],
+        "secrets.files": [str(path) for path in files],
+        # Streamlit refuses a websocket under any other Host header (DNS rebinding); the app checks it too.
+        "server.allowedHosts": allowed_hosts(host, login_redirect_uri(files)),
     }
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
@@ -170,7 +272,11 @@ def start(project: Project, *, port: int | None = None, with_worker: bool = True
         raise FileNotFoundError(f"the app entry point {APP_ENTRY} is missing")
     check_host(project, host)
     if port is not None and port_in_use(port):
-        raise ServeError(f"port {port} is in use: pick another with --port, or leave --port out for a free one")
+        where = "on [::1] (IPv6 localhost)" if not port_in_use_ipv4(port) else ""
+        raise ServeError(
+            f"port {port} is in use{' ' + where if where else ''}: another program listens there and the "
+            "printed localhost address could reach it; pick another with --port, or leave --port out for a free one"
+        )
     port = port or free_port()
     app = _spawn(streamlit_command(project, port, host), project)
     worker = _spawn(worker_command(project), project) if with_worker else None

@@ -1,6 +1,9 @@
-"""Latent Labeller's Streamlit entry point.
+"""Latent Labeller's Streamlit entry point, started by ``labeller serve PATH`` (this machine only). By hand:
 
-    streamlit run labeller/app/main.py -- --project PATH     (or LABELLER_PROJECT=PATH)
+    streamlit run labeller/app/main.py --server.address 127.0.0.1 -- --project PATH     (or LABELLER_PROJECT=PATH)
+
+Without ``--server.address`` (and outside the repository, whose .streamlit/config.toml sets it), Streamlit listens
+on every interface and the app shows only an error unless a login is configured.
 
 The page files live in ``labeller/app/views`` (a folder named ``pages/`` would switch Streamlit to its
 legacy multipage mode). This script sets the page up, draws the sidebar (who is labelling, image
@@ -22,7 +25,7 @@ from streamlit.navigation.page import StreamlitPage
 from labeller.app import state
 from labeller.app.components import identity_picker, wellbeing_panel
 from labeller.app.text import md_text
-from labeller.serving import is_loopback
+from labeller.serving import allowed_hosts, host_allowed, is_local_address
 
 VIEWS = Path(__file__).parent / "views"
 # A local file: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
@@ -85,13 +88,30 @@ def build_navigation() -> StreamlitPage:
 
 
 def refuse_open_server() -> None:
-    """Stop every page of a server that listens beyond this machine without a login (``streamlit run`` by hand
-    with ``--server.address``; ``labeller serve`` refuses to start that way)."""
-    address = st.get_option("server.address")
-    if address and not is_loopback(str(address)) and not state.login_configured():
+    """Stop every page of a server that listens beyond this machine without a login: ``streamlit run`` by hand
+    with ``--server.address 0.0.0.0``, or with no address at all outside the repository (Streamlit then listens
+    on every interface); ``labeller serve`` refuses to start that way."""
+    if not is_local_address(st.get_option("server.address")) and not state.login_configured():
         st.error(
             "This server listens beyond this machine but has no login, so anyone could label as anyone. "
-            "Configure Streamlit's login ([auth] in .streamlit/secrets.toml) or listen on 127.0.0.1."
+            "Start it with `labeller serve PROJECT` (this machine only), or `streamlit run` with "
+            "`--server.address 127.0.0.1`, or configure Streamlit's login ([auth] in .streamlit/secrets.toml)."
+        )
+        st.stop()
+
+
+def refuse_foreign_host() -> None:
+    """Stop every page opened under a host name the server was not configured for: a foreign name that resolves
+    to 127.0.0.1 (DNS rebinding) would otherwise let another site's page drive the app."""
+    host = state.request_host()
+    allowed = allowed_hosts(
+        st.get_option("server.address"), state.login_redirect_uri(), st.get_option("server.allowedHosts") or ()
+    )
+    if not host_allowed(host, allowed):
+        st.error(
+            "This page was opened under a host name this server does not answer to, so nothing is shown (another "
+            "site may be trying to reach it). Open it as http://localhost:PORT, or add the name to "
+            "`server.allowedHosts` if it is yours."
         )
         st.stop()
 
@@ -99,6 +119,7 @@ def refuse_open_server() -> None:
 def main() -> None:
     st.set_page_config(page_title="Latent Labeller", page_icon=str(FAVICON), layout="wide")
     st.html(STYLE)
+    refuse_foreign_host()
     refuse_open_server()
     project = state.current_project()
     # The project's image-safety defaults, before any page draws an image.

@@ -113,6 +113,24 @@ def login_configured() -> bool:
     return "is_logged_in" in st.user.to_dict()
 
 
+def request_host() -> str | None:
+    """The Host header this browser session was opened under (None outside a server, e.g. in AppTest)."""
+    try:
+        return st.context.headers.get("Host")
+    except Exception:  # no request behind this run
+        return None
+
+
+def login_redirect_uri() -> str | None:
+    """The login's ``redirect_uri`` from Streamlit's secrets, when a login is configured."""
+    if not login_configured():
+        return None
+    try:
+        return str(st.secrets["auth"]["redirect_uri"]) or None
+    except (KeyError, FileNotFoundError, TypeError):
+        return None
+
+
 def logged_in_user() -> str | None:
     """The logged-in user's e-mail (their name when the provider gives none); None when nobody is logged in."""
     if not st.user.get("is_logged_in"):
