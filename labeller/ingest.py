@@ -35,6 +35,7 @@ from db.queries.images import (
 )
 from db.queries.taxonomy import ensure_class, list_main_classes
 from db.schema import AnnotationKind, AnnotationSource, MainClass, name_length_problem
+from labeller.disk_full import device_of, is_disk_full
 from labeller.files import FileRefused, hash_file, is_utf8_name, printable, read_regular
 from labeller.project import Project
 from labeller.thumbnails import thumbnail_file, write_thumbnail
@@ -49,6 +50,28 @@ IMPORT_ANNOTATOR = "import"
 
 class IngestError(Exception):
     """Input that stops the whole import before anything is written (e.g. a manifest without a path column)."""
+
+
+class ImportDiskFull(OSError):
+    """The disk filled up during an import (thumbnails, the database): the import stopped; the batches before
+    are stored, the batch it was on is not (or, when it failed at its pre-labels, without them)."""
+
+    def __init__(self, device: str, *, batch_stored: bool = False, added: int = 0) -> None:
+        self.device = device
+        self.batch_stored = batch_stored
+        self.added = added
+        if batch_stored:
+            outcome = "this batch's images were stored, maybe without their pre-labels (the import again adds them)"
+        else:
+            outcome = "nothing of this batch was stored"
+        super().__init__(
+            f"disk full: free space on {device} and run the import again; {outcome} "
+            f"({added} image(s) of earlier batches are stored)"
+        )
+
+
+class _BatchStoredDiskFull(Exception):
+    """Internal: the disk filled up after a batch's images were inserted."""
 
 
 @dataclass(frozen=True)
@@ -348,12 +371,22 @@ def import_images(
     annotator_id = _annotator_id(project, options.annotator) if any(label for _, label in labelled_items) else None
 
     seen: set[str] = set()
-    with tqdm(total=len(labelled_items), unit="img", desc="import", disable=None if options.progress else True) as bar:
-        for batch in _batches(labelled_items, options.batch_size):
-            _import_batch(project, batch, seen, report, annotator_id)
-            bar.update(len(batch))
-    if parsed is not None:
-        report.labelled += parsed.record_labels(project)  # rows with their own annotator and time
+    try:
+        with tqdm(
+            total=len(labelled_items), unit="img", desc="import", disable=None if options.progress else True
+        ) as bar:
+            for batch in _batches(labelled_items, options.batch_size):
+                _import_batch(project, batch, seen, report, annotator_id)
+                bar.update(len(batch))
+        if parsed is not None:
+            report.labelled += parsed.record_labels(project)  # rows with their own annotator and time
+    except Exception as error:
+        stored = isinstance(error, _BatchStoredDiskFull)
+        cause = error.__cause__ if stored else error
+        if not stored and not is_disk_full(error):
+            raise
+        device = device_of(cause or error, files=project.thumbs_dir, database_url=project.database_url)
+        raise ImportDiskFull(device, batch_stored=stored, added=report.added) from cause
     report.seconds = time.perf_counter() - started
     return report
 
@@ -432,6 +465,24 @@ def _import_batch(
         fresh.append(decoded)
 
     new_ids = _insert(project, fresh, report)
+    try:
+        _after_insert(project, stored, reads, fresh, new_ids, labels_for_stored, report, annotator_id)
+    except Exception as error:
+        if new_ids and is_disk_full(error):
+            raise _BatchStoredDiskFull() from error
+        raise
+
+
+def _after_insert(
+    project: Project,
+    stored: dict[str, int],
+    reads: Sequence[ReadFile],
+    fresh: Sequence[DecodedFile],
+    new_ids: dict[str, int],
+    labels_for_stored: list[tuple[int, ResolvedLabel]],
+    report: ImportReport,
+    annotator_id: int | None,
+) -> None:
     labels = labels_for_stored + [
         (new_ids[d.read.sha256], d.read.label) for d in fresh if d.read.label and d.read.sha256 in new_ids
     ]
@@ -455,6 +506,8 @@ def _ensure_thumbnail(project: Project, read: ReadFile, image: PILImage.Image) -
     try:
         write_thumbnail(image, thumb)
     except (OSError, ValueError) as error:  # an exotic pixel mode PIL cannot convert to RGB
+        if is_disk_full(error):
+            raise  # not this file's fault: the import stops (ImportDiskFull)
         return Skipped(read.item.origin, f"cannot convert to RGB for a thumbnail: {error}")
     return None
 

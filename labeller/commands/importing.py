@@ -10,7 +10,7 @@ import click
 from labeller import recheck
 from labeller.commands.project import load_project
 from labeller.export import EXPORT_FORMATS, TAG_SEPARATOR
-from labeller.ingest import ImportOptions, ImportReport, IngestError, import_images
+from labeller.ingest import ImportDiskFull, ImportOptions, ImportReport, IngestError, import_images
 from labeller.manifest import ManifestOptions, read_manifest
 from labeller.recheck import RecheckReport
 
@@ -79,6 +79,8 @@ def import_command(
         report = import_images(opened, paths, manifest=parsed, options=options)
     except IngestError as error:
         raise click.ClickException(f"{error}\nnothing was imported") from error
+    except ImportDiskFull as error:  # the database stays as it was after the last whole batch
+        raise click.ClickException(str(error)) from error
     print_report(report)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import unit_of_work
@@ -59,6 +59,7 @@ from labeller.app.keys import PAGE_KEYS
 from labeller.app.services.common import TaxonomyView, active_model_version_id, large_view_file
 from labeller.app.services.label import Decision
 from labeller.app.services.renditions import veiled_large_view
+from labeller.disk_full import is_disk_full
 from labeller.project import Project
 from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file
 
@@ -375,7 +376,27 @@ def apply_ops(
             # Say, the image was removed between the check and the write: refuse this op, keep the others.
             message = f"Image {op.image_id}: the decision no longer fits the database: nothing applied."
             results.append(OpResult(op.op_id, "rejected", op.image_id, op.kind, None, message))
+        except (DBAPIError, OSError) as error:
+            if not is_disk_full(error):
+                raise
+            # The transaction rolled back: this op and the ones after it stay unanswered, so the card keeps
+            # them in its outbox and sends them again (issue 23 item 8); nothing is lost.
+            raise DecisionsNotSaved(results) from error
     return results
+
+
+class DecisionsNotSaved(Exception):
+    """The disk is full: ``results`` answers the ops applied before; the rest are not saved (and not answered)."""
+
+    def __init__(self, results: list[OpResult]) -> None:
+        super().__init__(DISK_FULL_NOT_SAVED)
+        self.results = results
+
+
+DISK_FULL_NOT_SAVED = (
+    "Disk full on the server: your latest decisions are not saved yet. They stay in this browser and are sent "
+    "again until they save; nothing is lost. Tell the project's admin to free space."
+)
 
 
 # ----------------------------------------------------------------------------------------- window
@@ -452,9 +473,15 @@ class LabelSession:
             self.sent = set()  # a new card instance: it has none of the images yet
             self.full_sent = set()
         new = [op for op in ops if op.op_id not in self.results]
-        for result in apply_ops(
-            engine, annotator_id=self.annotator_id, ops=new, taxonomy=taxonomy, lease_seconds=lease_seconds
-        ):
+        try:
+            answered = apply_ops(
+                engine, annotator_id=self.annotator_id, ops=new, taxonomy=taxonomy, lease_seconds=lease_seconds
+            )
+        except DecisionsNotSaved as stop:
+            answered = stop.results
+            if DISK_FULL_NOT_SAVED not in self.messages:
+                self.messages.append(DISK_FULL_NOT_SAVED)
+        for result in answered:
             self.results[result.op_id] = result
             self._follow(result)
             if result.status == "rejected" and result.message:

@@ -15,7 +15,7 @@ from labeller.app import state
 from labeller.app.components import key_table
 from labeller.app.services import common, data
 from labeller.app.text import md_text
-from labeller.ingest import ImportReport
+from labeller.ingest import ImportDiskFull, ImportReport
 
 project = state.current_project()
 engine = project.engine
@@ -84,9 +84,13 @@ with imports:
                 "Images", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"], accept_multiple_files=True
             )
             if st.form_submit_button("Import uploads", type="primary") and uploads:
-                with st.spinner("Importing..."):
-                    report = data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads], role=role)
-                show_report(report, shown_under)
+                try:
+                    with st.spinner("Importing..."):
+                        report = data.import_uploads(project, [(f.name, f.getvalue()) for f in uploads], role=role)
+                    show_report(report, shown_under)
+                except OSError as error:  # a full disk (ImportDiskFull, or saving the uploads)
+                    message = str(error) if isinstance(error, ImportDiskFull) else f"Not imported: {error}"
+                    st.error(md_text(common.public_message(message, shown_under)))
         marked = data.unreadable_count(engine)
         st.caption(
             f"{marked} image{'' if marked == 1 else 's'} marked unreadable (file missing or no image when the Label "
