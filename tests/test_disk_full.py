@@ -189,3 +189,23 @@ def test_a_decision_the_full_disk_refuses_is_not_answered_and_saves_when_sent_ag
     monkeypatch.setattr(label_session, "record_annotation", real)  # space freed; the card sends its outbox again
     answers = labelling.receive(project.engine, {"ops": ops}, taxonomy, lease_seconds=LEASE)
     assert [(answer.image_id, answer.status) for answer in answers] == [(first, "applied"), (second, "applied")]
+
+
+def test_no_room_for_a_large_view_shows_the_thumbnail_and_marks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from db.queries import unreadable
+    from labeller.thumbnails import thumbnail_path
+
+    project = make_app_project(tmp_path / "project", images=4)
+    with unit_of_work(project.engine) as session:
+        image = session.scalars(select(Image)).first()
+        assert image is not None
+        thumb = thumbnail_path(project, image)
+
+        def full(*_args: Any) -> Path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(label_session, "large_view_file", full)
+        assert label_session._display_or_placeholder(session, project, image) == thumb
+        assert unreadable.unreadable_ids(session, [image.id]) == set()  # the file is fine: not marked

@@ -61,7 +61,7 @@ from labeller.app.services.label import Decision
 from labeller.app.services.renditions import veiled_large_view
 from labeller.disk_full import is_disk_full
 from labeller.project import Project
-from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file
+from labeller.thumbnails import DEFAULT_BLUR_PX, UNREADABLE_PLACEHOLDER, Veil, placeholder_file, thumbnail_file
 
 # Past this many main classes the card shows a search box and the matching classes, not one button each.
 MAX_CLASS_BUTTONS = 40
@@ -777,7 +777,14 @@ def _display_or_placeholder(session: Session, project: Project, image: Image) ->
     Skip; the image is then marked unreadable for everyone (``db.queries.unreadable``)."""
     try:
         return large_view_file(project, image)
-    except (OSError, ValueError, PILImage.DecompressionBombError):  # missing, not an image, outside the roots
+    except (OSError, ValueError, PILImage.DecompressionBombError) as error:  # missing, not an image, outside roots
+        if is_disk_full(error):
+            # No room for the large view: the file is fine, so it is not marked; its thumbnail (written at
+            # import) is shown instead, while there is one.
+            thumb = thumbnail_file(project.thumbs_dir, image.sha256)
+            if thumb.exists():
+                return thumb
+            raise
         unreadable.mark_unreadable(session, image.id)
         return placeholder_file(project.thumbs_dir)
 

@@ -16,6 +16,7 @@ from labeller.app.services import common, label, label_session, renditions
 from labeller.app.services.label import Decision
 from labeller.app.services.label_session import LabelSession
 from labeller.app.text import md_text
+from labeller.disk_full import is_disk_full
 
 PROGRESS_EVERY_S = 5  # the progress row and the Recent list refresh on their own, not on every key press
 
@@ -109,7 +110,13 @@ def progress_row() -> None:
 def card() -> None:
     """The card reruns only this fragment when it sends decisions: a key press costs no full page."""
     acks = session.receive(engine, sent_outbox(), taxonomy, lease_seconds=lease)
-    session.refill(engine, lease_seconds=lease)
+    try:
+        session.refill(engine, lease_seconds=lease)
+    except Exception as error:  # a full disk: the window stays as it was until there is room again
+        if not is_disk_full(error):
+            raise
+        if label_session.DISK_FULL_NOT_SAVED not in session.messages:
+            session.messages.append(label_session.DISK_FULL_NOT_SAVED)
     for result in acks:
         if result.decided:
             state.count_exposure(result.image_id)
