@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from db.queries.annotations import record_annotation, undo_annotation
@@ -55,22 +55,17 @@ def unreadable_ids(session: Session, image_ids: Iterable[int]) -> set[int]:
     ids = list(image_ids)
     if not ids:
         return set()
-    query = (
-        select(Annotation.image_id)
-        .join(Annotator, Annotator.id == Annotation.annotator_id)
-        .where(
-            Annotator.name == UNREADABLE_ANNOTATOR,
-            Annotation.image_id.in_(ids),
-            Annotation.superseded.is_(False),
-            Annotation.kind == AnnotationKind.SKIP,
-        )
-    )
-    return set(session.scalars(query))
+    return set(session.scalars(_marks().where(Annotation.image_id.in_(ids))))
 
 
 def marked_image_ids(session: Session) -> list[int]:
     """Every image marked unreadable, in id order."""
-    query = (
+    return list(session.scalars(_marks().order_by(Annotation.image_id)))
+
+
+def _marks() -> Select[tuple[int]]:
+    """The ids of the images marked unreadable: the unreadable annotator's current skips."""
+    return (
         select(Annotation.image_id)
         .join(Annotator, Annotator.id == Annotation.annotator_id)
         .where(
@@ -78,9 +73,7 @@ def marked_image_ids(session: Session) -> list[int]:
             Annotation.superseded.is_(False),
             Annotation.kind == AnnotationKind.SKIP,
         )
-        .order_by(Annotation.image_id)
     )
-    return list(session.scalars(query))
 
 
 def pass_over(session: Session, image_id: int, annotator_id: int) -> None:

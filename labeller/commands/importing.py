@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -84,16 +85,21 @@ def import_command(
     print_report(report)
 
 
-def print_recheck(report: RecheckReport) -> None:
+def print_by_reason(what: str, items: Iterable[tuple[str, str]]) -> None:
+    """(path, reason) pairs on stderr, grouped by reason (commonest first), a few paths each."""
     by_reason: dict[str, list[str]] = defaultdict(list)
-    for still in report.still:
-        by_reason[still.reason].append(still.path)
+    for path, reason in items:
+        by_reason[reason].append(path)
     for reason, paths in sorted(by_reason.items(), key=lambda pair: -len(pair[1])):
-        click.echo(f"still unreadable {len(paths)}: {reason}", err=True)
+        click.echo(f"{what} {len(paths)}: {reason}", err=True)
         for path in paths[:SKIPPED_LINES_SHOWN]:
             click.echo(f"  {path}", err=True)
         if len(paths) > SKIPPED_LINES_SHOWN:
             click.echo(f"  ... and {len(paths) - SKIPPED_LINES_SHOWN} more", err=True)
+
+
+def print_recheck(report: RecheckReport) -> None:
+    print_by_reason("still unreadable", ((still.path, still.reason) for still in report.still))
     click.echo(
         f"re-checked {report.checked} image(s) marked unreadable: {report.cleared} readable again (mark cleared), "
         f"{len(report.still)} still unreadable"
@@ -101,15 +107,7 @@ def print_recheck(report: RecheckReport) -> None:
 
 
 def print_report(report: ImportReport) -> None:
-    by_reason: dict[str, list[str]] = defaultdict(list)
-    for skipped in report.skipped:
-        by_reason[skipped.reason].append(skipped.path)
-    for reason, paths in sorted(by_reason.items(), key=lambda pair: -len(pair[1])):
-        click.echo(f"skipped {len(paths)}: {reason}", err=True)
-        for path in paths[:SKIPPED_LINES_SHOWN]:
-            click.echo(f"  {path}", err=True)
-        if len(paths) > SKIPPED_LINES_SHOWN:
-            click.echo(f"  ... and {len(paths) - SKIPPED_LINES_SHOWN} more", err=True)
+    print_by_reason("skipped", ((skipped.path, skipped.reason) for skipped in report.skipped))
     click.echo(
         f"added {report.added}, duplicates {report.duplicates}, skipped {len(report.skipped)}, "
         f"pre-labelled {report.labelled} ({report.seconds:.1f} s, {report.images_per_second:.0f} images/s)"
