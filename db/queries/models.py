@@ -244,9 +244,9 @@ class CalibrationView:
 
 
 def version_metrics(session: Session, version_id: int) -> dict[str, Any] | None:
-    """The version's stored metrics (the session's identity map keeps a card's repeated reads cheap)."""
-    version = session.get(ModelVersion, version_id)
-    return None if version is None else version.metrics
+    """The version's stored metrics: that column alone (its data_snapshot may hold thousands of image ids, and
+    the Label card reads this for every new image)."""
+    return session.scalar(select(ModelVersion.metrics).where(ModelVersion.id == version_id))
 
 
 def version_calibration(session: Session, version_id: int) -> CalibrationView | None:
