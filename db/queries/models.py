@@ -250,11 +250,14 @@ def version_metrics(session: Session, version_id: int) -> dict[str, Any] | None:
 
 
 def version_calibration(session: Session, version_id: int) -> CalibrationView | None:
-    """The version's calibration as its train job measured it; versions trained before it was recorded are
-    judged by their number of validation labels."""
+    """The version's calibration as its train job measured it (``calibration_view``)."""
     metrics = version_metrics(session, version_id)
-    if metrics is None:
-        return None
+    return None if metrics is None else calibration_view(metrics)
+
+
+def calibration_view(metrics: Mapping[str, Any]) -> CalibrationView:
+    """The calibration recorded in a version's metrics; versions trained before it was recorded are judged by
+    their number of validation labels."""
     recorded = metrics.get("calibration") or {}
     labels = int(recorded.get("labels", metrics.get("num_val_labels", 0)) or 0)
     ece = metrics.get("val_ece")

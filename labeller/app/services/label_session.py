@@ -707,9 +707,10 @@ def _item_payload(
     prediction = None if image.audit else app_views.prediction_for(session, item.model_version_id, item.image_id)
     pred = None
     score = None
+    # Read once per image: the calibration and the "why this image" both come from the version's metrics.
+    metrics = (model_queries.version_metrics(session, prediction.model_version_id) or {}) if prediction else {}
     if prediction is not None:
-        calibration = model_queries.version_calibration(session, prediction.model_version_id)
-        note = calibration.note() if calibration is not None else None
+        note = model_queries.calibration_view(metrics).note()
         probabilities = dict((prediction.probabilities or {}).get("main", {}))
         bars = sorted(probabilities.items(), key=lambda kv: -kv[1])[:PROBABILITY_BARS]
         pred = {
@@ -729,7 +730,7 @@ def _item_payload(
         "h": image.height,
         "strategy": item.strategy,
         "mv": item.model_version_id,
-        "reason": why_this_image(session, item, prediction, audit=bool(image.audit)),
+        "reason": why_this_image(session, item, prediction, metrics, audit=bool(image.audit)),
         "score": score,
         "audit": bool(image.audit),
         "pred": pred,
@@ -737,9 +738,12 @@ def _item_payload(
     }
 
 
-def why_this_image(session: Session, item: WindowItem, prediction: Prediction | None, *, audit: bool) -> str:
+def why_this_image(
+    session: Session, item: WindowItem, prediction: Prediction | None, metrics: Mapping[str, Any], *, audit: bool
+) -> str:
     """The card's "why this image": the image's uncertainty place in the pool ("3rd most uncertain of 2,310
-    unlabelled images"), a coverage pick of the ranked queue, the audit sample, or what else served it."""
+    unlabelled images"), a coverage pick of the ranked queue (``metrics``: its version's), the audit sample, or
+    what else served it."""
     if audit:
         return "audit sample: a random image everyone labels, to measure the model fairly (no prediction shown)"
     served = item.source.describe(item.served_strategy)
@@ -747,7 +751,7 @@ def why_this_image(session: Session, item: WindowItem, prediction: Prediction | 
     if prediction is None or strategy is None or item.source not in (AnnotationSource.RANKED, AnnotationSource.SCORE):
         return served
     version = f"version {prediction.model_version_id}"
-    queue = (model_queries.version_metrics(session, prediction.model_version_id) or {}).get("queue") or {}
+    queue = metrics.get("queue") or {}
     if item.source == AnnotationSource.RANKED and prediction.queue_rank in set(queue.get("coverage_ranks") or ()):
         return f"coverage pick of {version}'s {strategy} queue: typical of a region few labels cover"
     place = app_views.uncertainty_place(session, prediction, strategy)
